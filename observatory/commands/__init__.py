@@ -1,0 +1,19 @@
+"""Subcommand groups, one module per area (each exposes a typer ``app``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import typer
+
+_GROUPS = ("gpu", "serve", "keys", "idp", "pipeline", "dashboards")
+
+
+def SUBCOMMANDS() -> Iterator[tuple[str, typer.Typer]]:  # noqa: N802 - reads as a constant at the call site
+    """(name, typer app) for every area whose command module is present."""
+    from importlib import import_module
+    from importlib.util import find_spec
+
+    for name in _GROUPS:
+        if find_spec(f"observatory.commands.{name}") is not None:
+            yield name, import_module(f"observatory.commands.{name}").app

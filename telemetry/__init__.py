@@ -1,0 +1,25 @@
+"""Observatory telemetry: one call sets up OpenTelemetry traces, metrics and logs.
+
+>>> import telemetry
+>>> handle = telemetry.configure("my-service")   # jsonl files under ./.observatory by default
+>>> handle.shutdown()                             # also runs at exit
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from telemetry._setup import MemoryView, Telemetry, configure, current, shutdown  # noqa: E402
+from telemetry.settings import ConfigError, Settings, state_dir  # noqa: E402
+
+__all__ = [
+    "ConfigError",
+    "MemoryView",
+    "Settings",
+    "Telemetry",
+    "__version__",
+    "configure",
+    "current",
+    "shutdown",
+    "state_dir",
+]

@@ -1,0 +1,138 @@
+"""The loguru bridge: trace-correlated records to the OTel logs pipeline and the console.
+
+Every record gets ``trace_id``/``span_id`` from the active span and has credentials masked
+(one patcher, so every sink sees the same record). Standard ``logging`` records are routed
+through loguru, so they take the same path. A ``ContextVar`` guards the OTel sink against
+re-entry (telemetry that logs while exporting a log cannot recurse).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import sys
+from contextvars import ContextVar
+from typing import Any
+
+from loguru import logger
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry._logs import LogRecord, SeverityNumber
+from opentelemetry.sdk._logs import LoggerProvider
+
+from telemetry.redact import Redactor
+from telemetry.settings import Settings
+
+_IN_SINK: ContextVar[bool] = ContextVar("observatory_in_log_sink", default=False)
+
+_SEVERITY = {
+    "TRACE": SeverityNumber.TRACE,
+    "DEBUG": SeverityNumber.DEBUG,
+    "INFO": SeverityNumber.INFO,
+    "SUCCESS": SeverityNumber.INFO2,
+    "WARNING": SeverityNumber.WARN,
+    "ERROR": SeverityNumber.ERROR,
+    "CRITICAL": SeverityNumber.FATAL,
+}
+HUMAN_FORMAT = (
+    "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+    "<cyan>{name}</cyan> {message} <dim>{extra[trace_id]}</dim>"
+)
+_NO_TRACE = ""
+_SKIP_EXTRA = frozenset({"trace_id", "span_id"})
+
+
+class _InterceptHandler(logging.Handler):
+    """Sends standard ``logging`` records into loguru (loguru's documented recipe)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        frame, depth = inspect.currentframe(), 0
+        while frame and (depth == 0 or frame.f_code.co_filename == logging.__file__):
+            frame, depth = frame.f_back, depth + 1
+        logger.bind(logger_name=record.name).opt(depth=depth, exception=record.exc_info).log(
+            level, record.getMessage()
+        )
+
+
+class LoguruBridge:
+    def __init__(self, settings: Settings, logger_provider: LoggerProvider | None, redactor: Redactor, console: bool):
+        self._settings, self._redactor, self._console = settings, redactor, console
+        self._otel = logger_provider.get_logger("observatory.loguru") if logger_provider else None
+        self._ids: list[int] = []
+        self._handler: _InterceptHandler | None = None
+        self._old_root_level = logging.root.level
+
+    def install(self) -> None:
+        logger.configure(patcher=self._patch)
+        with contextlib.suppress(ValueError):
+            logger.remove(0)  # loguru's default stderr sink; ours replaces it
+        level = self._settings.log_level
+        if self._console:
+            if self._settings.console_format == "json":
+                self._ids.append(logger.add(sys.stderr, level=level, serialize=True))
+            else:
+                self._ids.append(logger.add(sys.stderr, level=level, format=HUMAN_FORMAT, colorize=None))
+        if self._otel is not None:
+            self._ids.append(logger.add(self._sink, level=level, format="{message}", catch=True))
+        self._handler = _InterceptHandler(level=self._settings.log_level if level != "SUCCESS" else "INFO")
+        logging.root.addHandler(self._handler)
+        if logging.root.level > self._handler.level or logging.root.level == logging.NOTSET:
+            logging.root.setLevel(self._handler.level)
+
+    def uninstall(self) -> None:
+        for handler_id in self._ids:
+            with contextlib.suppress(ValueError):
+                logger.remove(handler_id)
+        self._ids.clear()
+        logger.configure(patcher=lambda record: record["extra"].setdefault("trace_id", _NO_TRACE))
+        if self._handler is not None:
+            logging.root.removeHandler(self._handler)
+            logging.root.setLevel(self._old_root_level)
+            self._handler = None
+
+    def _patch(self, record: Any) -> None:
+        ctx = trace.get_current_span().get_span_context()
+        extra = record["extra"]
+        if ctx.is_valid:
+            extra["trace_id"] = format(ctx.trace_id, "032x")
+            extra["span_id"] = format(ctx.span_id, "016x")
+        else:
+            extra.setdefault("trace_id", _NO_TRACE)
+        record["message"] = self._redactor.text(record["message"])
+
+    def _sink(self, message: Any) -> None:
+        if _IN_SINK.get():
+            return
+        token = _IN_SINK.set(True)
+        try:
+            record = message.record
+            attrs: dict[str, Any] = {
+                "code.file.path": record["file"].path,
+                "code.function.name": record["function"],
+                "code.line.number": record["line"],
+                "logger.name": record["extra"].get("logger_name", record["name"]),
+            }
+            for key, value in record["extra"].items():
+                if key not in _SKIP_EXTRA and key != "logger_name":
+                    attrs[key] = value if isinstance(value, (str, bool, int, float)) else str(value)
+            exc = record["exception"]
+            if exc is not None and exc.type is not None:
+                attrs["exception.type"] = exc.type.__name__
+                attrs["exception.message"] = self._redactor.text(str(exc.value))
+            self._otel.emit(
+                LogRecord(
+                    timestamp=int(record["time"].timestamp() * 1e9),
+                    context=otel_context.get_current(),
+                    severity_number=_SEVERITY.get(record["level"].name, SeverityNumber.INFO),
+                    severity_text=record["level"].name,
+                    body=record["message"],
+                    attributes=self._redactor.attributes(attrs),
+                )
+            )
+        finally:
+            _IN_SINK.reset(token)

@@ -1,0 +1,301 @@
+"""``configure()``: build the tracer, meter and logger providers from settings and set them global."""
+
+from __future__ import annotations
+
+import atexit
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from loguru import logger
+from opentelemetry import _logs, metrics, trace
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import sampling as _sampling
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.util._once import Once
+
+from telemetry import __version__, backends, names
+from telemetry._health import (
+    CountingLogProcessor,
+    CountingSpanProcessor,
+    GuardedLogExporter,
+    GuardedMetricExporter,
+    GuardedSpanExporter,
+    HealthStats,
+)
+from telemetry._logs import LoguruBridge
+from telemetry.backends.memory import MemoryLogExporter, MemoryMetricReader, MemorySpanExporter
+from telemetry.redact import Redactor
+from telemetry.settings import Settings, load
+
+
+@dataclass
+class MemoryView:
+    """What the ``memory`` backend holds (tests)."""
+
+    span_exporter: MemorySpanExporter | None = None
+    metric_reader: MemoryMetricReader | None = None
+    log_exporter: MemoryLogExporter | None = None
+
+    def spans(self) -> list[Any]:
+        return list(self.span_exporter.get_finished_spans()) if self.span_exporter else []
+
+    def logs(self) -> list[Any]:
+        return list(self.log_exporter.get_finished_logs()) if self.log_exporter else []
+
+    def metrics(self) -> dict[str, list[Any]]:
+        """Metric name -> current data points (collected now)."""
+        out: dict[str, list[Any]] = {}
+        data = self.metric_reader.get_metrics_data() if self.metric_reader else None
+        for rm in data.resource_metrics if data else ():
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    out.setdefault(m.name, []).extend(m.data.data_points)
+        return out
+
+
+@dataclass
+class Telemetry:
+    """A configured telemetry pipeline. ``shutdown()`` flushes and closes it (also run at exit)."""
+
+    settings: Settings
+    resource: Resource
+    tracer_provider: TracerProvider | None
+    meter_provider: MeterProvider | None
+    logger_provider: LoggerProvider | None
+    stats: HealthStats
+    backends: dict[str, list[str]]
+    memory: MemoryView = field(default_factory=MemoryView)
+    readers: list[MetricReader] = field(default_factory=list)
+    extras: list[Any] = field(default_factory=list)  # started helpers with .stop() (GPU collector)
+    closed: bool = False
+    _bridge: LoguruBridge | None = None
+    _overrides: dict[str, Any] = field(default_factory=dict)
+
+    def tracer(self, name: str) -> trace.Tracer:
+        return trace.get_tracer(name, __version__, tracer_provider=self.tracer_provider)
+
+    def meter(self, name: str) -> metrics.Meter:
+        return metrics.get_meter(name, __version__, meter_provider=self.meter_provider)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        ok = True
+        for provider in (self.tracer_provider, self.logger_provider, self.meter_provider):
+            if provider is not None:
+                ok = bool(provider.force_flush(timeout_millis)) and ok
+        return ok
+
+    def shutdown(self) -> None:
+        global _current
+        with _lock:
+            if self.closed:
+                return
+            self.closed = True
+            for extra in self.extras:
+                extra.stop()
+            if self._bridge:
+                self._bridge.uninstall()
+            for provider in (self.tracer_provider, self.logger_provider, self.meter_provider):
+                if provider is not None:
+                    provider.shutdown()
+            if _current is self:
+                _current = None
+
+
+_lock = threading.RLock()
+_current: Telemetry | None = None
+_atexit_registered = False
+
+
+def current() -> Telemetry | None:
+    """The live handle, if ``configure()`` was called and not shut down."""
+    return _current
+
+
+def configure(service_name: str | None = None, **overrides: Any) -> Telemetry:
+    """Set up traces, metrics and logs from settings; return the handle.
+
+    Idempotent: with no arguments, or the same ones, a live handle is returned as is;
+    with different ones the live pipeline is flushed, shut down and replaced.
+    A bad setting raises :class:`~telemetry.settings.ConfigError` naming the key.
+    """
+    global _current, _atexit_registered
+    if service_name is not None:
+        overrides["service_name"] = service_name
+    with _lock:
+        if _current is not None and not _current.closed and (not overrides or overrides == _current._overrides):
+            return _current
+        settings = load(**overrides)
+        built = _build(settings)  # raises before anything global changes
+        built._overrides = overrides
+        if _current is not None:
+            _current.shutdown()
+        _install_globals(built)
+        _current = built
+        if not _atexit_registered:
+            atexit.register(_shutdown_current)
+            _atexit_registered = True
+        logger.debug("telemetry configured: {}", built.backends)
+        return built
+
+
+def shutdown() -> None:
+    """Flush and close the live pipeline, if any."""
+    _shutdown_current()
+
+
+def _shutdown_current() -> None:
+    handle = _current
+    if handle is not None:
+        handle.shutdown()
+
+
+def _resource(settings: Settings) -> Resource:
+    attrs: dict[str, Any] = {
+        names.SERVICE_NAME: settings.service_name,
+        names.DEPLOYMENT_ENVIRONMENT: settings.environment,
+        names.HOST_NAME: socket.gethostname(),
+    }
+    if settings.service_version:
+        attrs[names.SERVICE_VERSION] = settings.service_version
+    return Resource.create({**attrs, **settings.resource_attributes, names.SERVICE_NAME: settings.service_name})
+
+
+def _sampler(settings: Settings) -> _sampling.Sampler:
+    ratio = _sampling.TraceIdRatioBased(settings.sampler_arg)
+    return {
+        "always_on": _sampling.ALWAYS_ON,
+        "always_off": _sampling.ALWAYS_OFF,
+        "traceidratio": ratio,
+        "parentbased_always_on": _sampling.ParentBased(_sampling.ALWAYS_ON),
+        "parentbased_always_off": _sampling.ParentBased(_sampling.ALWAYS_OFF),
+        "parentbased_traceidratio": _sampling.ParentBased(ratio),
+    }[settings.sampler]
+
+
+def _build(settings: Settings) -> Telemetry:
+    resource = _resource(settings)
+    stats = HealthStats()
+    redactor = Redactor(settings.redact_extra_keys)
+    chosen = {s: settings.exporters(s) for s in ("traces", "metrics", "logs")}
+    memory = MemoryView()
+    batch = {
+        "max_queue_size": settings.max_queue_size,
+        "schedule_delay_millis": settings.schedule_delay_ms,
+        "max_export_batch_size": min(settings.max_export_batch_size, settings.max_queue_size),
+    }
+    created: list[Any] = []
+    try:
+        tracer_provider = None
+        if chosen["traces"]:
+            tracer_provider = TracerProvider(resource=resource, sampler=_sampler(settings))
+            for name in chosen["traces"]:
+                exporter = backends.build("traces", name, settings)
+                created.append(exporter)
+                if isinstance(exporter, MemorySpanExporter):
+                    memory.span_exporter = exporter
+                guarded = GuardedSpanExporter(exporter, name, stats, redactor)
+                # memory is for tests: synchronous, so a span is readable as soon as it ends
+                tracer_provider.add_span_processor(
+                    SimpleSpanProcessor(guarded)
+                    if isinstance(exporter, MemorySpanExporter)
+                    else CountingSpanProcessor(guarded, stats, **batch)
+                )
+
+        logger_provider = None
+        if chosen["logs"]:
+            logger_provider = LoggerProvider(resource=resource)
+            for name in chosen["logs"]:
+                exporter = backends.build("logs", name, settings)
+                created.append(exporter)
+                if isinstance(exporter, MemoryLogExporter):
+                    memory.log_exporter = exporter
+                guarded_log = GuardedLogExporter(exporter, name, stats, redactor)
+                logger_provider.add_log_record_processor(
+                    SimpleLogRecordProcessor(guarded_log)
+                    if isinstance(exporter, MemoryLogExporter)
+                    else CountingLogProcessor(guarded_log, stats, **batch)
+                )
+
+        readers: list[MetricReader] = []
+        for name in chosen["metrics"]:
+            made = backends.build("metrics", name, settings)
+            created.append(made)
+            if isinstance(made, MetricExporter):
+                made = PeriodicExportingMetricReader(
+                    GuardedMetricExporter(made, name, stats, redactor),
+                    export_interval_millis=settings.metric_export_interval_ms,
+                )
+            elif hasattr(made, "on_result"):
+                made.on_result = lambda ok, n, _name=name: stats.count_export("metrics", _name, ok, n)
+            if isinstance(made, MemoryMetricReader):
+                memory.metric_reader = made
+            readers.append(made)
+    except Exception:
+        for obj in created:
+            try:
+                obj.shutdown()
+            except Exception as e:  # best effort while unwinding a failed configure
+                logger.debug("cleanup after failed configure: {}", e)
+        raise
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers) if readers else None
+
+    console = settings.console_logs if settings.console_logs is not None else not settings.logs_exporter
+    handle = Telemetry(
+        settings=settings,
+        resource=resource,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        logger_provider=logger_provider,
+        stats=stats,
+        backends=chosen,
+        memory=memory,
+        readers=readers,
+    )
+    handle._bridge = LoguruBridge(settings, logger_provider, redactor, console)
+    if meter_provider is not None:
+        stats.register(meter_provider.get_meter("observatory.telemetry", __version__))
+    return handle
+
+
+def _reset_globals() -> None:
+    # OTel's API lets a global provider be set once per process; reconfiguring (tests, a CLI that
+    # switches backends) needs the same reset OTel's own test utilities perform.
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
+    metrics._internal._METER_PROVIDER_SET_ONCE = Once()
+    metrics._internal._METER_PROVIDER = None
+    _logs._internal._LOGGER_PROVIDER_SET_ONCE = Once()
+    _logs._internal._LOGGER_PROVIDER = None
+
+
+def _install_globals(handle: Telemetry) -> None:
+    _reset_globals()
+    if handle.tracer_provider is not None:
+        trace.set_tracer_provider(handle.tracer_provider)
+    if handle.meter_provider is not None:
+        metrics.set_meter_provider(handle.meter_provider)
+    if handle.logger_provider is not None:
+        _logs.set_logger_provider(handle.logger_provider)
+    if handle._bridge is not None:
+        handle._bridge.install()
+    _start_gpu(handle)
+
+
+def _start_gpu(handle: Telemetry) -> None:
+    """The NVML collector, when metrics are on and it is enabled (it logs once if there is no GPU)."""
+    if handle.meter_provider is None or not handle.settings.gpu_enabled:
+        return
+    try:
+        from telemetry import gpu
+    except ImportError:  # the GPU module is optional at this layer
+        return
+    collector = gpu.start_from_settings(handle.settings, handle.meter_provider)
+    if collector is not None:
+        handle.extras.append(collector)

@@ -1,0 +1,335 @@
+"""Every span, attribute and metric name Observatory emits, in one place.
+
+OpenTelemetry semantic-convention names are taken from ``opentelemetry.semconv`` where
+the package has them (pinned with the SDK: semconv 0.66b*, GenAI and hardware conventions
+at Development status). Names without a convention live in the ``observatory.`` namespace.
+Dashboards and alert rules are checked against :data:`METRICS` (``observatory dashboards check``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as _gen_ai
+from opentelemetry.semconv._incubating.metrics import gen_ai_metrics as _gen_ai_m
+from opentelemetry.semconv._incubating.metrics import hw_metrics as _hw_m
+from opentelemetry.semconv.attributes import (
+    error_attributes,
+    http_attributes,
+    server_attributes,
+    service_attributes,
+    url_attributes,
+)
+from opentelemetry.semconv.metrics import http_metrics as _http_m
+
+SEMCONV_SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.37.0"
+
+InstrumentKind = Literal["counter", "updowncounter", "histogram", "gauge"]
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """A metric the project emits: its OTel name, unit, instrument kind and meaning."""
+
+    name: str
+    unit: str
+    kind: InstrumentKind
+    description: str
+
+    @property
+    def prometheus(self) -> str:
+        """The series name the OTel Prometheus exporter gives this metric (without suffixes)."""
+        return prometheus_name(self)
+
+
+# Unit suffixes the OpenTelemetry Prometheus exporter appends (opentelemetry-exporter-prometheus).
+_PROM_UNITS: Final = {
+    "s": "seconds",
+    "ms": "milliseconds",
+    "By": "bytes",
+    "J": "joules",
+    "W": "watts",
+    "Cel": "celsius",
+    "Hz": "hertz",
+}
+
+
+def prometheus_name(metric: Metric) -> str:
+    """Prometheus family name of ``metric`` as the OTel Prometheus exporter writes it.
+
+    Counters get ``_total`` on the sample; histograms ``_bucket``/``_sum``/``_count``.
+    """
+    base = re.sub(r"[^a-zA-Z0-9_:]", "_", metric.name)
+    unit = metric.unit
+    if (unit.startswith("{") and unit.endswith("}")) or unit == "1":
+        unit = ""
+    suffix = _PROM_UNITS.get(unit, re.sub(r"[^a-zA-Z0-9_:]", "_", unit))
+    if suffix and not base.endswith("_" + suffix):
+        base = f"{base}_{suffix}"
+    return base
+
+
+def prometheus_series(metric: Metric) -> tuple[str, ...]:
+    """Every sample name a scrape shows for ``metric``."""
+    base = prometheus_name(metric)
+    if metric.kind == "counter":
+        return (base + "_total",)
+    if metric.kind == "histogram":
+        return (base + "_bucket", base + "_sum", base + "_count")
+    return (base,)
+
+
+# --------------------------------------------------------------------------- resource
+SERVICE_NAME: Final = service_attributes.SERVICE_NAME
+SERVICE_VERSION: Final = service_attributes.SERVICE_VERSION
+DEPLOYMENT_ENVIRONMENT: Final = "deployment.environment.name"
+HOST_NAME: Final = "host.name"
+
+# --------------------------------------------------------------------------- HTTP / gateway
+HTTP_REQUEST_METHOD: Final = http_attributes.HTTP_REQUEST_METHOD
+HTTP_ROUTE: Final = http_attributes.HTTP_ROUTE
+HTTP_RESPONSE_STATUS_CODE: Final = http_attributes.HTTP_RESPONSE_STATUS_CODE
+URL_PATH: Final = url_attributes.URL_PATH
+URL_SCHEME: Final = url_attributes.URL_SCHEME
+SERVER_ADDRESS: Final = server_attributes.SERVER_ADDRESS
+SERVER_PORT: Final = server_attributes.SERVER_PORT
+ERROR_TYPE: Final = error_attributes.ERROR_TYPE
+
+TENANT: Final = "observatory.tenant"
+REJECTION_REASON: Final = "observatory.rejection.reason"
+RATE_LIMIT_KIND: Final = "observatory.rate_limit.kind"  # "requests" | "tokens"
+REJECTION_REASONS: Final = ("auth", "forbidden", "rate_limit", "bad_request", "too_large", "upstream")
+
+HTTP_SERVER_REQUEST_DURATION = Metric(
+    _http_m.HTTP_SERVER_REQUEST_DURATION, "s", "histogram", "Duration of HTTP server requests."
+)
+HTTP_SERVER_ACTIVE_REQUESTS = Metric(
+    "http.server.active_requests", "{request}", "updowncounter", "Number of active HTTP server requests."
+)
+GATEWAY_REQUESTS = Metric(
+    "observatory.gateway.requests", "{request}", "counter", "Metered requests per tenant and status."
+)
+GATEWAY_TOKENS = Metric(
+    "observatory.gateway.tokens", "{token}", "counter", "Metered tokens per tenant and gen_ai.token.type."
+)
+GATEWAY_REJECTIONS = Metric(
+    "observatory.gateway.rejections", "{request}", "counter", "Requests rejected by the gateway, by reason."
+)
+# Bucket boundaries the HTTP metric conventions recommend for http.server.request.duration.
+HTTP_DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+RATE_LIMIT_KINDS: Final = ("requests", "tokens")
+
+# --------------------------------------------------------------------------- auth
+SPAN_AUTH_VERIFY: Final = "auth.verify"
+AUTH_METHOD: Final = "observatory.auth.method"  # "jwt" | "api_key"
+AUTH_OUTCOME: Final = "observatory.auth.outcome"
+AUTH_SUBJECT_HASH: Final = "observatory.auth.subject_hash"
+AUTH_METHODS: Final = ("jwt", "api_key", "none")
+AUTH_OUTCOMES: Final = (
+    "ok",
+    "missing",
+    "malformed",
+    "expired",
+    "not_yet_valid",
+    "bad_signature",
+    "wrong_issuer",
+    "wrong_audience",
+    "unknown_key",
+    "revoked",
+    "insufficient_scope",
+)
+AUTH_ATTEMPTS = Metric("observatory.auth.attempts", "{attempt}", "counter", "Authentication attempts by method and outcome.")
+AUTH_DURATION = Metric("observatory.auth.duration", "s", "histogram", "Time spent verifying a credential.")
+# Verification takes tens of microseconds (API key) to ~1 ms (RSA JWT); a JWKS fetch takes milliseconds.
+AUTH_DURATION_BUCKETS: Final = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)
+
+# --------------------------------------------------------------------------- GenAI inference
+GEN_AI_OPERATION_NAME: Final = _gen_ai.GEN_AI_OPERATION_NAME
+GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
+GEN_AI_REQUEST_MODEL: Final = _gen_ai.GEN_AI_REQUEST_MODEL
+GEN_AI_REQUEST_MAX_TOKENS: Final = _gen_ai.GEN_AI_REQUEST_MAX_TOKENS
+GEN_AI_REQUEST_TEMPERATURE: Final = _gen_ai.GEN_AI_REQUEST_TEMPERATURE
+GEN_AI_REQUEST_TOP_P: Final = _gen_ai.GEN_AI_REQUEST_TOP_P
+GEN_AI_REQUEST_STREAM: Final = "gen_ai.request.stream"
+GEN_AI_RESPONSE_MODEL: Final = _gen_ai.GEN_AI_RESPONSE_MODEL
+GEN_AI_RESPONSE_ID: Final = _gen_ai.GEN_AI_RESPONSE_ID
+GEN_AI_RESPONSE_FINISH_REASONS: Final = _gen_ai.GEN_AI_RESPONSE_FINISH_REASONS
+GEN_AI_USAGE_INPUT_TOKENS: Final = _gen_ai.GEN_AI_USAGE_INPUT_TOKENS
+GEN_AI_USAGE_OUTPUT_TOKENS: Final = _gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS
+GEN_AI_TOKEN_TYPE: Final = _gen_ai.GEN_AI_TOKEN_TYPE
+GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"  # only with capture_content on
+GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"  # only with capture_content on
+GEN_AI_PROVIDER: Final = "observatory"  # gen_ai.provider.name for in-process serving
+
+MODEL_NAME: Final = "observatory.model.name"  # MLflow registered model name
+MODEL_VERSION: Final = "observatory.model.version"
+MODEL_ALIAS: Final = "observatory.model.alias"
+MODEL_ROLE: Final = "observatory.model.role"  # "champion" | "challenger"
+GPU_DEVICE_INDEX: Final = "observatory.gpu.device_index"
+GPU_PEAK_MEMORY: Final = "observatory.gpu.peak_memory"  # bytes
+
+# Bucket boundaries the GenAI metric conventions recommend.
+DURATION_BUCKETS: Final = tuple(0.01 * 2**i for i in range(14))  # 0.01 s doubling to 81.92 s
+TOKEN_BUCKETS: Final = tuple(4**i for i in range(14))  # 1, 4, 16, ... 67108864
+TPOT_BUCKETS: Final = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+
+GEN_AI_SERVER_REQUEST_DURATION = Metric(
+    _gen_ai_m.GEN_AI_SERVER_REQUEST_DURATION, "s", "histogram", "Generative AI server request duration."
+)
+GEN_AI_SERVER_TIME_TO_FIRST_TOKEN = Metric(
+    _gen_ai_m.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN, "s", "histogram", "Time to generate the first token."
+)
+GEN_AI_SERVER_TIME_PER_OUTPUT_TOKEN = Metric(
+    _gen_ai_m.GEN_AI_SERVER_TIME_PER_OUTPUT_TOKEN, "s", "histogram", "Time per output token after the first."
+)
+GEN_AI_CLIENT_OPERATION_DURATION = Metric(
+    _gen_ai_m.GEN_AI_CLIENT_OPERATION_DURATION, "s", "histogram", "GenAI operation duration (as a client)."
+)
+GEN_AI_CLIENT_TIME_TO_FIRST_CHUNK = Metric(
+    _gen_ai_m.GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK, "s", "histogram", "Time to the first streamed chunk."
+)
+GEN_AI_CLIENT_TIME_PER_OUTPUT_CHUNK = Metric(
+    _gen_ai_m.GEN_AI_CLIENT_OPERATION_TIME_PER_OUTPUT_CHUNK, "s", "histogram", "Time per streamed chunk after the first."
+)
+GEN_AI_CLIENT_TOKEN_USAGE = Metric(
+    _gen_ai_m.GEN_AI_CLIENT_TOKEN_USAGE, "{token}", "histogram", "Tokens used per operation (as a client)."
+)
+# The conventions define no server-side token metric; ours mirrors the client one.
+GEN_AI_SERVER_TOKEN_USAGE = Metric(
+    "observatory.gen_ai.server.token.usage", "{token}", "histogram", "Tokens processed per request, served in-process."
+)
+GEN_AI_OUTPUT_TOKENS = Metric(
+    "observatory.gen_ai.output_tokens", "{token}", "counter", "Output tokens produced (rate = tokens/s)."
+)
+# Boundaries the GenAI conventions recommend for time to first token / first chunk.
+TTFT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+GEN_AI_OPERATION_CHAT: Final = "chat"  # gen_ai.operation.name values we emit
+GEN_AI_OPERATION_TEXT_COMPLETION: Final = "text_completion"
+GEN_AI_TOKEN_TYPE_INPUT: Final = "input"  # gen_ai.token.type values
+GEN_AI_TOKEN_TYPE_OUTPUT: Final = "output"
+
+# Serving: the model the gateway serves from the MLflow registry.
+MODEL_SWAPS = Metric(
+    "observatory.serving.model_swaps", "{swap}", "counter", "Hot-swaps of the served model to a new registry version."
+)
+MODEL_REGISTRY_ERRORS = Metric(
+    "observatory.serving.registry_errors", "{poll}", "counter", "Failed polls of the model registry (alias lookup or load)."
+)
+
+# --------------------------------------------------------------------------- GPU (OTel hardware conventions)
+HW_ID: Final = "hw.id"
+HW_NAME: Final = "hw.name"
+HW_TYPE: Final = "hw.type"
+HW_GPU_TASK: Final = "hw.gpu.task"  # general | encoder | decoder
+HW_ERROR_TYPE: Final = "error.type"
+GPU_INDEX: Final = "observatory.gpu.index"
+GPU_MIG: Final = "observatory.gpu.mig"  # MIG profile of a MIG instance, e.g. "1g.10gb"
+HW_PARENT: Final = "hw.parent"  # a MIG instance's parent GPU UUID
+GPU_NVML_FUNCTION: Final = "observatory.gpu.nvml.function"  # the NVML call that failed (read errors)
+GPU_CLOCK_DOMAIN: Final = "observatory.gpu.clock.domain"  # sm | memory | graphics
+GPU_CLOCK_EVENT_REASON: Final = "observatory.gpu.clock_event.reason"
+PROCESS_PID: Final = "process.pid"
+PROCESS_NAME: Final = "process.executable.name"
+
+HW_GPU_UTILIZATION = Metric("hw.gpu.utilization", "1", "gauge", "Fraction of time the GPU was busy, by hw.gpu.task.")
+HW_GPU_MEMORY_USAGE = Metric(_hw_m.HW_GPU_MEMORY_USAGE, "By", "updowncounter", "GPU memory used.")
+HW_GPU_MEMORY_LIMIT = Metric(_hw_m.HW_GPU_MEMORY_LIMIT, "By", "updowncounter", "GPU memory size.")
+HW_GPU_MEMORY_UTILIZATION = Metric(_hw_m.HW_GPU_MEMORY_UTILIZATION, "1", "gauge", "Fraction of GPU memory used.")
+HW_POWER = Metric("hw.power", "W", "gauge", "Instantaneous power drawn.")
+HW_ENERGY = Metric(_hw_m.HW_ENERGY, "J", "counter", "Energy consumed since the driver loaded.")
+HW_TEMPERATURE = Metric("hw.temperature", "Cel", "gauge", "GPU temperature.")
+HW_ERRORS = Metric(_hw_m.HW_ERRORS, "{error}", "counter", "GPU errors (ECC, XID-style) by error.type.")
+GPU_CLOCK = Metric("observatory.gpu.clock", "Hz", "gauge", "Current clock by observatory.gpu.clock.domain.")
+GPU_CLOCK_EVENT = Metric(
+    "observatory.gpu.clock_event", "1", "gauge", "1 while a clock-event (throttle) reason is active, by reason."
+)
+GPU_MEMORY_BANDWIDTH_UTILIZATION = Metric(
+    "observatory.gpu.memory_bandwidth.utilization", "1", "gauge", "Fraction of time device memory was read or written."
+)
+GPU_PROCESS_MEMORY = Metric("observatory.gpu.process.memory.usage", "By", "gauge", "GPU memory used per process.")
+GPU_READ_ERRORS = Metric(
+    "observatory.gpu.read_errors", "{reading}", "counter", "NVML readings dropped because the call failed."
+)
+
+HW_TYPE_GPU: Final = "gpu"
+HW_GPU_TASKS: Final = ("general", "encoder", "decoder")
+GPU_CLOCK_DOMAINS: Final = ("graphics", "sm", "memory")
+# NVML clock-event reasons in bit order (bit i of nvmlDeviceGetCurrentClocksEventReasons is reason i).
+GPU_CLOCK_EVENT_REASONS: Final = (
+    "gpu_idle",
+    "applications_clocks_setting",
+    "sw_power_cap",
+    "hw_slowdown",
+    "sync_boost",
+    "sw_thermal_slowdown",
+    "hw_thermal_slowdown",
+    "hw_power_brake_slowdown",
+    "display_clock_setting",
+)
+HW_GPU_ERROR_TYPES: Final = ("ecc_corrected", "ecc_uncorrected", "xid")  # error.type values on hw.errors
+
+# DCGM-exporter-compatible Prometheus series (opt-in, setting ``gpu_dcgm_names``): the names, types,
+# units and labels of NVIDIA dcgm-exporter's default counters (etc/default-counters.csv), so DCGM
+# dashboards work unchanged. Only the series the collector emits are listed. Name -> (type, help).
+DCGM_SERIES: Final[dict[str, tuple[Literal["gauge", "counter"], str]]] = {
+    "DCGM_FI_DEV_SM_CLOCK": ("gauge", "SM clock frequency (in MHz)."),
+    "DCGM_FI_DEV_MEM_CLOCK": ("gauge", "Memory clock frequency (in MHz)."),
+    "DCGM_FI_DEV_GPU_TEMP": ("gauge", "GPU temperature (in C)."),
+    "DCGM_FI_DEV_POWER_USAGE": ("gauge", "Power draw (in W)."),
+    "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": ("counter", "Total energy consumption since boot (in mJ)."),
+    "DCGM_FI_DEV_GPU_UTIL": ("gauge", "GPU utilization (in %)."),
+    "DCGM_FI_DEV_MEM_COPY_UTIL": ("gauge", "Memory utilization (in %)."),
+    "DCGM_FI_DEV_ENC_UTIL": ("gauge", "Encoder utilization (in %)."),
+    "DCGM_FI_DEV_DEC_UTIL": ("gauge", "Decoder utilization (in %)."),
+    "DCGM_FI_DEV_XID_ERRORS": ("gauge", "Value of the last XID error encountered."),
+    "DCGM_FI_DEV_FB_FREE": ("gauge", "Framebuffer memory free (in MiB)."),
+    "DCGM_FI_DEV_FB_USED": ("gauge", "Framebuffer memory used (in MiB)."),
+    "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL": ("counter", "Total number of single-bit volatile ECC errors."),
+    "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL": ("counter", "Total number of double-bit volatile ECC errors."),
+}
+DCGM_LABELS: Final = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname")
+DCGM_MIG_LABELS: Final = ("GPU_I_PROFILE", "GPU_I_ID")  # added on a MIG instance's series
+
+# --------------------------------------------------------------------------- pipeline (Prefect + MLflow)
+PIPELINE_FLOW: Final = "observatory.pipeline.flow"
+PIPELINE_DECISION: Final = "observatory.pipeline.decision"  # promoted | rejected | rolled_back | inconclusive
+PIPELINE_OUTCOME: Final = "observatory.pipeline.outcome"  # completed | failed
+PIPELINE_DECISIONS_ALL: Final = ("promoted", "rejected", "rolled_back", "inconclusive")
+SPAN_PIPELINE_DECISION: Final = "pipeline.decision"
+
+PIPELINE_RUNS = Metric("observatory.pipeline.runs", "{run}", "counter", "Pipeline flow runs by flow and outcome.")
+PIPELINE_REGISTRATIONS = Metric(
+    "observatory.pipeline.registrations", "{version}", "counter", "Model versions registered."
+)
+PIPELINE_DECISIONS = Metric(
+    "observatory.pipeline.decisions", "{decision}", "counter", "Promotion decisions by decision."
+)
+PIPELINE_LAST_PROMOTION = Metric(
+    "observatory.pipeline.last_promotion", "s", "gauge", "Unix time of the last successful promotion."
+)
+EVAL_LOSS = Metric("observatory.eval.loss", "1", "gauge", "Held-out loss of a model version.")
+EVAL_PERPLEXITY = Metric("observatory.eval.perplexity", "1", "gauge", "Held-out perplexity of a model version.")
+EVAL_LATENCY_P95 = Metric("observatory.eval.latency.p95", "s", "gauge", "p95 pyfunc latency in evaluation.")
+
+# --------------------------------------------------------------------------- telemetry health
+TELEMETRY_SIGNAL: Final = "observatory.telemetry.signal"  # traces | metrics | logs
+TELEMETRY_BACKEND: Final = "observatory.telemetry.backend"
+TELEMETRY_OUTCOME: Final = "observatory.telemetry.outcome"  # success | failure
+TELEMETRY_EXPORTED = Metric(
+    "observatory.telemetry.exported", "{item}", "counter", "Items handed to a backend, by signal, backend and outcome."
+)
+TELEMETRY_DROPPED = Metric(
+    "observatory.telemetry.dropped", "{item}", "counter", "Items dropped before export (queue full), by signal and backend."
+)
+
+METRICS: Final[tuple[Metric, ...]] = tuple(v for v in list(globals().values()) if isinstance(v, Metric))
+"""Every metric the project emits."""
+
+
+def all_prometheus_series() -> dict[str, Metric]:
+    """Map each Prometheus sample name a scrape can show to its metric."""
+    return {series: m for m in METRICS for series in prometheus_series(m)}

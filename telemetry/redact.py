@@ -1,0 +1,79 @@
+"""The one place credentials are removed from telemetry before it leaves the process.
+
+Two rules: an attribute or log field whose *key* names a credential (authorization, cookie,
+api key, token, secret, password, ...) is replaced whole; any *value* holding a bearer string,
+a JWT-shaped string or an API key of a known shape is masked in place. Keys such as
+``gen_ai.token.type`` or ``gen_ai.usage.input_tokens`` describe token *counts* and are kept.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+MASK = "[REDACTED]"
+
+_KEY_WORDS = (
+    r"authorization|proxy[-_]?authorization|cookie|set[-_]?cookie|api[-_]?key|x[-_]api[-_]key|apikey"
+    r"|token|access[-_]?token|refresh[-_]?token|id[-_]?token|bearer|secret|client[-_]?secret"
+    r"|password|passwd|credentials?|private[-_]?key"
+)
+# The last dotted segment of the key must be one of the words (optionally prefixed, e.g. http.request.header.x-api-key).
+_SECRET_KEY = re.compile(rf"(?:^|[._-])(?:{_KEY_WORDS})$", re.IGNORECASE)
+
+_SECRET_VALUE = re.compile(
+    r"(?i:\bbearer\s+)[A-Za-z0-9._~+/=-]+"  # Authorization: Bearer <anything>
+    r"|(?i:\bbasic\s+)[A-Za-z0-9+/=]{8,}"  # Authorization: Basic <base64>
+    r"|\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"  # JWT (header starts with '{"')
+    r"|\bobs_[A-Za-z0-9_-]{16,}"  # Observatory API keys
+    r"|\bsk-[A-Za-z0-9_-]{16,}"  # OpenAI-style keys
+)
+
+
+class Redactor:
+    """Masks credentials in attribute mappings and strings."""
+
+    def __init__(self, extra_keys: Iterable[str] = ()):
+        extra = [re.escape(k) for k in extra_keys]
+        self._key = (
+            re.compile(rf"{_SECRET_KEY.pattern}|(?:^|[._-])(?:{'|'.join(extra)})$", re.IGNORECASE)
+            if extra
+            else _SECRET_KEY
+        )
+
+    def is_secret_key(self, key: str) -> bool:
+        return bool(self._key.search(key))
+
+    def text(self, value: str) -> str:
+        """``value`` with every credential-shaped substring masked."""
+        return _SECRET_VALUE.sub(MASK, value)
+
+    def attributes(self, attrs: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        """A masked copy of ``attrs``, or ``attrs`` itself when nothing needed masking."""
+        if not attrs:
+            return attrs
+        changed: dict[str, Any] | None = None
+        for key, value in attrs.items():
+            new = self._value(key, value)
+            if new is not value:
+                if changed is None:
+                    changed = dict(attrs)
+                changed[key] = new
+        return attrs if changed is None else changed
+
+    def _value(self, key: str, value: Any) -> Any:
+        if self._key.search(key):
+            return MASK
+        if isinstance(value, str):
+            masked = _SECRET_VALUE.sub(MASK, value)
+            return value if masked == value else masked
+        if isinstance(value, (tuple, list)) and value and isinstance(value[0], str):
+            masked_seq = [_SECRET_VALUE.sub(MASK, v) if isinstance(v, str) else v for v in value]
+            return value if masked_seq == list(value) else type(value)(masked_seq)
+        if isinstance(value, Mapping):
+            return self.attributes(value)
+        return value
+
+
+DEFAULT = Redactor()

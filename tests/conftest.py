@@ -1,0 +1,80 @@
+"""Fixtures shared by every test area: real components on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import components
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests keep evidence worth looking at (screenshots, logs)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> Iterator[components.Service]:
+    """A real MLflow tracking server on SQLite, shared by the session."""
+    with components.mlflow_server(tmp_path_factory.mktemp("mlflow")) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The machine's PostgreSQL (127.0.0.1:5432, trust auth); a fresh database per session."""
+    name = f"observatory_test_{os.getpid()}"
+    psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-c"]
+    subprocess.run([*psql, f"DROP DATABASE IF EXISTS {name}"], check=True, capture_output=True)
+    subprocess.run([*psql, f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The machine's Redis; tests use their own key prefixes."""
+    import redis
+
+    url = "redis://127.0.0.1:6379/0"
+    redis.Redis.from_url(url).ping()
+    return url
+
+
+@pytest.fixture
+def pushgateway(tmp_path) -> Iterator[components.Service]:
+    with components.pushgateway(tmp_path) as svc:
+        yield svc
+
+
+@pytest.fixture
+def state_dir(tmp_path, monkeypatch) -> Path:
+    """An empty Observatory state folder, set in the environment."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("OBSERVATORY_STATE_DIR", str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _clean_telemetry_env(monkeypatch, tmp_path):
+    """Each test starts without OTEL_*/OBSERVATORY_* settings from the caller's shell, in its own
+    working directory, and ends with telemetry shut down."""
+    for var in list(os.environ):
+        if var.startswith(("OTEL_", "OBSERVATORY_")):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("OBSERVATORY_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    yield
+    import telemetry
+
+    telemetry.shutdown()

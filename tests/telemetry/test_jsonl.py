@@ -1,0 +1,74 @@
+"""The embedded default: JSON-lines files, one item per line, logs correlated with traces."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from loguru import logger
+from opentelemetry import metrics, trace
+
+import telemetry
+from telemetry import names
+
+
+def _read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_signal_lands_in_its_file_one_item_per_line(tmp_path):
+    handle = telemetry.configure("jsonl-svc")
+    assert handle.backends == {"traces": ["jsonl"], "metrics": ["jsonl"], "logs": ["jsonl"]}
+    tracer = trace.get_tracer("test")
+    counter = metrics.get_meter("test").create_counter(names.GATEWAY_REQUESTS.name)
+    with tracer.start_as_current_span("parent") as parent:
+        with tracer.start_as_current_span("child"):
+            logger.info("inside child")
+            counter.add(3, {names.TENANT: "acme"})
+        logging.getLogger("some.library").warning("stdlib inside parent")
+    handle.shutdown()
+
+    folder = tmp_path / "state" / "telemetry"
+    spans = _read(folder / "traces.jsonl")
+    assert [s["name"] for s in spans] == ["child", "parent"]
+    child, par = spans
+    trace_id = format(parent.get_span_context().trace_id, "032x")
+    assert child["trace_id"] == par["trace_id"] == trace_id
+    assert child["parent_span_id"] == par["span_id"]
+
+    logs = _read(folder / "logs.jsonl")
+    by_body = {r["body"]: r for r in logs}
+    assert by_body["inside child"]["trace_id"] == trace_id
+    assert by_body["inside child"]["span_id"] == child["span_id"]
+    assert by_body["stdlib inside parent"]["span_id"] == par["span_id"]
+    assert by_body["stdlib inside parent"]["attributes"]["logger.name"] == "some.library"
+
+    points = [p for p in _read(folder / "metrics.jsonl") if p["name"] == names.GATEWAY_REQUESTS.name]
+    assert points[-1]["value"] == 3 and points[-1]["attributes"] == {names.TENANT: "acme"}
+
+
+def test_files_rotate_by_size(tmp_path):
+    handle = telemetry.configure("rot", jsonl_max_bytes=4000, jsonl_backups=2, metrics_exporter=["none"])
+    tracer = trace.get_tracer("test")
+    for i in range(60):
+        with tracer.start_as_current_span(f"span-{i}"):
+            pass
+        handle.force_flush()
+    handle.shutdown()
+    folder = tmp_path / "state" / "telemetry"
+    current, first, second = (folder / "traces.jsonl", folder / "traces.jsonl.1", folder / "traces.jsonl.2")
+    assert first.exists() and second.exists() and not (folder / "traces.jsonl.3").exists()
+    for f in (current, first, second):
+        assert f.stat().st_size <= 4000
+        for line in f.read_text().splitlines():
+            json.loads(line)
+    names_seen = [s["name"] for f in (second, first, current) for s in _read(f)]
+    assert names_seen[-1] == "span-59"
+
+
+def test_json_console_format(capfd):
+    telemetry.configure("console-json", console_format="json", traces_exporter=["none"], metrics_exporter=["none"])
+    logger.info("structured")
+    err = capfd.readouterr().err
+    record = json.loads(err.strip().splitlines()[-1])
+    assert record["record"]["message"] == "structured"
