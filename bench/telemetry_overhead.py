@@ -63,8 +63,9 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="obs-bench-")
     os.environ["OBSERVATORY_STATE_DIR"] = f"{tmp}/ours"
 
-    import telemetry
     from loguru import logger
+
+    import telemetry
     from telemetry.backends.jsonl import JsonlLogExporter, JsonlMetricExporter, JsonlSpanExporter
     from telemetry.settings import load
 

@@ -161,22 +161,11 @@ class GuardedMetricExporter(MetricExporter):
             len(m.data.data_points) for rm in metrics_data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
         )
         try:
-            result = self.inner.export(self._redact(metrics_data), timeout_millis=timeout_millis)
+            result = self.inner.export(self._redactor.metrics_data(metrics_data), timeout_millis=timeout_millis)
         except Exception:  # export boundary
             result = MetricExportResult.FAILURE
         self._stats.count_export("metrics", self.backend, result is MetricExportResult.SUCCESS, points)
         return result
-
-    def _redact(self, data: MetricsData) -> MetricsData:
-        r = self._redactor
-        for rm in data.resource_metrics:
-            for sm in rm.scope_metrics:
-                for m in sm.metrics:
-                    for p in m.data.data_points:
-                        masked = r.attributes(p.attributes)
-                        if masked is not p.attributes:
-                            object.__setattr__(p, "attributes", masked)
-        return data
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return self.inner.force_flush(timeout_millis)

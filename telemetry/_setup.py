@@ -232,8 +232,11 @@ def _build(settings: Settings) -> Telemetry:
                     GuardedMetricExporter(made, name, stats, redactor),
                     export_interval_millis=settings.metric_export_interval_ms,
                 )
-            elif hasattr(made, "on_result"):
-                made.on_result = lambda ok, n, _name=name: stats.count_export("metrics", _name, ok, n)
+            else:  # a pull or push reader of ours masks what it receives, and may report push outcomes
+                if hasattr(made, "redactor"):
+                    made.redactor = redactor
+                if hasattr(made, "on_result"):
+                    made.on_result = lambda ok, n, _name=name: stats.count_export("metrics", _name, ok, n)
             if isinstance(made, MemoryMetricReader):
                 memory.metric_reader = made
             readers.append(made)

@@ -62,6 +62,17 @@ class Redactor:
                 changed[key] = new
         return attrs if changed is None else changed
 
+    def metrics_data(self, data: Any) -> Any:
+        """Mask data-point attributes of an OTel ``MetricsData`` in place; return it."""
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    for p in m.data.data_points:
+                        masked = self.attributes(p.attributes)
+                        if masked is not p.attributes:
+                            object.__setattr__(p, "attributes", masked)  # frozen dataclass, exported copy
+        return data
+
     def _value(self, key: str, value: Any) -> Any:
         if self._key.search(key):
             return MASK

@@ -11,6 +11,7 @@ from typing import Any
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from prometheus_client import REGISTRY, start_http_server
 
+from telemetry.redact import DEFAULT
 from telemetry.settings import ConfigError, Settings, load
 
 
@@ -18,6 +19,7 @@ class PrometheusPullReader(PrometheusMetricReader):
     def __init__(self, settings: Settings | None = None):
         settings = settings or load()
         super().__init__(registry=REGISTRY)
+        self.redactor = DEFAULT  # configure() sets the configured one
         self.server = None
         self.port = settings.prometheus_port
         if settings.prometheus_serve:
@@ -30,6 +32,11 @@ class PrometheusPullReader(PrometheusMetricReader):
                     f"(prometheus_port / OTEL_EXPORTER_PROMETHEUS_PORT): {e}"
                 ) from e
             self.port = self.server.server_port
+
+    def _receive_metrics(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> None:
+        if metrics_data is not None:
+            self.redactor.metrics_data(metrics_data)
+        super()._receive_metrics(metrics_data, timeout_millis, **kwargs)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         if self.server is not None:

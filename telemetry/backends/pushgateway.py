@@ -15,6 +15,7 @@ from loguru import logger
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from prometheus_client import CollectorRegistry, push_to_gateway
 
+from telemetry.redact import DEFAULT
 from telemetry.settings import Settings, load
 
 
@@ -26,6 +27,7 @@ class PushgatewayMetricReader(PrometheusMetricReader):
         self.grouping_key = {"instance": socket.gethostname()}
         self.on_result: Callable[[bool, int], None] = lambda ok, n: None  # set by configure() to count
         self._timeout = settings.otlp_timeout_ms / 1000
+        self.redactor = DEFAULT  # configure() sets the configured one
         self._push_registry = CollectorRegistry()
         super().__init__(registry=self._push_registry)
         self._stop = threading.Event()
@@ -36,6 +38,11 @@ class PushgatewayMetricReader(PrometheusMetricReader):
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
             self.push()
+
+    def _receive_metrics(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> None:
+        if metrics_data is not None:
+            self.redactor.metrics_data(metrics_data)
+        super()._receive_metrics(metrics_data, timeout_millis, **kwargs)
 
     def push(self) -> bool:
         """Push the current values; count and log a failure, never raise."""

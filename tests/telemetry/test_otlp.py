@@ -10,7 +10,7 @@ from opentelemetry import metrics, trace
 
 import telemetry
 from telemetry import names
-from tests.components import wait_for
+from tests.components import free_port, wait_for
 from tests.telemetry.conftest import OtlpReceiver
 
 
@@ -43,25 +43,27 @@ def _spans_per_second(tracer, seconds: float) -> float:
 
 
 def test_outage_does_not_slow_the_loop_counts_drops_and_recovers():
-    receiver = OtlpReceiver(port=__import__("tests.components", fromlist=["free_port"]).free_port())
-    common = {"otlp_protocol": "grpc", "otlp_timeout_ms": 500, "max_queue_size": 512, "schedule_delay_ms": 50,
-              "metrics_exporter": ["memory"], "logs_exporter": ["none"]}
-    # Baseline: the same loop with a live endpoint.
+    receiver = OtlpReceiver(port=free_port())
     receiver.start()
-    handle = telemetry.configure("outage", otlp_endpoint=receiver.endpoint, **common)
+    handle = telemetry.configure(
+        "outage", otlp_endpoint=receiver.endpoint, otlp_protocol="grpc", otlp_timeout_ms=500, max_queue_size=512,
+        schedule_delay_ms=50, metrics_exporter=["memory"], logs_exporter=["none"],
+    )
     tracer = trace.get_tracer("outage")
     _spans_per_second(tracer, 0.3)  # warm up
-    healthy = max(_spans_per_second(tracer, 0.5) for _ in range(3))
-    handle.force_flush()
-    receiver.stop()
-
-    # Outage: nothing listens on the port.
-    before_fail = handle.stats.failures("traces")
-    down = max(_spans_per_second(tracer, 0.5) for _ in range(3))
-    assert down >= healthy / 1.2, f"loop slowed by the outage: {healthy:.0f}/s healthy vs {down:.0f}/s down"
+    # Healthy and outage windows alternate, so load from other processes hits both alike.
+    healthy, down = [], []
+    for _ in range(3):
+        if receiver.server is None:
+            receiver.start()
+        healthy.append(_spans_per_second(tracer, 0.5))
+        receiver.stop()
+        down.append(_spans_per_second(tracer, 0.5))
+    assert max(down) >= max(healthy) / 1.2, f"loop slowed by the outage: healthy {healthy} vs down {down} spans/s"
     wait_for(lambda: handle.stats.drops("traces") > 0, what="drops counted")
-    wait_for(lambda: handle.stats.failures("traces") > before_fail, timeout=15, what="export failures counted")
-    dropped = {p.attributes[names.TELEMETRY_SIGNAL]: p.value for p in handle.memory.metrics()[names.TELEMETRY_DROPPED.name]}
+    wait_for(lambda: handle.stats.failures("traces") > 0, timeout=15, what="export failures counted")
+    dropped = {p.attributes[names.TELEMETRY_SIGNAL]: p.value
+               for p in handle.memory.metrics()[names.TELEMETRY_DROPPED.name]}
     assert dropped["traces"] > 0
 
     # The endpoint comes back on the same port: new spans arrive.

@@ -1,0 +1,54 @@
+"""The loguru bridge: correlation, stdlib routing, and no recursion from telemetry that logs."""
+
+from __future__ import annotations
+
+import logging
+
+from loguru import logger
+from opentelemetry import trace
+
+import telemetry
+
+MEMORY = {"traces_exporter": ["memory"], "metrics_exporter": ["none"], "logs_exporter": ["memory"]}
+
+
+def test_records_in_a_span_carry_its_ids_and_outside_none():
+    handle = telemetry.configure("logs", **MEMORY)
+    logger.info("outside")
+    with trace.get_tracer("t").start_as_current_span("s") as span:
+        logger.bind(tenant="acme").info("inside")
+    records = {r.log_record.body: r.log_record for r in handle.memory.logs()}
+    assert records["inside"].trace_id == span.get_span_context().trace_id
+    assert records["inside"].span_id == span.get_span_context().span_id
+    assert records["inside"].attributes["tenant"] == "acme"
+    assert not records["outside"].trace_id
+
+
+def test_stdlib_logging_takes_the_same_path():
+    handle = telemetry.configure("logs", **MEMORY)
+    logging.getLogger("thirdparty.lib").warning("via stdlib %s", "args")
+    (rec,) = [r.log_record for r in handle.memory.logs() if r.log_record.body == "via stdlib args"]
+    assert rec.severity_text == "WARNING" and rec.attributes["logger.name"] == "thirdparty.lib"
+    assert rec.attributes["code.file.path"].endswith("test_logs.py")
+
+
+def test_a_log_emitted_while_exporting_a_log_does_not_recurse():
+    handle = telemetry.configure("logs", **MEMORY)
+    exporter = handle.memory.log_exporter
+    original = exporter.export
+
+    def noisy_export(batch):
+        logger.warning("exporter logs while exporting")  # would recurse without the guard
+        return original(batch)
+
+    exporter.export = noisy_export
+    logger.info("first")
+    bodies = [r.log_record.body for r in handle.memory.logs()]
+    assert bodies == ["first"]
+
+
+def test_shutdown_removes_the_sinks():
+    handle = telemetry.configure("logs", **MEMORY)
+    handle.shutdown()
+    logger.info("after shutdown")
+    assert all(r.log_record.body != "after shutdown" for r in handle.memory.logs())

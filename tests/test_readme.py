@@ -1,0 +1,28 @@
+"""The README opens with the two commands and documents every setting."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from telemetry.settings import OTEL_ENV, Settings
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_readme_opens_with_exactly_two_commands():
+    block = re.search(r"```bash\n(.*?)```", README, re.S)
+    assert block and README.index(block.group(0)) < README.index("## ")
+    commands = [line for line in block.group(1).splitlines() if line.strip()]
+    assert len(commands) == 2
+    assert "observatory demo" in commands[0] and "torch==2.13.0" in commands[0]
+    ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+    assert commands[1] == "make test" and "make test" in ci
+
+
+def test_every_setting_and_variable_is_documented():
+    for field in Settings.model_fields:
+        assert f"`{field}`" in README, field
+        assert f"OBSERVATORY_{field.upper()}" in README, field
+    for var in OTEL_ENV:
+        assert var in README, var
