@@ -81,17 +81,19 @@ class GuardedSpanExporter(SpanExporter):
         return result
 
     def _redact(self, span: ReadableSpan) -> ReadableSpan:
+        # Runs for every exported span on the export thread: read the SDK's fields directly, since
+        # its public properties copy their containers on each access, and copy only what changes.
         r = self._redactor
-        attrs = r.attributes(span.attributes)
-        events = span.events
+        attrs = r.attributes(span._attributes)
+        events = span._events
         new_events = None
         if events:
             masked = [r.attributes(e.attributes) for e in events]
             if any(m is not e.attributes for m, e in zip(masked, events, strict=True)):
                 new_events = [Event(e.name, m, e.timestamp) for m, e in zip(masked, events, strict=True)]
-        desc = span.status.description
+        desc = span._status.description
         new_desc = r.text(desc) if desc else desc
-        if attrs is span.attributes and new_events is None and new_desc == desc:
+        if attrs is span._attributes and new_events is None and new_desc == desc:
             return span
         return ReadableSpan(
             name=span.name,

@@ -314,6 +314,17 @@ PIPELINE_LAST_PROMOTION = Metric(
 EVAL_LOSS = Metric("observatory.eval.loss", "1", "gauge", "Held-out loss of a model version.")
 EVAL_PERPLEXITY = Metric("observatory.eval.perplexity", "1", "gauge", "Held-out perplexity of a model version.")
 EVAL_LATENCY_P95 = Metric("observatory.eval.latency.p95", "s", "gauge", "p95 pyfunc latency in evaluation.")
+EVAL_LATENCY_P50 = Metric("observatory.eval.latency.p50", "s", "gauge", "Median pyfunc latency in evaluation.")
+EVAL_GOLDEN_PASS_RATE = Metric(
+    "observatory.eval.golden_pass_rate", "1", "gauge", "Share of golden prompts a model version passes."
+)
+PIPELINE_TRAIN_DURATION = Metric(
+    "observatory.pipeline.train.duration", "s", "gauge", "Wall time of the last training run."
+)
+SPAN_PIPELINE_RUN: Final = "pipeline.run"  # our root span when Prefect's flow-run span is not recorded
+PIPELINE_FROM_VERSION: Final = "observatory.pipeline.from_version"  # champion before a decision
+PIPELINE_TO_VERSION: Final = "observatory.pipeline.to_version"  # the version decided about
+PIPELINE_REASON: Final = "observatory.pipeline.reason"  # gate outcome in words (no content)
 
 # --------------------------------------------------------------------------- telemetry health
 TELEMETRY_SIGNAL: Final = "observatory.telemetry.signal"  # traces | metrics | logs

@@ -31,6 +31,9 @@ _SECRET_VALUE = re.compile(
 )
 
 
+_SCALARS = frozenset({int, float, bool})
+
+
 class Redactor:
     """Masks credentials in attribute mappings and strings."""
 
@@ -42,8 +45,15 @@ class Redactor:
             else _SECRET_KEY
         )
 
+        self._key_cache: dict[str, bool] = {}
+
     def is_secret_key(self, key: str) -> bool:
-        return bool(self._key.search(key))
+        hit = self._key_cache.get(key)
+        if hit is None:
+            if len(self._key_cache) > 10_000:  # attribute keys are few; bound it anyway
+                self._key_cache.clear()
+            hit = self._key_cache[key] = bool(self._key.search(key))
+        return hit
 
     def text(self, value: str) -> str:
         """``value`` with every credential-shaped substring masked."""
@@ -54,11 +64,13 @@ class Redactor:
         if not attrs:
             return attrs
         changed: dict[str, Any] | None = None
-        for key, value in attrs.items():
+        # The SDK's BoundedAttributes wraps a plain dict; iterating that skips its lock and copy.
+        plain = getattr(attrs, "_dict", attrs)
+        for key, value in plain.items():
             new = self._value(key, value)
             if new is not value:
                 if changed is None:
-                    changed = dict(attrs)
+                    changed = dict(plain)
                 changed[key] = new
         return attrs if changed is None else changed
 
@@ -74,8 +86,10 @@ class Redactor:
         return data
 
     def _value(self, key: str, value: Any) -> Any:
-        if self._key.search(key):
+        if self.is_secret_key(key):
             return MASK
+        if type(value) in _SCALARS:
+            return value
         if isinstance(value, str):
             masked = _SECRET_VALUE.sub(MASK, value)
             return value if masked == value else masked

@@ -88,6 +88,14 @@ def _hex(value: int, width: int) -> str:
     return format(value, f"0{width}x")
 
 
+def _plain(attrs: Any) -> dict[str, Any]:
+    """A dict orjson serialises natively (the SDK's BoundedAttributes wraps one)."""
+    if not attrs:
+        return {}
+    inner = getattr(attrs, "_dict", None)
+    return inner if isinstance(inner, dict) else dict(attrs)
+
+
 def span_record(span: ReadableSpan) -> dict[str, Any]:
     ctx = span._context
     parent = span._parent
@@ -104,7 +112,7 @@ def span_record(span: ReadableSpan) -> dict[str, Any]:
         "start_time_unix_nano": span._start_time,
         "end_time_unix_nano": span._end_time,
         "status": {"code": status.status_code.name, "description": status.description},
-        "attributes": dict(span._attributes) if span._attributes else {},
+        "attributes": _plain(span._attributes),
         "events": [
             {"name": e.name, "time_unix_nano": e.timestamp, "attributes": dict(e.attributes or {})} for e in events
         ]
