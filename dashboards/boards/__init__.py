@@ -1,0 +1,19 @@
+"""The Grafana dashboards, one module each; :func:`all_boards` lists them in export order."""
+
+from __future__ import annotations
+
+from dashboards._grafana import Board
+
+
+def all_boards() -> dict[str, Board]:
+    """File stem -> dashboard spec."""
+    from dashboards.boards import gateway, gpu, health, inference, overview, pipeline
+
+    return {
+        "overview": overview.board(),
+        "gateway": gateway.board(),
+        "inference": inference.board(),
+        "gpu": gpu.board(),
+        "pipeline": pipeline.board(),
+        "telemetry-health": health.board(),
+    }

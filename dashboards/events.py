@@ -1,0 +1,29 @@
+"""Events a query may need before it returns data; the live proof drives some and lists the rest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    key: str  # short id, e.g. for ``observatory dashboards verify --expect KEY``
+    text: str  # what happens, as panel descriptions say it ("Empty until <text>.")
+
+
+GPU: Final = Event("gpu", "an NVIDIA GPU is sampled")  # inferred from the metrics a query reads
+RATE_LIMITED: Final = Event("rate_limited", "a request is refused by a rate limit (429)")
+HOT_SWAP: Final = Event("hot_swap", "the gateway hot-swaps to a new model version")
+REGISTRY_ERROR: Final = Event("registry_error", "a model-registry poll fails")
+INFERENCE_ERROR: Final = Event(
+    "inference_error", "a generation ends with an error (e.g. a client leaves mid-stream)"
+)
+UPSTREAM: Final = Event("upstream", "a gateway runs with the upstream (proxy) backend")
+EXPORT_FAILURE: Final = Event("export_failure", "a telemetry export fails")
+ALERT_ACTIVE: Final = Event("alert_active", "an alert is pending or firing")
+GPU_READ_ERROR: Final = Event("gpu_read_error", "an NVML reading fails")
+PIPELINE_RUN: Final = Event("pipeline_run", "a pipeline run pushes its metrics")
+
+ALL: Final = (GPU, RATE_LIMITED, HOT_SWAP, REGISTRY_ERROR, INFERENCE_ERROR, UPSTREAM, EXPORT_FAILURE, ALERT_ACTIVE,
+              GPU_READ_ERROR, PIPELINE_RUN)

@@ -1,0 +1,117 @@
+"""``alerts_test.yml``: ``promtool test rules`` cases for the key alerts (firing and quiet)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from dashboards import rules
+from dashboards import series as s
+from dashboards.scrape import GATEWAY_JOB, GPU_JOB
+from telemetry import names
+
+PIPELINE_JOB = "observatory-pipeline"
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """Input series (``{series selector: promtool values}``) and, at ``at``, the alerts expected
+    to fire with their labels (besides the rule's own)."""
+
+    name: str
+    series: dict[str, str]
+    alert: str
+    at: str
+    firing: tuple[dict[str, str], ...] = ()
+    interval: str = "1m"
+
+
+def _sel(series: str, **labels: str) -> str:
+    return series + "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+
+
+def cases() -> tuple[Case, ...]:
+    http = s.count(names.HTTP_SERVER_REQUEST_DURATION)
+    route = {s.JOB: GATEWAY_JOB, s.HTTP_ROUTE: "/v1/chat/completions"}
+    gw = {s.JOB: GATEWAY_JOB}
+    ttft = names.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN
+    le_1s = s.le(1.0, names.TTFT_BUCKETS)
+    attempts, requests = s.total(names.AUTH_ATTEMPTS), s.total(names.GATEWAY_REQUESTS)
+    exported = s.total(names.TELEMETRY_EXPORTED)
+    backend = {s.JOB: GATEWAY_JOB, s.TELEMETRY_SIGNAL: "traces", s.TELEMETRY_BACKEND: "otlp"}
+    runs = s.total(names.PIPELINE_RUNS)
+    flow = {s.JOB: PIPELINE_JOB, s.PIPELINE_FLOW: "pipeline"}
+    gpu = {s.JOB: GPU_JOB, s.HW_ID: "GPU-0b1e", s.CLOCK_EVENT_REASON: "hw_thermal_slowdown"}
+    promoted = {s.JOB: PIPELINE_JOB, s.MODEL_NAME: "tiny-gpt"}
+    return (
+        Case("10% of API requests fail: availability budget burns fast", {
+            _sel(http, **route, **{s.STATUS_CODE: "200"}): "0+54x120",
+            _sel(http, **route, **{s.STATUS_CODE: "500"}): "0+6x120",
+        }, "GatewayAvailabilityErrorBudgetBurnFast", "70m", (gw,)),
+        Case("no 5xx: availability alerts stay quiet", {
+            _sel(http, **route, **{s.STATUS_CODE: "200"}): "0+60x120",
+            _sel(http, **route, **{s.STATUS_CODE: "401"}): "0+60x120",
+        }, "GatewayAvailabilityErrorBudgetBurnFast", "70m"),
+        Case("80% of first tokens slower than 1 s: TTFT budget burns fast", {
+            _sel(s.bucket(ttft), **gw, **{s.LE: le_1s}): "0+20x120",
+            _sel(s.count(ttft), **gw): "0+100x120",
+        }, "TtftErrorBudgetBurnFast", "70m", (gw,)),
+        Case("repeated thermal slowdown pages", {
+            _sel(s.gauge(names.GPU_CLOCK_EVENT), **gpu): "1x20",
+        }, "GpuThermalThrottling", "10m", (gpu,)),
+        Case("two-thirds of credentials refused", {
+            _sel(attempts, **gw, **{s.AUTH_METHOD: "api_key", s.AUTH_OUTCOME: "ok"}): "0+30x30",
+            _sel(attempts, **gw, **{s.AUTH_METHOD: "api_key", s.AUTH_OUTCOME: "unknown_key"}): "0+60x30",
+        }, "AuthFailureSpike", "15m", (gw,)),
+        Case("half of a tenant's requests answered 429", {
+            _sel(requests, **gw, **{s.TENANT: "acme", s.STATUS_CODE: "200"}): "0+30x30",
+            _sel(requests, **gw, **{s.TENANT: "acme", s.STATUS_CODE: "429"}): "0+30x30",
+            _sel(requests, **gw, **{s.TENANT: "globex", s.STATUS_CODE: "200"}): "0+30x30",
+        }, "RateLimitSpike", "20m", ({**gw, s.TENANT: "acme"},)),
+        Case("9% of spans fail to export", {
+            _sel(exported, **backend, **{s.TELEMETRY_OUTCOME: "success"}): "0+100x30",
+            _sel(exported, **backend, **{s.TELEMETRY_OUTCOME: "failure"}): "0+10x30",
+        }, "TelemetryExportFailing", "25m", (backend,)),
+        Case("the last pushed pipeline run failed", {
+            _sel(runs, **flow, **{s.PIPELINE_OUTCOME: "failed"}): "1x10",
+        }, "PipelineRunFailed", "5m", (flow,)),
+        Case("a completed pipeline run does not alert", {
+            _sel(runs, **flow, **{s.PIPELINE_OUTCOME: "completed"}): "1x10",
+        }, "PipelineRunFailed", "5m"),
+        # Promotion times before the test clock's start (0) keep the evaluation short.
+        Case(f"last promotion {rules.NO_PROMOTION_DAYS + 1} days ago", {
+            _sel(s.gauge(names.PIPELINE_LAST_PROMOTION), **promoted): f"{-(rules.NO_PROMOTION_DAYS + 1) * 86400}x180",
+        }, "NoSuccessfulPromotion", "2h", (promoted,)),
+        Case(f"last promotion {rules.NO_PROMOTION_DAYS - 1} days ago", {
+            _sel(s.gauge(names.PIPELINE_LAST_PROMOTION), **promoted): f"{-(rules.NO_PROMOTION_DAYS - 1) * 86400}x180",
+        }, "NoSuccessfulPromotion", "2h"),
+    )
+
+
+def _expand(template: str, labels: dict[str, str]) -> str:
+    return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels.get(m.group(1), ""), template)
+
+
+def tests_document(rule_file: str = "alerts.yml") -> dict[str, Any]:
+    """``alerts_test.yml`` as data; expected annotations are the rule's, expanded."""
+    by_name = {a.alert: a for a in rules.alerts()}
+    tests = []
+    for case in cases():
+        rule = by_name[case.alert]
+
+        def expected(firing: tuple[dict[str, str], ...], rule: rules.Alert = rule) -> list[dict[str, Any]]:
+            out = []
+            for labels in firing:
+                full = {**labels, "severity": rule.severity, **dict(rule.labels)}
+                annotations = {"summary": _expand(rule.summary, full), "description": _expand(rule.description, full)}
+                out.append({"exp_labels": full, "exp_annotations": annotations})
+            return out
+
+        tests.append({
+            "name": case.name,
+            "interval": case.interval,
+            "input_series": [{"series": k, "values": v} for k, v in case.series.items()],
+            "alert_rule_test": [{"eval_time": case.at, "alertname": case.alert, "exp_alerts": expected(case.firing)}],
+        })
+    return {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": tests}

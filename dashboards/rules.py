@@ -1,0 +1,222 @@
+"""Prometheus recording and alert rules (``alerts.yml``).
+
+SLOs use the multi-window, multi-burn-rate alerts of the Google SRE workbook: page when the
+error budget burns 14.4x (1 h and 5 min windows) or 6x (6 h and 30 min); open a ticket at 3x
+(1 d and 2 h) or 1x (3 d and 6 h). Each SLI is recorded per window as a ratio of bad events that
+is 0, not empty, while nothing is bad.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+from dashboards import events
+from dashboards import series as s
+from dashboards.boards.gpu import THERMAL_REASONS
+from dashboards.events import Event
+from dashboards.query import agg, below, rate, ratio, sel
+from dashboards.scrape import GATEWAY_JOB
+from telemetry import names
+
+WINDOWS: Final = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+# (severity, for, ((long window, short window, burn-rate factor), ...))
+BURN_ALERTS: Final = (
+    ("page", "2m", (("1h", "5m", 14.4), ("6h", "30m", 6.0))),
+    ("ticket", "15m", (("1d", "2h", 3.0), ("3d", "6h", 1.0))),
+)
+NO_PROMOTION_DAYS: Final = 7
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    record: str
+    expr: str
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    alert: str
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    description: str
+    needs: Event | None = None  # an event the condition's series wait for (a GPU is inferred)
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    name: str
+    rules: tuple[Recording | Alert, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Slo:
+    """``objective`` of events are good; ``bad_ratio(window)`` is the PromQL share of bad ones."""
+
+    name: str
+    title: str
+    objective: float
+    description: str
+    bad_ratio: Callable[[str], str]
+
+    def record(self, window: str) -> str:
+        return f"observatory:slo_{self.name}:bad_ratio_rate{window}"
+
+
+def _server_errors(window: str) -> str:
+    return ratio(s.count(names.HTTP_SERVER_REQUEST_DURATION), s.SERVER_ERRORS, s.API_ROUTES, by=(s.JOB,),
+                 window=window)
+
+
+def _slow_requests(window: str) -> str:
+    le = s.le(2.5, names.HTTP_DURATION_BUCKETS)
+    return below(names.HTTP_SERVER_REQUEST_DURATION, le, s.API_ROUTES, by=(s.JOB,), window=window)
+
+
+def _slow_first_tokens(window: str) -> str:
+    # Served in process (server) or proxying an upstream (client): whichever the job emits.
+    le = s.le(1.0, names.TTFT_BUCKETS)
+    server = below(names.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN, le, by=(s.JOB,), window=window)
+    client = below(names.GEN_AI_CLIENT_TIME_TO_FIRST_CHUNK, le, by=(s.JOB,), window=window)
+    return f"({server}) or ({client})"
+
+
+SLOS: Final = (
+    Slo("gateway_availability", "Gateway availability", 0.995, "API requests answered without a 5xx", _server_errors),
+    Slo("gateway_latency", "Gateway latency", 0.99, "API requests answered within 2.5 s", _slow_requests),
+    Slo("ttft", "Time to first token", 0.95, "generations whose first token came within 1 s", _slow_first_tokens),
+)
+
+
+def _burn_alerts(slo: Slo) -> Iterator[Alert]:
+    budget = 1 - slo.objective
+    for severity, for_, pairs in BURN_ALERTS:
+        conditions = [
+            f"({slo.record(long)} > {round(factor * budget, 6)} and {slo.record(short)} > {round(factor * budget, 6)})"
+            for long, short, factor in pairs
+        ]
+        speed = "fast" if severity == "page" else "slow"
+        rates = " or ".join(f"{factor:g}x over {long}" for long, _, factor in pairs)
+        yield Alert(
+            alert=f"{''.join(w.title() for w in slo.name.split('_'))}ErrorBudgetBurn{speed.title()}",
+            expr=" or ".join(conditions),
+            for_=for_,
+            severity=severity,
+            summary=f"{slo.title} SLO: error budget burning {speed} on {{{{ $labels.job }}}}",
+            description=f"SLO {slo.objective:.1%} of {slo.description}; the budget burns at {rates}.",
+            labels=(("slo", slo.name),),
+        )
+
+
+def groups() -> tuple[Group, ...]:
+    """Every rule group of ``alerts.yml``."""
+    attempts, requests = s.total(names.AUTH_ATTEMPTS), s.total(names.GATEWAY_REQUESTS)
+    exported, runs = s.total(names.TELEMETRY_EXPORTED), s.total(names.PIPELINE_RUNS)
+    per_backend = (s.JOB, s.TELEMETRY_SIGNAL, s.TELEMETRY_BACKEND)
+    per_gpu = (s.JOB, s.HW_ID)
+    refused = f'{s.AUTH_OUTCOME}!="ok"'
+    failed_export = f'{s.TELEMETRY_OUTCOME}="failure"'
+    failed_run = f'{s.PIPELINE_OUTCOME}="failed"'
+    limited = f'{s.STATUS_CODE}="429"'
+    ecc_uncorrected = f'{s.ERROR_TYPE}="ecc_uncorrected"'
+    gateway_up = sel(s.UP, f'{s.JOB}="{GATEWAY_JOB}"')
+    general = sel(s.gauge(names.HW_GPU_UTILIZATION), f'{s.GPU_TASK}="general"')
+    thermal = sel(s.gauge(names.GPU_CLOCK_EVENT), f'{s.CLOCK_EVENT_REASON}=~"{"|".join(THERMAL_REASONS)}"')
+    last_promotion = f"max_over_time({s.gauge(names.PIPELINE_LAST_PROMOTION)}[30d])"
+    slis = Group("observatory-slis", tuple(
+        Recording(slo.record(w), slo.bad_ratio(w)) for slo in SLOS for w in WINDOWS
+    ))
+    slo_alerts = Group("observatory-slo-alerts", tuple(a for slo in SLOS for a in _burn_alerts(slo)))
+    gateway = Group("observatory-gateway", (
+        Alert("GatewayDown", f"{gateway_up} == 0", "2m", "page",
+              "Gateway {{ $labels.instance }} is not being scraped",
+              "Prometheus cannot scrape the gateway's /metrics: the process is down or unreachable."),
+        Alert("AuthFailureSpike",
+              f"{ratio(attempts, refused, by=(s.JOB,), window='5m')} > 0.25 "
+              f"and {rate(attempts, refused, by=(s.JOB,), window='5m')} > 0.5",
+              "5m", "ticket", "Many refused credentials on {{ $labels.job }}",
+              "Over a quarter of authentication attempts (and more than 30 a minute) are refused: "
+              "a misconfigured client, an expired key or credential stuffing. See the gateway dashboard."),
+        Alert("RateLimitSpike",
+              f"{ratio(requests, limited, by=(s.JOB, s.TENANT), window='5m')} > 0.1",
+              "10m", "ticket", "Tenant {{ $labels.observatory_tenant }} is being rate limited",
+              "More than 10% of the tenant's requests are answered 429: raise its limit or find the runaway client."),
+        Alert("ModelRegistryUnreachable",
+              f"{rate(s.total(names.MODEL_REGISTRY_ERRORS), by=(s.JOB, s.MODEL_NAME), window='10m', fn='increase')} > 3",
+              "10m", "ticket", "The gateway cannot poll the model registry for {{ $labels.observatory_model_name }}",
+              "The gateway keeps serving the loaded version but will not pick up a promotion or rollback.",
+              needs=events.REGISTRY_ERROR),
+    ))
+    gpu = Group("observatory-gpu", (
+        Alert("GpuSaturated", f"{agg('avg', f'avg_over_time({general}[15m])', per_gpu)} > 0.95",
+              "15m", "ticket", "GPU {{ $labels.hw_id }} is saturated",
+              "Utilisation above 95% for 15 minutes: requests queue; add capacity or shed load."),
+        Alert("GpuMemoryNearlyFull", f"{agg('max', s.gauge(names.HW_GPU_MEMORY_UTILIZATION), per_gpu)} > 0.95",
+              "10m", "ticket", "GPU {{ $labels.hw_id }} memory is over 95% used",
+              "Close to out-of-memory: check per-process memory on the GPU dashboard."),
+        Alert("GpuThermalThrottling",
+              f"{agg('max', f'max_over_time({thermal}[5m])', (*per_gpu, s.CLOCK_EVENT_REASON))} > 0",
+              "5m", "page",
+              "GPU {{ $labels.hw_id }} is thermally throttled ({{ $labels.observatory_gpu_clock_event_reason }})",
+              "NVML reports a thermal slowdown: clocks are reduced; check cooling and temperature."),
+        Alert("GpuTemperatureHigh", f"{agg('max', s.gauge(names.HW_TEMPERATURE), per_gpu)} > 85", "5m", "ticket",
+              "GPU {{ $labels.hw_id }} is above 85 °C", "Throttling follows soon at this temperature."),
+        Alert("GpuUncorrectableErrors",
+              f"{rate(s.total(names.HW_ERRORS), ecc_uncorrected, by=per_gpu, window='15m', fn='increase')} > 0",
+              "0m", "page", "GPU {{ $labels.hw_id }} reported uncorrectable ECC errors",
+              "Drain the GPU: results computed on it may be wrong."),
+    ))
+    health = Group("observatory-telemetry", (
+        Alert("TelemetryExportFailing", f"{ratio(exported, failed_export, by=per_backend, window='10m')} > 0.01",
+              "10m", "ticket", "{{ $labels.job }} fails to export {{ $labels.observatory_telemetry_signal }} "
+              "to {{ $labels.observatory_telemetry_backend }}",
+              "More than 1% of items fail to export: the backend (collector, MLflow, Pushgateway) is down or refusing."),
+        Alert("TelemetryDropping", f"{rate(s.total(names.TELEMETRY_DROPPED), by=per_backend, window='10m')} > 0",
+              "10m", "ticket", "{{ $labels.job }} drops {{ $labels.observatory_telemetry_signal }} before export",
+              "A bounded export queue is full: the backend is too slow or the batch settings too small."),
+    ))
+    pipeline = Group("observatory-pipeline", (
+        # Batch runs push to the Pushgateway: the counter holds the last run's counts per job.
+        Alert("PipelineRunFailed",
+              f"({agg('sum', sel(runs, failed_run), (s.JOB, s.PIPELINE_FLOW))} "
+              f"or {agg('sum', runs, (s.JOB, s.PIPELINE_FLOW))} * 0) > 0",
+              "0m", "ticket", "Pipeline flow {{ $labels.observatory_pipeline_flow }} failed",
+              "The last pushed run of the flow failed; see its Prefect flow run and `observatory pipeline history`."),
+        # max_over_time keeps the last promotion time visible after a later push replaced the group.
+        Alert("NoSuccessfulPromotion",
+              f"time() - {agg('max', last_promotion, (s.JOB, s.MODEL_NAME))} > {NO_PROMOTION_DAYS * 86400}",
+              "1h", "ticket", f"No promotion of {{{{ $labels.observatory_model_name }}}} in {NO_PROMOTION_DAYS} days",
+              f"The champion has not changed for {NO_PROMOTION_DAYS} days: the pipeline is not running or every "
+              "challenger is rejected (see the pipeline dashboard)."),
+    ))
+    return (slis, slo_alerts, gateway, gpu, health, pipeline)
+
+
+def recorded() -> frozenset[str]:
+    """Series names the recording rules define."""
+    return frozenset(r.record for g in groups() for r in g.rules if isinstance(r, Recording))
+
+
+def alerts() -> Iterator[Alert]:
+    for g in groups():
+        yield from (r for r in g.rules if isinstance(r, Alert))
+
+
+def rules_document() -> dict[str, Any]:
+    """``alerts.yml`` as data."""
+    def rule(r: Recording | Alert) -> dict[str, Any]:
+        if isinstance(r, Recording):
+            return {"record": r.record, "expr": r.expr}
+        return {
+            "alert": r.alert,
+            "expr": r.expr,
+            "for": r.for_,
+            "labels": {"severity": r.severity, **dict(r.labels)},
+            "annotations": {"summary": r.summary, "description": r.description},
+        }
+
+    return {"groups": [{"name": g.name, "rules": [rule(r) for r in g.rules]} for g in groups()]}

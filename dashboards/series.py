@@ -1,0 +1,113 @@
+"""Prometheus series and label names of what :mod:`telemetry.names` defines, for writing queries.
+
+Every query in the dashboards and rules is written with these helpers, so a metric or attribute
+renamed in the names module changes the generated artefacts (and a stale export fails the check).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from dashboards.promql import label
+from telemetry import names
+from telemetry.names import Metric, prometheus_series
+
+
+def total(metric: Metric) -> str:
+    """The sample name of a counter (``..._total``)."""
+    _expect(metric, "counter")
+    return prometheus_series(metric)[0]
+
+
+def bucket(metric: Metric) -> str:
+    _expect(metric, "histogram")
+    return prometheus_series(metric)[0]
+
+
+def count(metric: Metric) -> str:
+    _expect(metric, "histogram")
+    return prometheus_series(metric)[2]
+
+
+def gauge(metric: Metric) -> str:
+    """The sample name of a gauge or up-down counter (no suffix beyond the unit)."""
+    _expect(metric, "gauge", "updowncounter")
+    return prometheus_series(metric)[0]
+
+
+def le(boundary: float, buckets: tuple[float, ...]) -> str:
+    """The ``le`` label value of ``boundary``, which must be one of the instrument's ``buckets``.
+
+    The OTel Python exporter writes Python float text (``1.0``, ``0.25``); Prometheus 3 normalises
+    every ``le`` to that same form.
+    """
+    if boundary not in buckets:
+        raise ValueError(f"{boundary} is not a bucket boundary of {buckets}; an SLO threshold must be one")
+    return repr(float(boundary))
+
+
+def _expect(metric: Metric, *kinds: str) -> None:
+    if metric.kind not in kinds:
+        raise ValueError(f"{metric.name} is a {metric.kind}, not a {' or '.join(kinds)}")
+
+
+# Labels (OpenTelemetry attribute keys with dots as underscores).
+JOB: Final = "job"  # the scrape job; the OTel Collector's Prometheus exporter sets it from service.name
+INSTANCE: Final = "instance"
+LE: Final = "le"
+SERVICE_NAME: Final = label(names.SERVICE_NAME)
+SERVICE_VERSION: Final = label(names.SERVICE_VERSION)
+HTTP_ROUTE: Final = label(names.HTTP_ROUTE)
+HTTP_METHOD: Final = label(names.HTTP_REQUEST_METHOD)
+STATUS_CODE: Final = label(names.HTTP_RESPONSE_STATUS_CODE)
+ERROR_TYPE: Final = label(names.ERROR_TYPE)
+TENANT: Final = label(names.TENANT)
+REJECTION_REASON: Final = label(names.REJECTION_REASON)
+AUTH_METHOD: Final = label(names.AUTH_METHOD)
+AUTH_OUTCOME: Final = label(names.AUTH_OUTCOME)
+TOKEN_TYPE: Final = label(names.GEN_AI_TOKEN_TYPE)
+OPERATION: Final = label(names.GEN_AI_OPERATION_NAME)
+REQUEST_MODEL: Final = label(names.GEN_AI_REQUEST_MODEL)
+MODEL_NAME: Final = label(names.MODEL_NAME)
+MODEL_VERSION: Final = label(names.MODEL_VERSION)
+MODEL_ROLE: Final = label(names.MODEL_ROLE)
+HW_ID: Final = label(names.HW_ID)
+HW_NAME: Final = label(names.HW_NAME)
+GPU_INDEX: Final = label(names.GPU_INDEX)
+GPU_TASK: Final = label(names.HW_GPU_TASK)
+CLOCK_DOMAIN: Final = label(names.GPU_CLOCK_DOMAIN)
+CLOCK_EVENT_REASON: Final = label(names.GPU_CLOCK_EVENT_REASON)
+NVML_FUNCTION: Final = label(names.GPU_NVML_FUNCTION)
+PROCESS_PID: Final = label(names.PROCESS_PID)
+PROCESS_NAME: Final = label(names.PROCESS_NAME)
+PIPELINE_FLOW: Final = label(names.PIPELINE_FLOW)
+PIPELINE_OUTCOME: Final = label(names.PIPELINE_OUTCOME)
+PIPELINE_DECISION: Final = label(names.PIPELINE_DECISION)
+TELEMETRY_SIGNAL: Final = label(names.TELEMETRY_SIGNAL)
+TELEMETRY_BACKEND: Final = label(names.TELEMETRY_BACKEND)
+TELEMETRY_OUTCOME: Final = label(names.TELEMETRY_OUTCOME)
+
+# Grafana variable filters shared by the dashboards.
+BY_JOB: Final = f'{JOB}=~"$job"'
+BY_TENANT: Final = f'{TENANT}=~"$tenant"'
+BY_MODEL: Final = f'{REQUEST_MODEL}=~"$model"'
+BY_GPU: Final = f'{HW_ID}=~"$gpu"'
+API_ROUTES: Final = f'{HTTP_ROUTE}=~"/v1/.+"'  # the OpenAI-compatible API (not /metrics, /healthz)
+SERVER_ERRORS: Final = f'{STATUS_CODE}=~"5.."'
+
+# Prometheus's own series the artefacts may read besides the project's metrics.
+UP: Final = "up"
+SCRAPE_DURATION: Final = "scrape_duration_seconds"
+TARGET_INFO: Final = "target_info"
+ALERTS: Final = "ALERTS"
+PROMETHEUS_SERIES: Final = {
+    UP: "scrape health, written by Prometheus for every target",
+    SCRAPE_DURATION: "scrape latency, written by Prometheus for every target",
+    TARGET_INFO: "OTel resource attributes, written by the OTel Prometheus exporter",
+    ALERTS: "alert states, written by Prometheus's rule manager",
+}
+PROMETHEUS_LABELS: Final = frozenset(
+    {JOB, INSTANCE, LE, "__name__", "alertname", "alertstate", "severity", "slo", "quantile",
+     "otel_scope_name", "otel_scope_version"}
+)
+GPU_NAME_PREFIXES: Final = ("hw.", "observatory.gpu.")  # metrics only a GPU machine emits

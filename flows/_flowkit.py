@@ -1,0 +1,93 @@
+"""What every flow does around its body: settings, telemetry, task calls with retries."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from loguru import logger
+
+from flows import instruments as inst
+from flows.errors import RegistryUnavailable, is_transient
+from flows.lineage import Lineage, code_version
+from flows.settings import PipelineSettings, load_settings
+from flows.tasks import options
+from flows.training import load_corpus
+
+T = TypeVar("T")
+
+
+def settings_for(model_name: str | None, overrides: dict[str, Any] | None) -> PipelineSettings:
+    """Validated settings (raises ``ConfigError`` naming the key before anything else runs)."""
+    return load_settings(**{**(overrides or {}), "model_name": model_name})
+
+
+def lineage_for(settings: PipelineSettings) -> Lineage:
+    corpus = load_corpus(heldout_fraction=settings.heldout_fraction)
+    return Lineage(data_hash=corpus.data_hash, code_version=code_version(), params=settings.train_params())
+
+
+@contextmanager
+def observed(flow: str) -> Iterator[inst.PipelineInstruments]:
+    """Telemetry for one flow run: configured, spanned, counted by outcome, flushed at the end."""
+    inst.ensure_telemetry()
+    instruments = inst.instruments()
+    ok = False
+    with inst.root_span(flow):
+        try:
+            yield instruments
+            ok = True
+        finally:
+            instruments.run(flow, ok)
+            inst.flush()
+
+
+def call(task: Any, settings: PipelineSettings, uri: str, action: str, *args: Any) -> Any:
+    """Run a Prefect task with the configured retries; when they are spent on a transient MLflow
+    error, raise :class:`RegistryUnavailable` saying what was being done."""
+    try:
+        return task.with_options(**options(settings))(*args)
+    except Exception as e:
+        if is_transient(e):
+            raise RegistryUnavailable(uri, action, settings.retries + 1, e) from e
+        raise
+
+
+def flow_run() -> tuple[str | None, str | None]:
+    """(id, name) of the current Prefect flow run, when there is one."""
+    from prefect.runtime import flow_run as current
+
+    run_id = current.id
+    return (str(run_id) if run_id else None), (current.name if run_id else None)
+
+
+def holder() -> str:
+    run_id, _ = flow_run()
+    return run_id or f"process-{uuid.uuid4().hex[:12]}"
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys take lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def publish_markdown(key: str, markdown: str, description: str) -> None:
+    """A Prefect artifact; best effort (the registry holds the record that counts)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    try:
+        create_markdown_artifact(markdown=markdown, key=key, description=description)
+    except Exception as e:  # artifact API down: the decision is already in the registry
+        logger.warning("could not create Prefect artifact {}: {}", key, e)
+
+
+def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> None:
+    from prefect.artifacts import create_table_artifact
+
+    try:
+        create_table_artifact(table=rows, key=key, description=description)
+    except Exception as e:  # see publish_markdown
+        logger.warning("could not create Prefect artifact {}: {}", key, e)

@@ -1,0 +1,81 @@
+"""A registry-side guard for alias changes: a lease kept as a tag on the registered model.
+
+Alias writes are last-writer-wins and MLflow has no compare-and-set, so promotions are
+serialized first by a Prefect global concurrency limit of 1. This lease is the second line,
+for writers that bypass Prefect (two processes on the library API, two Prefect servers):
+write the lease, wait ``settle_s``, read it back, and go ahead only if it is still ours. A
+writer that raced us in that window overwrote the tag and wins; we retry. It is a timing
+guard (the window must exceed one registry round trip), not a consensus protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from loguru import logger
+from mlflow import MlflowClient
+
+from flows.errors import PromotionLockTimeout
+
+LEASE_TAG = "observatory.promotion.lease"
+
+
+def _read(client: MlflowClient, model: str) -> dict | None:
+    raw = client.get_registered_model(model).tags.get(LEASE_TAG)
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def acquire(
+    client: MlflowClient, model: str, holder: str, ttl_s: float, settle_s: float, timeout_s: float
+) -> str:
+    """Take the alias lease of ``model``; return its token. Raise :class:`PromotionLockTimeout`."""
+    token = f"{holder}/{uuid.uuid4().hex[:12]}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lease = _read(client, model)
+        # A lease of the same holder is a retry of ours whose release never reached the registry.
+        if lease is None or lease.get("expires", 0) < time.time() or lease.get("holder") == holder:
+            value = json.dumps({"holder": holder, "token": token, "expires": time.time() + ttl_s})
+            client.set_registered_model_tag(model, LEASE_TAG, value)
+            time.sleep(settle_s)
+            lease = _read(client, model)
+            if lease is not None and lease.get("token") == token:
+                logger.debug("registry lease on {} taken by {}", model, token)
+                return token
+        if time.monotonic() > deadline:
+            owner = (lease or {}).get("token", "?")
+            raise PromotionLockTimeout(
+                f"another promotion of {model!r} ({owner}) held the registry lease for more than {timeout_s:.0f}s; "
+                f"it expires by itself after its TTL, or delete tag {LEASE_TAG!r} on the registered model"
+            )
+        time.sleep(0.1 + random.random() * 0.3)
+
+
+def release(client: MlflowClient, model: str, token: str) -> None:
+    """Drop the lease if it is still ours (it expires by itself otherwise)."""
+    current = _read(client, model)
+    if current is not None and current.get("token") == token:
+        client.delete_registered_model_tag(model, LEASE_TAG)
+
+
+@contextmanager
+def registry_lease(
+    client: MlflowClient, model: str, holder: str, ttl_s: float, settle_s: float, timeout_s: float
+) -> Iterator[str]:
+    """Hold the alias lease of ``model`` for the body of the ``with``."""
+    token = acquire(client, model, holder, ttl_s, settle_s, timeout_s)
+    try:
+        yield token
+    finally:
+        try:
+            release(client, model, token)
+        except Exception as e:  # the lease expires by itself; never mask the body's outcome
+            logger.warning("could not release the registry lease on {}: {}", model, e)

@@ -1,0 +1,184 @@
+"""Prefect tasks: one MLflow step each, retried on transient errors.
+
+Tasks take the tracking URI and run ids as arguments: MLflow's active run is thread-local
+and Prefect may run a task on another thread, so nothing relies on ambient MLflow state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import mlflow
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from flows import history, lease
+from flows.errors import retry_transient
+from flows.evaluation import Evaluation
+from flows.gates import EvalSummary
+from flows.lineage import Lineage
+from flows.registry import (
+    CHALLENGER,
+    CHAMPION,
+    CODE_VERSION_TAG,
+    DATA_HASH_TAG,
+    FINGERPRINT_TAG,
+    PREVIOUS,
+    Registration,
+    Registry,
+)
+from flows.settings import PipelineSettings
+from flows.stores import client_for, experiment_id, use
+from flows.training import TrainParams, TrainResult, load_corpus, torch_threads, train
+
+_MLFLOW = {"retry_condition_fn": retry_transient, "cache_policy": NO_CACHE, "retries": 3, "retry_delay_seconds": 2}
+
+
+@task(name="fit", cache_policy=NO_CACHE)
+def fit(params: TrainParams, progress: bool, threads: int) -> TrainResult:
+    with torch_threads(threads):
+        return train(params, load_corpus(heldout_fraction=params.heldout_fraction), progress=progress)
+
+
+@task(name="ensure-experiment", **_MLFLOW)
+def ensure_experiment(uri: str, name: str) -> str:
+    return experiment_id(client_for(uri), name)
+
+
+@task(name="start-training-run", **_MLFLOW)
+def start_training_run(uri: str, experiment_id: str, lineage: Lineage, model_name: str) -> str:
+    client = client_for(uri)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"train {model_name}",
+        tags={FINGERPRINT_TAG: lineage.fingerprint, DATA_HASH_TAG: lineage.data_hash,
+              CODE_VERSION_TAG: lineage.code_version},
+    )
+    for key, value in lineage.params.as_dict().items():
+        client.log_param(run.info.run_id, key, value)
+    return str(run.info.run_id)
+
+
+@task(name="log-model", **_MLFLOW)
+def log_trained_model(uri: str, run_id: str, result: TrainResult) -> tuple[str, str | None]:
+    """Log metrics and the pyfunc into ``run_id``; return (model URI, logged model id)."""
+    from flows import pyfunc
+
+    use(uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({
+            "train_loss": result.train_loss,
+            "heldout_loss": result.heldout_loss,
+            "train_duration_s": result.duration_s,
+            "tokens_seen": result.tokens_seen,
+        })
+        info = pyfunc.log_model(result.model)
+    client_for(uri).set_terminated(run_id)
+    return info.model_uri, info.model_id
+
+
+@task(name="register-version", **_MLFLOW)
+def register_version(uri: str, name: str, source: str, run_id: str, model_id: str | None, lineage: Lineage) -> Registration:
+    registry = Registry(client_for(uri), name)
+    registration = registry.register(source, run_id, model_id, lineage)
+    if registration.created:
+        registry.set_alias(CHALLENGER, registration.version)
+    return registration
+
+
+@task(name="find-version", **_MLFLOW)
+def find_version(uri: str, name: str, fingerprint: str) -> str | None:
+    found = Registry(client_for(uri), name).find(fingerprint)
+    return str(found.version) if found is not None else None
+
+
+@task(name="read-alias", **_MLFLOW)
+def read_alias(uri: str, name: str, alias: str) -> str | None:
+    return Registry(client_for(uri), name).alias(alias)
+
+
+@task(name="read-eval", **_MLFLOW)
+def read_eval(uri: str, name: str, version: str) -> EvalSummary | None:
+    return Registry(client_for(uri), name).load_eval(version)
+
+
+@task(name="evaluate-version", **_MLFLOW)
+def evaluate_version(uri: str, name: str, version: str, settings: PipelineSettings) -> Evaluation:
+    from flows.evaluation import evaluate
+
+    use(uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    with torch_threads(settings.torch_threads):
+        return evaluate(
+            model,
+            load_corpus(heldout_fraction=settings.heldout_fraction),
+            settings.heldout_fraction,
+            settings.eval_latency_samples,
+            settings.eval_max_tokens,
+            settings.max_golden_loss,
+        )
+
+
+@task(name="compare-latency", **_MLFLOW)
+def compare_latency(uri: str, name: str, versions: list[str], settings: PipelineSettings) -> list[tuple[float, float]]:
+    """(p50, p95) of each version, measured side by side now (stored figures may come from a
+    quieter or busier moment of the machine)."""
+    from flows.evaluation import latency_figures, measure_latency
+
+    use(uri)
+    models = [mlflow.pyfunc.load_model(f"models:/{name}/{v}") for v in versions]
+    with torch_threads(settings.torch_threads):
+        measured = measure_latency(models, settings.eval_latency_samples, settings.eval_max_tokens)
+    return [latency_figures(m) for m in measured]
+
+
+@task(name="log-evaluation", **_MLFLOW)
+def log_evaluation(uri: str, experiment_id: str, name: str, version: str, evaluation: Evaluation) -> EvalSummary:
+    """An evaluation run (metrics + golden table) and the figures as tags on the version."""
+    client = client_for(uri)
+    s = evaluation.summary
+    run = client.create_run(experiment_id, run_name=f"evaluate {name} v{version}",
+                            tags={"observatory.model": name, "observatory.model_version": version})
+    run_id = str(run.info.run_id)
+    for key in ("heldout_loss", "perplexity", "latency_p50_s", "latency_p95_s", "golden_pass_rate"):
+        client.log_metric(run_id, key, float(getattr(s, key)))
+    client.log_table(run_id, {k: [r[k] for r in evaluation.golden_rows] for k in evaluation.golden_rows[0]},
+                     "golden_prompts.json")
+    client.set_terminated(run_id)
+    summary = dataclasses.replace(s, run_id=run_id)
+    Registry(client, name).save_eval(version, summary)
+    return summary
+
+
+@task(name="acquire-lease", **_MLFLOW)
+def acquire_lease(uri: str, name: str, holder: str, settings: PipelineSettings) -> str:
+    return lease.acquire(client_for(uri), name, holder, settings.lease_ttl_s, settings.lease_settle_s,
+                         settings.lock_timeout_s)
+
+
+@task(name="move-champion", **_MLFLOW)
+def move_champion(uri: str, name: str, version: str, previous: str | None) -> None:
+    """Point ``champion`` at ``version``; ``previous`` keeps the old one addressable."""
+    registry = Registry(client_for(uri), name)
+    registry.set_alias(CHAMPION, version)
+    if previous is not None and previous != version:
+        registry.set_alias(PREVIOUS, previous)
+    else:
+        registry.clear_alias(PREVIOUS)
+    registry.clear_alias(CHALLENGER, only_if=version)
+
+
+@task(name="read-history", **_MLFLOW)
+def read_history(uri: str, name: str) -> list[history.Decision]:
+    return history.read(client_for(uri), name)
+
+
+@task(name="record-decision", **_MLFLOW)
+def record_decision(uri: str, decision: history.Decision) -> None:
+    history.record(client_for(uri), decision)
+
+
+def options(settings: PipelineSettings) -> dict[str, Any]:
+    """Retry options from settings, for ``task.with_options``."""
+    return {"retries": settings.retries, "retry_delay_seconds": settings.retry_delay_s}

@@ -1,0 +1,88 @@
+"""OpenAI-style error answers (``{"error": {"message", "type", "code"}}``), sent as raw ASGI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+Send = Any  # ASGI send callable
+
+
+@dataclass(slots=True)
+class ApiError(Exception):
+    """An error answered to the caller; ``reason`` is the rejection reason metered (or None)."""
+
+    status: int
+    message: str
+    type: str
+    code: str
+    reason: str | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"
+
+    def body(self) -> bytes:
+        return orjson.dumps({"error": {"message": self.message, "type": self.type, "code": self.code, "param": None}})
+
+    async def send(self, send: Send) -> None:
+        body = self.body()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *self.headers,
+        ]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(
+        413, f"request body exceeds {limit} bytes; send a smaller request", "invalid_request_error",
+        "request_too_large", "too_large",
+    )
+
+
+def bad_json(detail: str) -> ApiError:
+    return ApiError(
+        400, f"request body is not a JSON object: {detail}", "invalid_request_error", "invalid_json", "bad_request"
+    )
+
+
+def rate_limited(kind: str, retry_after: int) -> ApiError:
+    what = "requests per minute" if kind == "requests" else "tokens per minute"
+    return ApiError(
+        429, f"rate limit reached for {what}; retry after {retry_after} s", "rate_limit_error",
+        "rate_limit_exceeded", "rate_limit", [(b"retry-after", str(retry_after).encode())],
+    )
+
+
+def unauthenticated(status: int, reason: str, www_authenticate: str) -> ApiError:
+    """401/403 from the authenticator's short ``reason`` (never the credential itself)."""
+    header = [(b"www-authenticate", www_authenticate.encode())]
+    if status == 403:
+        return ApiError(403, f"forbidden: {reason}", "permission_error", reason, "forbidden", header)
+    return ApiError(401, f"authentication failed: {reason}", "authentication_error", reason, "auth", header)
+
+
+def model_not_found(model: str) -> ApiError:
+    return ApiError(
+        404, f"model {model!r} is not served here; GET /v1/models lists the models", "invalid_request_error",
+        "model_not_found", "bad_request",
+    )
+
+
+def not_ready(detail: str) -> ApiError:
+    return ApiError(503, f"no model loaded yet: {detail}", "server_error", "model_not_ready")
+
+
+def upstream_failed(detail: str) -> ApiError:
+    return ApiError(502, f"upstream failed: {detail}", "upstream_error", "upstream_error", "upstream")
+
+
+def upstream_timeout(seconds: float) -> ApiError:
+    return ApiError(
+        504, f"upstream did not answer within {seconds:g} s", "upstream_error", "upstream_timeout", "upstream"
+    )

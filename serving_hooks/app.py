@@ -1,0 +1,225 @@
+"""The reference gateway app: an OpenAI-compatible API behind the gateway middleware.
+
+``create_app(settings)`` returns the ASGI app ``observatory serve`` runs: ``/v1/chat/completions``
+and ``/v1/completions`` (SSE streaming or not, ``stream_options.include_usage``), ``/v1/models``,
+``/healthz`` (liveness), ``/readyz`` (model loaded; ``degraded`` when the registry is unreachable)
+and ``/metrics`` (Prometheus exposition of the registry the telemetry ``prometheus`` backend
+fills). The model comes from a :class:`~serving_hooks.backends.base.ModelRouter`: the ``mlflow``
+backend serves ``models:/NAME@champion`` in process, the ``upstream`` backend proxies an
+OpenAI-compatible server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPBearer
+from loguru import logger
+from starlette.responses import JSONResponse, Response
+
+import telemetry
+from serving_hooks._errors import ApiError
+from serving_hooks._openai import ChatCompletionRequest, CompletionRequest, ErrorBody, ModelList
+from serving_hooks.backends.base import Call, ModelBackend, ModelRouter
+from serving_hooks.context import request_context
+from serving_hooks.gateway import ASGIApp, Authenticate, GatewayConfig, GatewayMiddleware, no_scopes
+from serving_hooks.inference import GenAIHooks
+from serving_hooks.ratelimit import RateLimiter
+from serving_hooks.settings import ServeSettings
+from serving_hooks.settings import load as load_settings
+from telemetry import names
+from telemetry.settings import ConfigError
+
+API_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models"})
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "Malformed JSON or an invalid request.",
+        401: "Missing or invalid credential (the reason says which check failed).",
+        403: "The credential lacks a scope the model requires.",
+        404: "The model is not served here.",
+        413: "The request body is too large.",
+        429: "Rate limit reached; see Retry-After.",
+        502: "The upstream model server failed.",
+        503: "No model loaded yet.",
+        504: "The upstream model server timed out.",
+    }.items()
+}
+_COMPLETION_RESPONSES = {
+    200: {"description": "A completion object, or an SSE stream of chunks when `stream` is true.",
+          "content": {"application/json": {}, "text/event-stream": {}}},
+    **_ERRORS,
+}
+_UNSET: Any = object()
+
+
+def create_app(
+    settings: ServeSettings | None = None,
+    *,
+    router: ModelRouter | None = None,
+    authenticator: Authenticate | None = _UNSET,
+    limiter: RateLimiter | None = None,
+    instrument: bool = True,
+) -> ASGIApp:
+    """Build the app. ``router``/``authenticator``/``limiter`` default to what ``settings`` describe;
+    ``instrument=False`` leaves the gateway out (the hooks-off side of ``bench/gateway.py``)."""
+    settings = settings or load_settings()
+    hooks = build_hooks(settings)
+    router = router or ModelRouter({"champion": build_backend(settings, hooks)})
+    if authenticator is _UNSET:
+        authenticator = build_authenticator(settings)
+    if limiter is None and (settings.requests_per_minute or settings.tokens_per_minute):
+        limiter = RateLimiter(
+            requests_per_minute=settings.requests_per_minute, tokens_per_minute=settings.tokens_per_minute,
+            redis_url=settings.redis_url, strategy=settings.rate_limit_strategy,
+            namespace=settings.rate_limit_namespace,
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await router.start()
+        warm_up = getattr(authenticator, "warm_up", None)
+        if warm_up is not None and not await warm_up():
+            logger.warning("could not fetch the OIDC issuer's keys at startup; JWTs are refused until it answers")
+        try:
+            yield
+        finally:
+            await router.close()
+            if limiter is not None:
+                await limiter.close()
+            aclose = getattr(authenticator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    # FastAPI's own telemetry would open a second, unlinked SERVER span and duplicate the HTTP
+    # metrics; the gateway owns those, and its validation logs could carry request bodies.
+    native = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+    api = FastAPI(title="Observatory gateway", version=telemetry.__version__, lifespan=lifespan, telemetry=native)
+    _routes(api, router)
+    if not instrument:
+        return api
+    config = GatewayConfig(
+        max_request_bytes=settings.max_request_bytes,
+        routes=API_ROUTES,
+        rate_limit_by=settings.rate_limit_by,
+        scopes_for=getattr(authenticator, "scopes_for", no_scopes),
+        estimate_tokens=router.estimate_tokens,
+    )
+    return GatewayMiddleware(api, config, authenticator=authenticator, limiter=limiter)
+
+
+def build_hooks(settings: ServeSettings) -> GenAIHooks:
+    capture = settings.capture_content
+    if capture is None:
+        handle = telemetry.current()
+        capture = handle.settings.capture_content if handle is not None else False
+    if settings.backend == "upstream":
+        url = urlsplit(settings.upstream_url or "")
+        return GenAIHooks(
+            "client", provider=settings.upstream_provider, capture_content=capture,
+            server_address=url.hostname, server_port=url.port,
+        )
+    return GenAIHooks("server", capture_content=capture)
+
+
+def build_backend(settings: ServeSettings, hooks: GenAIHooks) -> ModelBackend:
+    if settings.backend == "upstream":
+        from serving_hooks.backends.upstream import UpstreamBackend
+
+        key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+        return UpstreamBackend(
+            hooks, settings.upstream_url or "", api_key=key,
+            connect_timeout_s=settings.upstream_connect_timeout_s, timeout_s=settings.upstream_timeout_s,
+            max_connections=settings.upstream_max_connections,
+        )
+    from serving_hooks.backends.mlflow import MlflowBackend
+
+    return MlflowBackend(
+        hooks, settings.model, alias=settings.alias, tracking_uri=settings.tracking_uri,
+        poll_interval_s=settings.poll_interval_s, workers=settings.workers,
+    )
+
+
+def build_authenticator(settings: ServeSettings) -> Authenticate | None:
+    """The authenticator ``settings`` (and ``OBSERVATORY_AUTH_*``) describe; refuses to run open by accident."""
+    from serving_hooks.auth import Authenticator, AuthSettings
+
+    auth = AuthSettings.load(
+        issuer=settings.oidc_issuer, audience=settings.audience, api_keys_file=settings.api_keys_file
+    )
+    if auth.issuer or auth.api_keys_file:
+        return Authenticator(auth)
+    if settings.allow_anonymous:
+        logger.warning("serving WITHOUT authentication (allow_anonymous): every caller is tenant 'anonymous'")
+        return None
+    raise ConfigError(
+        "no authentication configured: pass --oidc-issuer/--audience or --api-keys-file "
+        "(OBSERVATORY_SERVE_OIDC_ISSUER, OBSERVATORY_SERVE_API_KEYS_FILE), or --allow-anonymous for development"
+    )
+
+
+def _routes(api: FastAPI, router: ModelRouter) -> None:
+    bearer = [Depends(HTTPBearer(auto_error=False, description="An OIDC access token or an Observatory API key."))]
+
+    async def dispatch(operation: str, body: ChatCompletionRequest | CompletionRequest, request: Request) -> Response:
+        ctx = request_context(request.scope)
+        raw = ctx.body if ctx is not None and ctx.body else await request.body()
+        call = Call(operation, body, raw, ctx)
+        return await router.select(call).handle(call)
+
+    @api.post("/v1/chat/completions", dependencies=bearer, responses=_COMPLETION_RESPONSES, response_model=None)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        """Create a chat completion (OpenAI-compatible)."""
+        return await dispatch(names.GEN_AI_OPERATION_CHAT, body, request)
+
+    @api.post("/v1/completions", dependencies=bearer, responses=_COMPLETION_RESPONSES, response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        """Create a text completion (OpenAI-compatible)."""
+        return await dispatch(names.GEN_AI_OPERATION_TEXT_COMPLETION, body, request)
+
+    @api.get("/v1/models", dependencies=bearer, response_model=ModelList, responses=_ERRORS)
+    async def models() -> dict[str, Any]:
+        """The models this gateway serves."""
+        return {"object": "list", "data": await router.champion.models()}
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", responses={503: {"description": "Not ready: no model loaded or the upstream is down."}})
+    async def readyz() -> JSONResponse:
+        """Readiness: a model is loaded (``degraded``: serving, but the model registry is unreachable)."""
+        ready = await router.champion.readiness()
+        body = {"status": ready.status, "ready": ready.ready, "detail": ready.detail, "model": ready.info}
+        return JSONResponse(body, status_code=200 if ready.ready else 503)
+
+    @api.get("/metrics", response_class=Response)
+    def metrics() -> Response:
+        """Prometheus exposition of this process's metrics."""
+        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @api.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        ctx = request_context(request.scope)
+        if ctx is not None and exc.reason is not None:
+            ctx.rejection = exc.reason
+        headers = {k.decode(): v.decode() for k, v in exc.headers}
+        return Response(exc.body(), status_code=exc.status, headers=headers, media_type="application/json")
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        error = ApiError(
+            400, f"invalid request: {where or 'body'}: {first.get('msg', 'invalid')}", "invalid_request_error",
+            "invalid_request", "bad_request",
+        )
+        return await api_error(request, error)

@@ -1,0 +1,173 @@
+"""In-process generation with a model object that has the reference pyfunc interface:
+``predict(list[dict]) -> list[dict]`` and ``predict_stream(dict) -> Iterator[dict]``.
+
+Generation runs in a bounded thread pool so the event loop never blocks. The loaded model is
+one reference swapped atomically (:meth:`InProcessBackend.swap`): a request keeps the model it
+started with, so a hot-swap never fails a request in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.responses import Response, StreamingResponse
+
+from serving_hooks import _errors
+from serving_hooks._openai import ChatCompletionRequest, ChunkWriter, chat_prompt, completion_prompt, new_id
+from serving_hooks._openai import response_body as build_response
+from serving_hooks.backends._threads import iterate_in_thread
+from serving_hooks.backends.base import Call, ModelBackend, Readiness
+from serving_hooks.inference import GenAIHooks, GenAIRequest, GenerationStats, ModelInfo
+
+DEFAULT_MAX_TOKENS = 32
+DEFAULT_TEMPERATURE = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    model: Any  # has predict / predict_stream
+    info: ModelInfo
+
+
+class InProcessBackend(ModelBackend):
+    """Serves one model object in this process under the id ``served_name``."""
+
+    def __init__(
+        self,
+        hooks: GenAIHooks,
+        served_name: str,
+        *,
+        model: Any = None,
+        info: ModelInfo | None = None,
+        workers: int = 8,
+        role: str = "champion",
+    ) -> None:
+        self.hooks = hooks
+        self.served_name = served_name
+        self.role = role
+        self.workers = workers
+        self._pool: ThreadPoolExecutor | None = None
+        self._current: LoadedModel | None = None
+        if model is not None:
+            self.swap(model, info or ModelInfo(served_name, role=role))
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    def swap(self, model: Any, info: ModelInfo) -> None:
+        """Serve ``model`` from the next request on; requests in flight finish on the old one."""
+        self._current = LoadedModel(model, info)
+
+    async def start(self) -> None:
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"gen-{self.role}")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def readiness(self) -> Readiness:
+        loaded = self._current
+        if loaded is None:
+            return Readiness(False, "unavailable", "no model loaded")
+        return Readiness(True, "ok", info=_describe(loaded.info))
+
+    async def models(self) -> list[dict[str, Any]]:
+        return [{"id": self.served_name, "object": "model", "created": 0, "owned_by": "observatory"}]
+
+    async def handle(self, call: Call) -> Response:
+        request = call.request
+        if request.model != self.served_name:
+            raise _errors.model_not_found(request.model)
+        loaded = self._current
+        if loaded is None or self._pool is None:
+            raise _errors.not_ready("the model is still loading")
+        capture = self.hooks.capture_content
+        if isinstance(request, ChatCompletionRequest):
+            prompt = chat_prompt(request.messages)
+            captured: Any = [m.model_dump(exclude_none=True) for m in request.messages] if capture else None
+        else:
+            prompt = completion_prompt(request.prompt)
+            captured = prompt if capture else None
+        payload = {
+            "prompt": prompt,
+            "max_tokens": request.limit() or DEFAULT_MAX_TOKENS,
+            "temperature": DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
+        }
+        genai = GenAIRequest(
+            call.operation, request.model, payload["max_tokens"], payload["temperature"], request.top_p,
+            request.stream, captured,
+        )
+        generation = self.hooks.generation(genai, loaded.info, call.ctx)
+        if request.stream:
+            body = self._stream(call, loaded, payload, generation)
+            return StreamingResponse(body, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+        with generation as gen:
+            out = await asyncio.get_running_loop().run_in_executor(self._pool, loaded.model.predict, [payload])
+            row = _first_row(out)
+            rid = new_id(call.operation)
+            finish = row.get("finish_reason") or "length"
+            gen.record(GenerationStats(
+                int(row["prompt_tokens"]), int(row["completion_tokens"]), (finish,), rid, self.served_name,
+                row["text"] if self.hooks.capture_content else None,
+            ))
+        body = build_response(
+            call.operation, rid, self.served_name, row["text"], finish,
+            int(row["prompt_tokens"]), int(row["completion_tokens"]),
+        )
+        return Response(body, media_type="application/json")
+
+    async def _stream(self, call: Call, loaded: LoadedModel, payload: dict, generation) -> AsyncIterator[bytes]:
+        writer = ChunkWriter(call.operation, new_id(call.operation), self.served_name)
+        include_usage = call.request.include_usage
+        capture = self.hooks.capture_content
+        pieces: list[str] = []
+        with generation as gen:
+            head = writer.role()
+            if head:
+                yield head
+            last: dict = {}
+            items = iterate_in_thread(self._pool, lambda: loaded.model.predict_stream(payload))
+            try:
+                async with contextlib.aclosing(items):
+                    async for item in items:
+                        if item.get("finish_reason") is not None:
+                            last = item
+                            if item.get("text"):  # bytes a streaming decoder held back
+                                yield writer.text(item["text"])
+                            break
+                        gen.token()  # TTFT and per-token timing at the token really sent
+                        if capture:
+                            pieces.append(item["text"])
+                        yield writer.text(item["text"])
+            except Exception as e:  # headers are sent: the error goes in the stream, OpenAI-style
+                gen.fail(type(e).__qualname__)
+                yield writer.error("generation failed", "generation_failed")
+                return
+            finish = last.get("finish_reason") or "length"
+            prompt_tokens = int(last.get("prompt_tokens", 0))
+            completion_tokens = int(last.get("completion_tokens", gen.tokens))
+            gen.record(GenerationStats(
+                prompt_tokens, completion_tokens, (finish,), writer.rid, self.served_name,
+                "".join(pieces) if capture else None,
+            ))
+            yield writer.finish(finish)
+            if include_usage:
+                yield writer.usage(prompt_tokens, completion_tokens)
+            yield writer.DONE
+
+
+def _first_row(out: Any) -> dict:
+    if hasattr(out, "to_dict"):  # a pandas DataFrame
+        out = out.to_dict("records")
+    return dict(out[0])
+
+
+def _describe(info: ModelInfo) -> dict[str, Any]:
+    return {"name": info.name, "version": info.version, "alias": info.alias, "role": info.role}

@@ -1,0 +1,62 @@
+"""The per-request context the gateway owns and the layers below it read and fill.
+
+The gateway puts a :class:`RequestContext` in ``scope["state"]["observatory"]`` (Starlette:
+``request.state.observatory``): the app reads the principal and the parsed body there; the
+inference layer reports the tokens really used (``record_usage``), which the gateway meters and
+charges to the tokens-per-minute budget once the response is complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+STATE_KEY = "observatory"
+
+
+class PrincipalLike(Protocol):
+    tenant: str
+    subject_hash: str
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Per-request state the gateway owns. The app reads ``principal``/``json``; the inference layer
+    reports usage with :meth:`record_usage`; a backend marks upstream failures in ``rejection``."""
+
+    principal: PrincipalLike | None = None
+    tenant: str = "anonymous"
+    body: bytes = b""
+    json: dict[str, Any] | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    rejection: str | None = None  # names.REJECTION_REASONS
+    rate_limit_kind: str | None = None  # names.RATE_LIMIT_KINDS, when rejection is "rate_limit"
+
+    def record_usage(self, input_tokens: int, output_tokens: int) -> None:
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+
+
+def request_context(scope: MutableMapping[str, Any]) -> RequestContext | None:
+    """The gateway's context for this request (``None`` when the gateway is not in front)."""
+    state = scope.get("state")
+    return state.get(STATE_KEY) if state else None
+
+
+def prompt_bytes(body: Mapping[str, Any]) -> int:
+    """UTF-8 bytes of the prompt text in an OpenAI chat or completions body (byte-level token estimate)."""
+    total = 0
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        total += len(prompt.encode())
+    elif isinstance(prompt, list):
+        total += sum(len(p.encode()) for p in prompt if isinstance(p, str))
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            total += len(content.encode())
+        elif isinstance(content, list):
+            total += sum(len(str(p.get("text", "")).encode()) for p in content if isinstance(p, dict))
+    return total

@@ -1,0 +1,290 @@
+"""The gateway: pure ASGI middleware in front of the model API.
+
+Per request (paths outside ``excluded_paths``): one SERVER span ``{method} {route}`` continuing
+the caller's W3C ``traceparent``; ``http.server.request.duration`` and ``http.server.active_requests``;
+a bounded read of the request body (413) and a JSON check (400); authentication (401/403) with the
+scopes the requested model needs; rate limits per tenant or subject (429 + ``Retry-After``);
+metering per tenant of requests and of the tokens the inference layer reports through the
+:class:`RequestContext` in ``scope["state"]["observatory"]``. Responses are passed through
+message by message, so streaming stays streaming.
+
+The body is read before authentication because the scopes required depend on the model named in
+it; the read is bounded by ``max_request_bytes`` either way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from serving_hooks import _errors
+from serving_hooks._errors import ApiError
+from serving_hooks.context import STATE_KEY, RequestContext, prompt_bytes, request_context
+from serving_hooks.ratelimit import RateLimiter
+from telemetry import names
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+__all__ = ["Authenticate", "GatewayConfig", "GatewayMiddleware", "RequestContext", "no_scopes", "request_context"]
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_INPUT, _OUTPUT = names.GEN_AI_TOKEN_TYPE_INPUT, names.GEN_AI_TOKEN_TYPE_OUTPUT
+
+
+class Authenticate(Protocol):
+    """What the gateway needs of :class:`serving_hooks.auth.Authenticator`."""
+
+    async def authenticate(self, authorization: str | None, required_scopes: Iterable[str] = ()) -> Any: ...
+
+
+def no_scopes(model: str | None) -> tuple[str, ...]:
+    """Scopes needed when no authenticator says otherwise: none."""
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """How the gateway treats requests; built once by the app."""
+
+    max_request_bytes: int = 1 << 20
+    excluded_paths: frozenset[str] = frozenset({"/healthz", "/readyz", "/metrics"})
+    protected_prefix: str = "/v1/"  # paths that need a credential
+    routes: frozenset[str] = frozenset()  # static route templates, to name spans before routing
+    rate_limit_by: str = "tenant"  # "tenant" | "subject"
+    scopes_for: Callable[[str | None], Iterable[str]] = no_scopes
+    estimate_tokens: Callable[[Mapping[str, Any]], int] = prompt_bytes
+    anonymous_tenant: str = "anonymous"
+
+
+class GatewayMiddleware:
+    """Pure ASGI middleware; see the module docstring for what it does per request."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: GatewayConfig | None = None,
+        *,
+        authenticator: Authenticate | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.app = app
+        self.config = config or GatewayConfig()
+        self.authenticator = authenticator
+        self.limiter = limiter if limiter is not None and limiter.enabled else None
+        self._auth_error: type[Exception] = _NeverRaised
+        if authenticator is not None:
+            from serving_hooks.auth import AuthError
+
+            self._auth_error = AuthError
+        self._tracer = trace.get_tracer(__name__)
+        meter = metrics.get_meter(__name__)
+        m = names.HTTP_SERVER_REQUEST_DURATION
+        self._duration = meter.create_histogram(
+            m.name, m.unit, m.description, explicit_bucket_boundaries_advisory=names.HTTP_DURATION_BUCKETS
+        )
+        m = names.HTTP_SERVER_ACTIVE_REQUESTS
+        self._active = meter.create_up_down_counter(m.name, m.unit, m.description)
+        m = names.GATEWAY_REQUESTS
+        self._requests = meter.create_counter(m.name, m.unit, m.description)
+        m = names.GATEWAY_TOKENS
+        self._tokens = meter.create_counter(m.name, m.unit, m.description)
+        m = names.GATEWAY_REJECTIONS
+        self._rejections = meter.create_counter(m.name, m.unit, m.description)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.config.excluded_paths:
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        method: str = scope["method"]
+        path: str = scope["path"]
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        route = path if path in self.config.routes else None
+        parent = propagate.extract(headers)
+        span = self._tracer.start_span(f"{method} {route}" if route else method, parent, SpanKind.SERVER)
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        scheme = scope.get("scheme", "http")
+        active_attrs = {names.HTTP_REQUEST_METHOD: method, names.URL_SCHEME: scheme}
+        self._active.add(1, active_attrs)
+        ctx = RequestContext(tenant=self.config.anonymous_tenant)
+        scope.setdefault("state", {})[STATE_KEY] = ctx
+        status = 500
+        rate_key: str | None = None
+        error: BaseException | None = None
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            try:
+                receive, rate_key = await self._admit(scope, receive, headers, method, path, ctx)
+            except ApiError as rejection:
+                ctx.rejection = rejection.reason
+                status = rejection.status
+                await rejection.send(send)
+            except _ClientGone:
+                status = 499  # nobody to answer; counted, not an error of ours
+            else:
+                await self.app(scope, receive, send_wrapper)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            try:
+                if rate_key is not None and self.limiter is not None:
+                    await self.limiter.charge(rate_key, ctx.input_tokens + ctx.output_tokens)
+            finally:
+                self._finish(scope, span, method, route, scheme, status, ctx, error, start)
+                self._active.add(-1, active_attrs)
+                otel_context.detach(token)
+
+    async def _admit(
+        self, scope: Scope, receive: Receive, headers: dict[str, str], method: str, path: str, ctx: RequestContext
+    ) -> tuple[Receive, str | None]:
+        """Size, JSON, auth and rate-limit checks; returns the receive to hand on and the rate key."""
+        if not path.startswith(self.config.protected_prefix):
+            return receive, None
+        model = None
+        if method in _BODY_METHODS:
+            ctx.body = await self._read_body(receive, headers)
+            ctx.json = _parse_object(ctx.body)
+            model = ctx.json.get("model") if isinstance(ctx.json.get("model"), str) else None
+            receive = _replay(ctx.body, receive)
+        if self.authenticator is not None:
+            try:
+                ctx.principal = await self.authenticator.authenticate(
+                    headers.get("authorization"), self.config.scopes_for(model)
+                )
+            except self._auth_error as e:
+                refusal: Any = e  # serving_hooks.auth.AuthError
+                raise _errors.unauthenticated(refusal.status, refusal.reason, refusal.www_authenticate) from None
+            ctx.tenant = ctx.principal.tenant
+        if self.limiter is None:
+            return receive, None
+        if ctx.principal is None:
+            key = ctx.tenant
+        else:
+            key = ctx.principal.tenant if self.config.rate_limit_by == "tenant" else ctx.principal.subject_hash
+        estimate = self.config.estimate_tokens(ctx.json) if ctx.json else 0
+        refusal = await self.limiter.admit(key, estimate)
+        if refusal is not None:
+            ctx.rate_limit_kind = refusal.kind
+            raise _errors.rate_limited(refusal.kind, refusal.retry_after)
+        return receive, key
+
+    async def _read_body(self, receive: Receive, headers: dict[str, str]) -> bytes:
+        limit = self.config.max_request_bytes
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _errors.too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _errors.too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _finish(
+        self,
+        scope: Scope,
+        span: trace.Span,
+        method: str,
+        route: str | None,
+        scheme: str,
+        status: int,
+        ctx: RequestContext,
+        error: BaseException | None,
+        start: float,
+    ) -> None:
+        if route is None:
+            matched = scope.get("route")
+            route = getattr(matched, "path", None) if matched is not None else None
+        attrs: dict[str, Any] = {
+            names.HTTP_REQUEST_METHOD: method,
+            names.URL_SCHEME: scheme,
+            names.HTTP_RESPONSE_STATUS_CODE: status,
+        }
+        if route is not None:
+            attrs[names.HTTP_ROUTE] = route
+        if status >= 500:
+            attrs[names.ERROR_TYPE] = type(error).__qualname__ if error is not None else str(status)
+        self._duration.record(time.perf_counter() - start, attrs)
+        tenant_attrs = {names.TENANT: ctx.tenant, names.HTTP_RESPONSE_STATUS_CODE: status}
+        self._requests.add(1, tenant_attrs)
+        if ctx.rejection is not None:
+            rejected = {names.REJECTION_REASON: ctx.rejection, names.TENANT: ctx.tenant}
+            if ctx.rate_limit_kind is not None:
+                rejected[names.RATE_LIMIT_KIND] = ctx.rate_limit_kind
+            self._rejections.add(1, rejected)
+        if ctx.input_tokens:
+            self._tokens.add(ctx.input_tokens, {names.TENANT: ctx.tenant, names.GEN_AI_TOKEN_TYPE: _INPUT})
+        if ctx.output_tokens:
+            self._tokens.add(ctx.output_tokens, {names.TENANT: ctx.tenant, names.GEN_AI_TOKEN_TYPE: _OUTPUT})
+        if span.is_recording():
+            if route is not None:
+                span.update_name(f"{method} {route}")
+            # A new dict: the metrics SDK may keep the one recorded above as a data point's attributes.
+            span_attrs = {**attrs, names.URL_PATH: scope["path"], names.TENANT: ctx.tenant}
+            if ctx.rejection is not None:
+                span_attrs[names.REJECTION_REASON] = ctx.rejection
+                if ctx.rate_limit_kind is not None:
+                    span_attrs[names.RATE_LIMIT_KIND] = ctx.rate_limit_kind
+            span.set_attributes(span_attrs)
+            if error is not None:
+                span.record_exception(error)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR, attrs[names.ERROR_TYPE]))
+        span.end()
+
+
+class _ClientGone(Exception):
+    """The client disconnected while sending its request body."""
+
+
+class _NeverRaised(Exception):
+    """Placeholder for the auth error type when no authenticator is configured."""
+
+
+def _parse_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise _errors.bad_json(str(e).split(":", 1)[0]) from None
+    if not isinstance(value, dict):
+        raise _errors.bad_json(f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the already-read body on once, then defers to the real one (disconnects)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -1,0 +1,99 @@
+"""Serving settings: explicit arguments (the CLI), then ``OBSERVATORY_SERVE_*``, then the
+``[serve]`` table of ``observatory.toml``, then defaults. An invalid value raises
+:class:`telemetry.settings.ConfigError` naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from telemetry.settings import ConfigError, read_toml_table
+
+Backend = Literal["mlflow", "upstream"]
+RateLimitStrategy = Literal["fixed-window", "moving-window", "sliding-window-counter"]
+
+
+class ServeSettings(BaseSettings):
+    """Everything ``observatory serve`` and :func:`serving_hooks.app.create_app` read.
+
+    Field ``x`` is ``OBSERVATORY_SERVE_X`` in the environment and ``x`` in ``[serve]`` of
+    ``observatory.toml``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="OBSERVATORY_SERVE_", extra="forbid", validate_default=True)
+
+    # Model backend.
+    backend: Backend = "mlflow"
+    model: str = "tiny-gpt"  # registered model name (mlflow) or the default model id (upstream)
+    alias: str = "champion"
+    tracking_uri: str | None = None  # MLflow; None: MLFLOW_TRACKING_URI or MLflow's default
+    poll_interval_s: float = Field(10.0, gt=0)
+    workers: int = Field(8, ge=1, le=256)  # threads running in-process generation
+    upstream_url: str | None = None
+    upstream_api_key: SecretStr | None = None  # sent upstream; never the caller's credential
+    upstream_provider: str = "openai"  # gen_ai.provider.name of the upstream
+    upstream_connect_timeout_s: float = Field(5.0, gt=0)
+    upstream_timeout_s: float = Field(60.0, gt=0)  # max wait for headers / between streamed bytes
+    upstream_max_connections: int = Field(256, ge=1)
+
+    # Listener.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    graceful_timeout_s: float = Field(30.0, ge=0)
+
+    # Authentication (serving_hooks.auth.Authenticator; its other settings are OBSERVATORY_AUTH_*).
+    oidc_issuer: str | None = None
+    audience: str | None = None
+    api_keys_file: Path | None = None
+    allow_anonymous: bool = False  # serve without any credential check (development only)
+
+    # Gateway limits.
+    redis_url: str | None = None  # shared rate-limit state for replicas; None: in memory
+    rate_limit_by: Literal["tenant", "subject"] = "tenant"
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    rate_limit_strategy: RateLimitStrategy = "fixed-window"
+    rate_limit_namespace: str = "observatory"  # key prefix in the shared storage
+    max_request_bytes: int = Field(1 << 20, ge=1)
+    capture_content: bool | None = None  # None: the telemetry setting decides
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> ServeSettings:
+        if self.backend == "upstream" and not self.upstream_url:
+            raise ValueError("backend 'upstream' needs upstream_url (--upstream-url / OBSERVATORY_SERVE_UPSTREAM_URL)")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _ServeTomlSource(settings_cls)
+
+
+class _ServeTomlSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return read_toml_table("serve")
+
+
+def load(**overrides: Any) -> ServeSettings:
+    """Build :class:`ServeSettings` (``None`` overrides are ignored); raise :class:`ConfigError` naming the key."""
+    try:
+        return ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            key = str(err["loc"][0]) if err["loc"] else "settings"
+            where = f"OBSERVATORY_SERVE_{key.upper()} / [serve] {key}" if err["loc"] else "the serve settings"
+            problems.append(f"invalid setting {key!r} (set via {where}): {err['msg']}")
+        raise ConfigError("; ".join(problems)) from None

@@ -1,0 +1,40 @@
+"""Fixtures of the dashboards area: a real Prometheus loaded with the committed rules and our
+scrape configuration (pointed at the test's ports)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+from dashboards.artefacts import ROOT
+from dashboards.scrape import RULE_FILE, scrape_config
+from tests import components
+
+
+@contextlib.contextmanager
+def prometheus_for(workdir: Path, gateways: list[str], pushgateway: str) -> Iterator[components.Service]:
+    """Prometheus scraping ``gateways`` and ``pushgateway`` every second with the committed
+    ``alerts.yml`` (recording rules evaluated every second too)."""
+    port = components.free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = scrape_config(
+        gateway=gateways, gpu=[], pushgateway=[pushgateway], collector=[], interval="1s",
+        rule_files=(str(ROOT / "prometheus" / RULE_FILE),),
+    )
+    path = workdir / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    log = workdir / "prometheus.log"
+    proc = components.start_process(
+        [components.require_binary("prometheus"), f"--config.file={path}", f"--storage.tsdb.path={workdir / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        log,
+    )
+    svc = components.Service(f"http://127.0.0.1:{port}", port, proc, log)
+    try:
+        components.wait_http(svc.url + "/-/ready", timeout=60, proc=proc, log=log)
+        yield svc
+    finally:
+        svc.stop()

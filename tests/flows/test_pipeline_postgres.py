@@ -1,0 +1,87 @@
+"""The whole pipeline against a real MLflow server on PostgreSQL: it registers and promotes,
+a second identical run registers nothing, and one run is one trace."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from flows.stores import client_for
+from telemetry import names
+from tests.flows.conftest import ModelFactory
+
+
+@dataclass
+class Runs:
+    model: str
+    first: Any
+    second: Any
+    spans: list[Any]
+    metrics: dict[str, list[Any]]
+
+
+@pytest.fixture(scope="module")
+def runs(pg_models: ModelFactory, flows_telemetry) -> Runs:
+    from flows.flows import pipeline
+
+    model = f"pg-{uuid.uuid4().hex[:8]}"
+    overrides = pg_models.overrides(steps=20)
+    flows_telemetry.memory.span_exporter.clear()
+    first = pipeline(model_name=model, overrides=overrides)
+    spans = flows_telemetry.memory.spans()
+    metrics = flows_telemetry.memory.metrics()
+    second = pipeline(model_name=model, overrides=overrides)
+    return Runs(model, first, second, spans, metrics)
+
+
+def test_pipeline_registers_and_promotes_with_lineage(runs: Runs, pg_mlflow) -> None:
+    client = client_for(pg_mlflow.url)
+    assert runs.first.registered and runs.first.decision == "promoted", runs.first
+    champion = client.get_model_version_by_alias(runs.model, "champion")
+    assert champion.version == runs.first.version
+    tags = champion.tags
+    training_run = client.get_run(tags["observatory.training_run_id"])
+    assert training_run.data.params["steps"] == "20"
+    assert "heldout_loss" in training_run.data.metrics
+    assert tags["observatory.data_hash"].startswith("sha256:")
+    assert tags["observatory.code_version"].startswith("sha256:")
+    assert json.loads(tags["observatory.params"])["steps"] == 20
+    assert json.loads(tags["observatory.eval"])["heldout_loss"] > 0
+    assert tags["observatory.last_decision"] == "promoted"
+
+
+def test_second_identical_run_registers_nothing(runs: Runs, pg_mlflow) -> None:
+    client = client_for(pg_mlflow.url)
+    assert not runs.second.registered
+    assert runs.second.version == runs.first.version
+    assert runs.second.decision is None  # already the champion: nothing to decide
+    assert len(client.search_model_versions(f"name='{runs.model}'")) == 1
+    experiment = client.get_experiment_by_name("tiny-gpt")
+    trainings = client.search_runs([experiment.experiment_id], f"attributes.run_name = 'train {runs.model}'")
+    assert len(trainings) == 1  # the second run did not train either
+
+
+def test_one_pipeline_run_is_one_trace_of_flow_and_task_spans(runs: Runs) -> None:
+    flows = [s for s in runs.spans if s.attributes.get("prefect.run.type") == "flow"]
+    tasks = [s for s in runs.spans if s.attributes.get("prefect.run.type") == "task"]
+    assert len(flows) >= 5, [s.name for s in flows]  # pipeline, train, register, evaluate, promote
+    assert {"fit", "register-version", "evaluate-version", "move-champion"} <= {
+        t.name.rsplit("-", 1)[0] for t in tasks
+    }
+    assert {s.context.trace_id for s in runs.spans} == {flows[0].context.trace_id}
+    decision = next(s for s in runs.spans if s.name == names.SPAN_PIPELINE_DECISION)
+    assert decision.attributes[names.PIPELINE_DECISION] == "promoted"
+
+
+def test_pipeline_counts_decisions_and_registrations(runs: Runs) -> None:
+    def value(metric: names.Metric, **attrs: str) -> float:
+        points = runs.metrics.get(metric.name, [])
+        return sum(p.value for p in points if all(p.attributes.get(k) == v for k, v in attrs.items()))
+
+    assert value(names.PIPELINE_DECISIONS, **{names.PIPELINE_DECISION: "promoted", names.MODEL_NAME: runs.model}) == 1
+    assert value(names.PIPELINE_REGISTRATIONS, **{names.MODEL_NAME: runs.model}) == 1
+    assert value(names.EVAL_LOSS, **{names.MODEL_NAME: runs.model}) > 0

@@ -1,0 +1,45 @@
+"""Property-based checks of the app against its own OpenAPI document (schemathesis), authenticated,
+through real uvicorn: whatever the body, never a 5xx."""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+
+from serving_hooks.app import build_hooks, create_app
+from serving_hooks.backends.base import ModelRouter
+from serving_hooks.backends.inprocess import InProcessBackend
+from serving_hooks.inference import ModelInfo
+from serving_hooks.settings import load
+from tests.serving_hooks.echo_model import EchoModel
+from tests.serving_hooks.support import serve
+
+
+@pytest.fixture
+def gateway(memory_telemetry, keyring):
+    app_settings = load(api_keys_file=keyring.path, max_request_bytes=64 * 1024)
+    hooks = build_hooks(app_settings)
+    backend = InProcessBackend(hooks, "tiny-gpt", model=EchoModel(), info=ModelInfo("tiny-gpt", "1"))
+    with serve(create_app(app_settings, router=ModelRouter({"champion": backend}))) as served:
+        yield served
+
+
+def _openapi() -> dict:
+    """The app's OpenAPI document (building the app starts nothing; the tests call the served one)."""
+    app = create_app(load(allow_anonymous=True), router=ModelRouter({"champion": InProcessBackend(None, "tiny-gpt")}),
+                     instrument=False)
+    return app.openapi()
+
+
+schema = schemathesis.openapi.from_dict(_openapi())
+
+
+@schema.parametrize()
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_input_makes_the_app_fail(case, gateway, keyring):
+    response = case.call(base_url=gateway.url, headers={"Authorization": f"Bearer {keyring.acme}"}, timeout=30)
+    case.validate_response(response, checks=[not_a_server_error])
+    assert response.status_code < 500
