@@ -46,6 +46,8 @@ class Redactor:
         )
 
         self._key_cache: dict[str, bool] = {}
+        # Attribute values repeat (routes, methods, model and tenant names): remember short ones.
+        self._text_cache: dict[str, str] = {}
 
     def is_secret_key(self, key: str) -> bool:
         hit = self._key_cache.get(key)
@@ -91,7 +93,13 @@ class Redactor:
         if type(value) in _SCALARS:
             return value
         if isinstance(value, str):
-            masked = _SECRET_VALUE.sub(MASK, value)
+            masked = self._text_cache.get(value)
+            if masked is None:
+                masked = _SECRET_VALUE.sub(MASK, value)
+                if len(value) <= 128:
+                    if len(self._text_cache) >= 4096:
+                        self._text_cache.clear()
+                    self._text_cache[value] = masked
             return value if masked == value else masked
         if isinstance(value, (tuple, list)) and value and isinstance(value[0], str):
             masked_seq = [_SECRET_VALUE.sub(MASK, v) if isinstance(v, str) else v for v in value]

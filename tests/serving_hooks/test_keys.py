@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import stat
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -45,6 +46,11 @@ def auth(key_file, otel) -> Authenticator:
                          meter_provider=otel.meter_provider)
 
 
+def _after_recheck(auth: Authenticator) -> None:
+    """A file change is seen within the store's recheck interval; wait that long."""
+    time.sleep(auth.api_keys.recheck_interval_s + 0.05)
+
+
 def test_create_prints_the_key_once_as_the_last_line_and_stores_only_its_hash(key_file, auth):
     result = cli("create", "--tenant", "acme", "--file", str(key_file), "--scopes", "inference,admin", "--name", "ci")
     key = result.stdout.strip().splitlines()[-1]
@@ -53,6 +59,7 @@ def test_create_prints_the_key_once_as_the_last_line_and_stores_only_its_hash(ke
     stored = key_file.read_text()
     assert key not in stored and key.split("_")[-1] not in stored
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    _after_recheck(auth)
     principal = authenticate(auth, key, ["inference"])  # the running authenticator sees the new file
     assert (principal.method, principal.tenant, principal.scopes) == ("api_key", "acme", {"inference", "admin"})
     assert key not in cli("list", "--file", str(key_file)).stdout
@@ -65,6 +72,7 @@ def test_a_revoked_key_is_refused_without_restarting(key_file, auth, otel):
     key_id = key[4:16]
 
     cli("revoke", "--file", str(key_file), "--key-id", key_id)
+    _after_recheck(auth)
 
     err = refusal(auth, key)
     assert (err.status, err.reason, err.method) == (401, "revoked", "api_key")
@@ -79,6 +87,7 @@ def test_a_revoked_key_is_refused_without_restarting(key_file, auth, otel):
 def test_revoke_by_the_key_itself_read_from_stdin(key_file, auth):
     key = cli("create", "--tenant", "acme", "--file", str(key_file)).stdout.strip().splitlines()[-1]
     cli("revoke", "--file", str(key_file), "--key", "-", input=key + "\n")
+    _after_recheck(auth)
     assert refusal(auth, key).reason == "revoked"
 
 
@@ -115,9 +124,11 @@ def test_a_broken_rewrite_keeps_the_last_good_keys_and_a_deleted_file_none(key_f
     assert authenticate(auth, key).tenant == "acme"
 
     key_file.write_text('{"version": 1, "keys": [')  # an editor mid-save
+    _after_recheck(auth)
     assert authenticate(auth, key).tenant == "acme"
 
     key_file.unlink()
+    _after_recheck(auth)
     assert refusal(auth, key).reason == "unknown_key"
 
 
