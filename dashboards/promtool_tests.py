@@ -44,6 +44,7 @@ def cases() -> tuple[Case, ...]:
     flow = {s.JOB: PIPELINE_JOB, s.PIPELINE_FLOW: "pipeline"}
     gpu = {s.JOB: GPU_JOB, s.HW_ID: "GPU-0b1e", s.CLOCK_EVENT_REASON: "hw_thermal_slowdown"}
     promoted = {s.JOB: PIPELINE_JOB, s.MODEL_NAME: "tiny-gpt"}
+    decisions = s.total(names.PIPELINE_DECISIONS)
     return (
         Case("10% of API requests fail: availability budget burns fast", {
             _sel(http, **route, **{s.STATUS_CODE: "200"}): "0+54x120",
@@ -86,6 +87,13 @@ def cases() -> tuple[Case, ...]:
         Case(f"last promotion {rules.NO_PROMOTION_DAYS - 1} days ago", {
             _sel(s.gauge(names.PIPELINE_LAST_PROMOTION), **promoted): f"{-(rules.NO_PROMOTION_DAYS - 1) * 86400}x180",
         }, "NoSuccessfulPromotion", "2h"),
+        Case("the canary guard rolled the champion back", {
+            _sel(decisions, **promoted, **{s.PIPELINE_DECISION: "promoted"}): "1x10",
+            _sel(decisions, **promoted, **{s.PIPELINE_DECISION: "rolled_back"}): "1x10",
+        }, "ModelRolledBack", "5m", (promoted,)),
+        Case("a promotion alone does not alert as a rollback", {
+            _sel(decisions, **promoted, **{s.PIPELINE_DECISION: "promoted"}): "1x10",
+        }, "ModelRolledBack", "5m"),
     )
 
 

@@ -127,6 +127,8 @@ def groups() -> tuple[Group, ...]:
     general = sel(s.gauge(names.HW_GPU_UTILIZATION), f'{s.GPU_TASK}="general"')
     thermal = sel(s.gauge(names.GPU_CLOCK_EVENT), f'{s.CLOCK_EVENT_REASON}=~"{"|".join(THERMAL_REASONS)}"')
     last_promotion = f"max_over_time({s.gauge(names.PIPELINE_LAST_PROMOTION)}[30d])"
+    decisions = s.total(names.PIPELINE_DECISIONS)
+    rolled_back = f'{s.PIPELINE_DECISION}="rolled_back"'
     slis = Group("observatory-slis", tuple(
         Recording(slo.record(w), slo.bad_ratio(w)) for slo in SLOS for w in WINDOWS
     ))
@@ -192,6 +194,13 @@ def groups() -> tuple[Group, ...]:
               "1h", "ticket", f"No promotion of {{{{ $labels.observatory_model_name }}}} in {NO_PROMOTION_DAYS} days",
               f"The champion has not changed for {NO_PROMOTION_DAYS} days: the pipeline is not running or every "
               "challenger is rejected (see the pipeline dashboard)."),
+        # The canary guard rolls back on a live SLO breach (flows/canary.py); so may an operator.
+        Alert("ModelRolledBack",
+              f"({agg('sum', sel(decisions, rolled_back), (s.JOB, s.MODEL_NAME))} "
+              f"or {agg('sum', decisions, (s.JOB, s.MODEL_NAME))} * 0) > 0",
+              "0m", "ticket", "The champion of {{ $labels.observatory_model_name }} was rolled back",
+              "A promoted version breached its SLO on live traffic and the previous champion serves again: see "
+              "`observatory pipeline history` for the figures and the Inference dashboard's canary row."),
     ))
     return (slis, slo_alerts, gateway, gpu, health, pipeline)
 

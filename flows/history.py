@@ -18,7 +18,7 @@ from typing import Any, Literal
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-DecisionKind = Literal["promoted", "rejected", "rolled_back"]
+DecisionKind = Literal["promoted", "rejected", "rolled_back", "inconclusive"]  # inconclusive: canary only
 DECISION_TAG_PREFIX = "observatory.decision."
 LAST_DECISION_TAG = "observatory.last_decision"
 LAST_REASON_TAG = "observatory.last_decision_reason"

@@ -73,6 +73,7 @@ class PipelineInstruments:
         self.runs = counter(names.PIPELINE_RUNS)
         self.registrations = counter(names.PIPELINE_REGISTRATIONS)
         self.decisions = counter(names.PIPELINE_DECISIONS)
+        self.canary_analyses = counter(names.CANARY_ANALYSES)
         self.last_promotion = gauge(names.PIPELINE_LAST_PROMOTION)
         self.train_duration = gauge(names.PIPELINE_TRAIN_DURATION)
         self.eval_gauges = {
@@ -111,6 +112,10 @@ class PipelineInstruments:
         self.decisions.add(1, {names.PIPELINE_DECISION: d.decision, names.MODEL_NAME: d.model})
         if d.decision in ("promoted", "rolled_back"):
             self.last_promotion.set(time.time(), {names.MODEL_NAME: d.model})
+
+    def analysed(self, flow: str, model: str, verdict: str) -> None:
+        """Count a finished canary or guard analysis (flows/canary.py)."""
+        self.canary_analyses.add(1, {names.PIPELINE_FLOW: flow, names.MODEL_NAME: model, names.CANARY_VERDICT: verdict})
 
 
 _lock = threading.Lock()

@@ -147,8 +147,10 @@ def rollback(
     to_version: str | None = None,
     reason: str | None = None,
     overrides: dict[str, Any] | None = None,
+    figures: dict[str, Any] | None = None,
 ) -> Decision:
-    """Point ``champion`` back at the previous champion (or ``to_version``) and record it."""
+    """Point ``champion`` back at the previous champion (or ``to_version``) and record it
+    (``figures``: the evidence, e.g. the canary guard's live figures)."""
     with observed("rollback") as instruments:
         settings = settings_for(model_name, overrides)
         uri = connect(settings).tracking_uri
@@ -162,7 +164,7 @@ def rollback(
                                  f"in its decision history (pass a version to choose one)")
             why = f"rolled back from v{champion} to v{target}" + (f": {reason}" if reason else "")
             decision = _decision("rolled_back", settings, version=target, from_version=champion, champion=target,
-                                 reason=why, figures={})
+                                 reason=why, figures=figures or {})
             after = history.previous_champion([*past, decision], target)
             call(tasks.move_champion, settings, uri, "moving the champion alias", uri, name, target, after)
             call(tasks.record_decision, settings, uri, "recording the decision", uri, decision)

@@ -1,87 +1,207 @@
-"""``observatory demo``: telemetry on embedded defaults, a small traced, logged and metered
-workload, and a summary of where everything went."""
+"""``observatory demo``: the whole loop on embedded defaults, with nothing to start by hand.
+
+The pipeline trains v1 and makes it the champion while the gateway (``observatory serve``, with
+the development IdP) starts; v2 is trained, registered as the challenger and evaluated offline,
+then judged: as a canary on live traffic (the ``canary`` flow reading a Prometheus that scrapes
+the gateway) when Prometheus is installed, else by the offline gates. The gateway follows the
+champion alias; a scripted client sends good, streaming, unauthenticated, forged-token and
+over-limit requests; the summary is read back from the telemetry the processes really emitted
+(``<state>/telemetry/*.jsonl`` and the gateway's ``/metrics``).
+"""
 
 from __future__ import annotations
 
-import json
-import random
 import time
-from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
-from opentelemetry import metrics, trace
 from rich.console import Console
-from rich.table import Table
 
 import telemetry
+from observatory import _demo_canary, _demo_client, _demo_pipeline, _demo_stack
+from observatory._demo_stack import MODEL, SCOPE, Gateway
+from observatory._demo_summary import build, dumps, render
+from observatory._demo_telemetry import SERVICE_INSTANCE_ID, Scrape, instance_of, is_api_server_span, wait_for_spans
 from telemetry import names
+from telemetry.backends.jsonl import telemetry_dir
+
+CANARY_SHARE = 0.5  # of requests to the challenger while the live canary runs
 
 
-def _workload(requests: int = 20, seed: int = 7) -> dict[str, Any]:
-    """Requests shaped like the gateway's: a server span, an auth span, a GenAI span."""
-    rng = random.Random(seed)
-    tracer = trace.get_tracer("observatory.demo")
-    meter = metrics.get_meter("observatory.demo")
-    duration = meter.create_histogram(
-        names.HTTP_SERVER_REQUEST_DURATION.name, unit="s",
-        explicit_bucket_boundaries_advisory=list(names.DURATION_BUCKETS),
-    )
-    tokens = meter.create_counter(names.GATEWAY_TOKENS.name, unit=names.GATEWAY_TOKENS.unit)
-    reqs = meter.create_counter(names.GATEWAY_REQUESTS.name, unit=names.GATEWAY_REQUESTS.unit)
-    outcomes: Counter[str] = Counter()
-    latencies = []
-    for i in range(requests):
-        tenant = rng.choice(["acme", "globex"])
-        start = time.perf_counter()
-        with tracer.start_as_current_span("POST /v1/chat/completions", kind=trace.SpanKind.SERVER) as span:
-            span.set_attribute(names.TENANT, tenant)
-            with tracer.start_as_current_span(names.SPAN_AUTH_VERIFY) as auth:
-                ok = i % 7 != 3
-                auth.set_attribute(names.AUTH_OUTCOME, "ok" if ok else "expired")
-            if ok:
-                with tracer.start_as_current_span("chat tiny-gpt") as gen:
-                    out = rng.randint(8, 32)
-                    time.sleep(0.002)
-                    gen.set_attribute(names.GEN_AI_USAGE_OUTPUT_TOKENS, out)
-                tokens.add(out, {names.TENANT: tenant, names.GEN_AI_TOKEN_TYPE: "output"})
-                logger.info("request {} served for tenant {}", i, tenant)
-            else:
-                logger.warning("request {} rejected: token expired", i)
-            status = 200 if ok else 401
-            outcomes[str(status)] += 1
-            span.set_attribute(names.HTTP_RESPONSE_STATUS_CODE, status)
-        elapsed = time.perf_counter() - start
-        latencies.append(elapsed)
-        duration.record(elapsed, {names.HTTP_ROUTE: "/v1/chat/completions", names.HTTP_RESPONSE_STATUS_CODE: status})
-        reqs.add(1, {names.TENANT: tenant, names.HTTP_RESPONSE_STATUS_CODE: status})
-    latencies.sort()
-    return {
-        "requests": dict(outcomes),
-        "latency_p50_s": latencies[len(latencies) // 2],
-        "latency_p95_s": latencies[int(len(latencies) * 0.95) - 1],
-    }
+class _Step:
+    note = ""
+
+
+class _Steps:
+    """Progress: a spinner while a step runs, then one line with its duration and outcome."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    @contextmanager
+    def __call__(self, title: str) -> Iterator[_Step]:
+        step, start = _Step(), time.monotonic()
+        try:
+            with self.console.status(f"{title}…"):
+                yield step
+        except BaseException:
+            self.console.print(f"[red]✗[/] {title} [dim]({time.monotonic() - start:.1f}s)[/]")
+            raise
+        note = f" [dim]—[/] {step.note}" if step.note else ""
+        self.console.print(f"[green]✓[/] {title} [dim]({time.monotonic() - start:.1f}s)[/]{note}")
+
+
+def _telemetry_overrides() -> dict[str, Any]:
+    """Quiet console (the demo shows progress) and traces always in the jsonl file the summary reads."""
+    overrides: dict[str, Any] = {"console_logs": False}
+    chosen = telemetry.settings.load().exporters("traces")
+    if "jsonl" not in chosen:
+        overrides["traces_exporter"] = [*chosen, "jsonl"]
+    return overrides
+
+
+def _settled(gateway: Gateway, expected: int, timeout: float = 15.0) -> Scrape:
+    """A scrape taken once the gateway has finished (and counted) every request sent."""
+    deadline = time.monotonic() + timeout
+    while True:
+        scrape = Scrape(gateway.metrics_text())
+        done = scrape.total(names.GATEWAY_REQUESTS) >= expected
+        if (done and scrape.total(names.HTTP_SERVER_ACTIVE_REQUESTS) == 0) or time.monotonic() > deadline:
+            return scrape
+        time.sleep(0.2)
 
 
 def run(json_out: str | None = None, keep_serving: bool = False) -> dict[str, Any]:
+    """Run the demo; print the summary (and write it as JSON to ``json_out``); return it."""
+    started, since_ns = time.monotonic(), time.time_ns()
     console = Console(stderr=True)
-    handle = telemetry.configure("observatory-demo")
+    state = telemetry.state_dir()
+    _demo_stack.prepare_environment(state)
+    handle = telemetry.configure("observatory-demo", **_telemetry_overrides())
+    step = _Steps(console)
     console.rule("[bold]Observatory demo")
-    with console.status("running a small traced, logged and metered workload"):
-        summary = _workload()
-    handle.shutdown()
-    folder = Path(telemetry.state_dir()) / "telemetry"
-    files = {s: str(folder / f"{s}.jsonl") for s in ("traces", "metrics", "logs")}
-    spans = Counter(json.loads(line)["name"] for line in Path(files["traces"]).read_text().splitlines())
-    summary.update({"spans_per_name": dict(spans), "telemetry_files": files, "backends": handle.backends})
+    console.print(f"state folder: {state}  (delete it to start over)")
+    from serving_hooks.idp import DevIdP
 
-    table = Table(title="Summary")
-    table.add_column("what")
-    table.add_column("value")
-    for key, value in summary.items():
-        table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else f"{value}")
-    Console().print(table)
-    if json_out:
-        Path(json_out).write_text(json.dumps(summary, indent=2))
-    return summary
+    gateway: Gateway | None = None
+    with ExitStack() as cleanup:
+        cleanup.callback(handle.shutdown)
+        idp = cleanup.enter_context(DevIdP(state, audience=_demo_stack.AUDIENCE))
+        try:
+            no_canary = _demo_canary.unavailable()
+            with step("embedded stores and gateway: MLflow (SQLite), Prefect (local API), IdP, observatory serve") as s:
+                prefect_ready = _demo_pipeline.start_prefect()  # a first start migrates Prefect's database
+                uri = _demo_pipeline.prepare_store(MODEL)
+                creds, keys_file = _demo_stack.make_credentials(state, idp.issuer)
+                idp.register_client(creds.client_id, creds.client_secret, "demo", [SCOPE])
+                # it boots, and waits for a champion, while Prefect starts and the pipeline runs
+                gateway = _demo_stack.start_gateway(state, uri, creds, keys_file,
+                                                    canary_share=None if no_canary else CANARY_SHARE)
+                cleanup.callback(gateway.stop)
+                prometheus = None
+                if no_canary is None:
+                    prometheus = _demo_canary.Prometheus.start(state / "demo" / "prometheus", gateway.address)
+                    cleanup.callback(prometheus.stop)
+                prefect_ready()
+                s.note = f"MLflow {uri}; IdP {idp.issuer}" + (f"; Prometheus {prometheus.url}" if prometheus else "")
+            with step("v1: train → register → evaluate → promote (pipeline flow)") as s:
+                champion = _demo_pipeline.first_champion(MODEL)
+                s.note = f"champion v{champion.version}: {champion.reason}"
+            with step("v2: train → register as challenger → evaluate offline") as s:
+                challenger = _demo_pipeline.train_challenger(MODEL)
+                loss = f": held-out loss {challenger.heldout_loss:.4f}" if challenger.heldout_loss else ""
+                s.note = f"v{challenger.version}{loss}"
+            with step(f"gateway (observatory serve) serving {MODEL}@champion") as s:
+                s.note = f"v{gateway.wait_serving(champion.version)['model']['version']} on {gateway.url}"
+            report = _demo_client.ClientReport()
+            how = "as a canary on live traffic" if prometheus else "by the offline gates"
+            with step(f"judge v{challenger.version} against v{champion.version} {how}") as s:
+                verdict = None
+                if prometheus is not None:
+                    verdict, failure = _judge_live(prometheus, challenger, gateway, idp, report)
+                    if verdict is None:
+                        no_canary = f"the live canary failed: {failure}"
+                if verdict is None:
+                    verdict = _demo_pipeline.judge_offline(MODEL, challenger, no_canary or "")
+                s.note = f"{verdict.decision} by {verdict.judged_by}: {verdict.reason}"
+            with step("gateway follows the champion alias") as s:
+                ready = gateway.wait_serving(verdict.champion)
+                s.note = f"serving v{ready['model']['version']}"
+            from observatory._demo_gpu import GpuProbe
+
+            gpu = GpuProbe()
+            with step("scripted client: good, streaming, unauthenticated, forged, over-limit") as s:
+                _demo_client.run(gateway.v1, creds, idp, report)
+                s.note = f"{report.total} requests in all"
+            with step("reading the telemetry back") as s:
+                scrape = _settled(gateway, report.total)
+                instance = scrape.resource(SERVICE_INSTANCE_ID)
+                readyz = gateway.readyz()
+                if not keep_serving:
+                    gateway.stop()  # SIGTERM: the gateway flushes its telemetry before it exits
+                handle.force_flush()
+                traces = telemetry_dir(handle.settings) / "traces.jsonl"
+                spans = wait_for_spans(traces, since_ns, lambda sp: sum(
+                    1 for x in sp if instance_of(x) == instance and is_api_server_span(x)) >= report.total)
+                s.note = f"{len(spans)} spans"
+            summary = build(
+                scrape=scrape, spans=spans, gateway_instance=instance, readyz=readyz, client=report.as_dict(),
+                model={"name": MODEL, "champion_before": champion.version, "challenger": challenger.version,
+                       "decision": verdict.decision, "reason": verdict.reason, "judged_by": verdict.judged_by,
+                       "champion_after": verdict.champion},
+                gpu=gpu.readings(scrape.total(names.GEN_AI_OUTPUT_TOKENS)),
+                files={s: str(traces.with_name(f"{s}.jsonl")) for s in ("traces", "metrics", "logs")},
+                tracking_uri=uri, gateway={"url": gateway.url, "log": str(gateway.log)},
+                wall_time_s=time.monotonic() - started,
+            )
+            render(summary, Console())
+            if json_out:
+                Path(json_out).write_text(dumps(summary))
+                console.print(f"summary written to {json_out}")
+            if keep_serving:
+                _serve_until_interrupted(console, gateway, creds, state)
+            return summary
+        except KeyboardInterrupt:
+            console.print("interrupted")
+            raise SystemExit(130) from None
+        except Exception as e:
+            console.print(f"[red]demo failed:[/] {type(e).__name__}: {e}")
+            if gateway is not None:
+                console.print(f"gateway log: {gateway.log}")
+            raise SystemExit(1) from None
+
+
+def _judge_live(
+    prometheus: _demo_canary.Prometheus, challenger: _demo_pipeline.Challenger, gateway: Gateway, idp: Any,
+    report: _demo_client.ClientReport,
+) -> tuple[_demo_pipeline.Verdict | None, str]:
+    """The live canary; (None, why) when it could not run, so the demo can decide offline instead."""
+    traffic = _demo_canary.LiveTraffic(gateway.v1, idp)
+    try:
+        prometheus.wait_ready()
+        gateway.wait_challenger(challenger.version)
+        with traffic:
+            return _demo_pipeline.judge_live(prometheus.url, challenger), ""
+    except Exception as e:  # the canary flow deletes the challenger alias when it stops without a verdict
+        return None, f"{type(e).__name__}: {e}"
+    finally:
+        for status, n in traffic.statuses.items():
+            report.note("canary traffic (JWT)", status, n)
+
+
+def _serve_until_interrupted(console: Console, gateway: Gateway, creds: _demo_stack.Credentials, state: Path) -> None:
+    console.rule("[bold]still serving")
+    console.print(
+        f"gateway: {gateway.v1} (OpenAI-compatible; Ctrl-C stops it)\n"
+        f"credentials (API keys, OAuth client of issuer {creds.issuer}): {state / 'demo' / 'credentials.json'}\n"
+        f"try: curl -s {gateway.v1}/chat/completions -H 'Authorization: Bearer {creds.api_key}' "
+        f"-H 'content-type: application/json' "
+        f"-d '{{\"model\": \"{MODEL}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'"
+    )
+    try:
+        while gateway.proc.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("stopping the gateway")

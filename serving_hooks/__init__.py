@@ -22,6 +22,8 @@ _WHERE = {
     "GenerationStats": "serving_hooks.inference",
     "ModelInfo": "serving_hooks.inference",
     "ServeSettings": "serving_hooks.settings",
+    "CanaryPolicy": "serving_hooks.backends.canary",
+    "CanaryRouter": "serving_hooks.backends.canary",
     "create_app": "serving_hooks.app",
     "Authenticator": "serving_hooks.auth",
     "AuthError": "serving_hooks.auth",

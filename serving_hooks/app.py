@@ -6,7 +6,9 @@ and ``/v1/completions`` (SSE streaming or not, ``stream_options.include_usage``)
 and ``/metrics`` (Prometheus exposition of the registry the telemetry ``prometheus`` backend
 fills). The model comes from a :class:`~serving_hooks.backends.base.ModelRouter`: the ``mlflow``
 backend serves ``models:/NAME@champion`` in process, the ``upstream`` backend proxies an
-OpenAI-compatible server.
+OpenAI-compatible server. With a canary configured (``canary_share``/``canary_tenants``) the
+``mlflow`` backend also follows the ``challenger`` alias and a
+:class:`~serving_hooks.backends.canary.CanaryRouter` splits the traffic.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def create_app(
     ``instrument=False`` leaves the gateway out (the hooks-off side of ``bench/gateway.py``)."""
     settings = settings or load_settings()
     hooks = build_hooks(settings)
-    router = router or ModelRouter({"champion": build_backend(settings, hooks)})
+    router = router or build_router(settings, hooks)
     if authenticator is _UNSET:
         authenticator = build_authenticator(settings)
     if limiter is None and (settings.requests_per_minute or settings.tokens_per_minute):
@@ -145,6 +147,23 @@ def build_backend(settings: ServeSettings, hooks: GenAIHooks) -> ModelBackend:
     )
 
 
+def build_router(settings: ServeSettings, hooks: GenAIHooks) -> ModelRouter:
+    """The champion alone, or champion and challenger behind a canary router when one is configured."""
+    champion = build_backend(settings, hooks)
+    if not settings.canary:
+        return ModelRouter({names.MODEL_ROLE_CHAMPION: champion})
+    from serving_hooks.backends.canary import CanaryPolicy, CanaryRouter
+    from serving_hooks.backends.mlflow import MlflowBackend
+
+    challenger = MlflowBackend(
+        hooks, settings.model, alias=settings.challenger_alias, role=names.MODEL_ROLE_CHALLENGER,
+        tracking_uri=settings.tracking_uri, poll_interval_s=settings.poll_interval_s, workers=settings.workers,
+        optional=True,
+    )
+    policy = CanaryPolicy.of(settings.canary_share, settings.canary_tenants, settings.canary_sticky)
+    return CanaryRouter(champion, challenger, policy)  # type: ignore[arg-type]  # mlflow: in-process
+
+
 def build_authenticator(settings: ServeSettings) -> Authenticate | None:
     """The authenticator ``settings`` (and ``OBSERVATORY_AUTH_*``) describe; refuses to run open by accident."""
     from serving_hooks.auth import Authenticator, AuthSettings
@@ -197,6 +216,9 @@ def _routes(api: FastAPI, router: ModelRouter) -> None:
         """Readiness: a model is loaded (``degraded``: serving, but the model registry is unreachable)."""
         ready = await router.champion.readiness()
         body = {"status": ready.status, "ready": ready.ready, "detail": ready.detail, "model": ready.info}
+        canary = getattr(router, "canary_status", None)
+        if canary is not None:
+            body["canary"] = canary()
         return JSONResponse(body, status_code=200 if ready.ready else 503)
 
     @api.get("/metrics", response_class=Response)

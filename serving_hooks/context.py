@@ -33,6 +33,7 @@ class RequestContext:
     output_tokens: int = 0
     rejection: str | None = None  # names.REJECTION_REASONS
     rate_limit_kind: str | None = None  # names.RATE_LIMIT_KINDS, when rejection is "rate_limit"
+    model: Any = None  # the ModelInfo (name, version, alias, role) of the in-process model that answered
 
     def record_usage(self, input_tokens: int, output_tokens: int) -> None:
         self.input_tokens = input_tokens

@@ -246,6 +246,9 @@ class GatewayMiddleware:
                 span.update_name(f"{method} {route}")
             # A new dict: the metrics SDK may keep the one recorded above as a data point's attributes.
             span_attrs = {**attrs, names.URL_PATH: scope["path"], names.TENANT: ctx.tenant}
+            if ctx.model is not None:  # the in-process model that answered (canary: which side)
+                span_attrs[names.MODEL_VERSION] = ctx.model.version or ""
+                span_attrs[names.MODEL_ROLE] = ctx.model.role or ""
             if ctx.rejection is not None:
                 span_attrs[names.REJECTION_REASON] = ctx.rejection
                 if ctx.rate_limit_kind is not None:

@@ -5,15 +5,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from telemetry.settings import ConfigError, read_toml_table
 
 Backend = Literal["mlflow", "upstream"]
 RateLimitStrategy = Literal["fixed-window", "moving-window", "sliding-window-counter"]
+CanarySticky = Literal["none", "tenant", "session"]
 
 
 class ServeSettings(BaseSettings):
@@ -39,6 +40,13 @@ class ServeSettings(BaseSettings):
     upstream_timeout_s: float = Field(60.0, gt=0)  # max wait for headers / between streamed bytes
     upstream_max_connections: int = Field(256, ge=1)
 
+    # Canary routing (mlflow backend; serving_hooks.backends.canary). The challenger gets traffic only
+    # while its alias exists: deleting the alias (what the canary flow does on a decision) is share 0.
+    canary_share: float = Field(0.0, ge=0.0, le=1.0)  # share of requests for the challenger alias
+    canary_tenants: Annotated[list[str], NoDecode] = []  # tenants always served by the challenger
+    canary_sticky: CanarySticky = "none"  # per request, or hash of the tenant / the OpenAI `user` field
+    challenger_alias: str = "challenger"
+
     # Listener.
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -60,11 +68,27 @@ class ServeSettings(BaseSettings):
     max_request_bytes: int = Field(1 << 20, ge=1)
     capture_content: bool | None = None  # None: the telemetry setting decides
 
+    @field_validator("canary_tenants", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):  # OBSERVATORY_SERVE_CANARY_TENANTS=acme,globex
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
     @model_validator(mode="after")
     def _backend_needs(self) -> ServeSettings:
         if self.backend == "upstream" and not self.upstream_url:
             raise ValueError("backend 'upstream' needs upstream_url (--upstream-url / OBSERVATORY_SERVE_UPSTREAM_URL)")
+        if self.backend == "upstream" and self.canary:
+            raise ValueError("canary routing (canary_share / canary_tenants) needs the 'mlflow' backend")
+        if self.canary and self.challenger_alias == self.alias:
+            raise ValueError(f"challenger_alias must differ from alias ({self.alias!r})")
         return self
+
+    @property
+    def canary(self) -> bool:
+        """Whether a challenger is routed to at all (a share above 0 or named tenants)."""
+        return self.canary_share > 0 or bool(self.canary_tenants)
 
     @classmethod
     def settings_customise_sources(

@@ -169,6 +169,9 @@ MODEL_NAME: Final = "observatory.model.name"  # MLflow registered model name
 MODEL_VERSION: Final = "observatory.model.version"
 MODEL_ALIAS: Final = "observatory.model.alias"
 MODEL_ROLE: Final = "observatory.model.role"  # "champion" | "challenger"
+MODEL_ROLE_CHAMPION: Final = "champion"  # observatory.model.role values
+MODEL_ROLE_CHALLENGER: Final = "challenger"
+MODEL_ROLES: Final = (MODEL_ROLE_CHAMPION, MODEL_ROLE_CHALLENGER)
 GPU_DEVICE_INDEX: Final = "observatory.gpu.device_index"
 GPU_PEAK_MEMORY: Final = "observatory.gpu.peak_memory"  # bytes
 
@@ -325,6 +328,16 @@ SPAN_PIPELINE_RUN: Final = "pipeline.run"  # our root span when Prefect's flow-r
 PIPELINE_FROM_VERSION: Final = "observatory.pipeline.from_version"  # champion before a decision
 PIPELINE_TO_VERSION: Final = "observatory.pipeline.to_version"  # the version decided about
 PIPELINE_REASON: Final = "observatory.pipeline.reason"  # gate outcome in words (no content)
+
+# Canary analysis (flows/canary.py): the challenger's live figures against the champion's, read from
+# Prometheus; the guard watches a new champion after a promotion. Decisions go to PIPELINE_DECISIONS.
+SPAN_CANARY_ANALYSIS: Final = "pipeline.canary.analysis"  # one per analysis step that decides
+CANARY_VERDICT: Final = "observatory.pipeline.canary.verdict"
+CANARY_VERDICTS: Final = ("pass", "fail", "inconclusive", "healthy", "breach")  # canary: 3 first; guard: 2 last
+CANARY_ANALYSES = Metric(
+    "observatory.pipeline.canary.analyses", "{analysis}", "counter",
+    "Finished canary and guard analyses by flow (canary | guard) and verdict.",
+)
 
 # --------------------------------------------------------------------------- telemetry health
 TELEMETRY_SIGNAL: Final = "observatory.telemetry.signal"  # traces | metrics | logs

@@ -1,5 +1,6 @@
 """Inference: latency (request, TTFT, TPOT), throughput, tokens per tenant, the serving model
-version, energy per output token, and the same signals when proxying an upstream server."""
+version, the canary (champion vs challenger: the figures the canary flow judges), energy per output
+token, and the same signals when proxying an upstream server."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from dashboards import events
 from dashboards import series as s
 from dashboards._grafana import Board, Panel, Row, q
 from dashboards.boards._common import GPU_VAR, JOB_VAR, MODEL_VAR, TENANT_VAR
-from dashboards.query import RANGE, quantile, rate, sel
+from dashboards.query import RANGE, quantile, rate, ratio, sel
 from telemetry import names
-from telemetry.names import Metric
+from telemetry.names import Metric, prometheus_series
 
 _LATENCY = (
     ("Request duration", names.GEN_AI_SERVER_REQUEST_DURATION, names.GEN_AI_CLIENT_OPERATION_DURATION),
@@ -24,6 +25,32 @@ def _percentiles(title: str, metric: Metric, *matchers: str, needs: events.Event
           f"p{round(p * 100)} {{{{{s.REQUEST_MODEL}}}}}")
         for p in (0.5, 0.95)
     ), unit="s", needs=needs, width=8)
+
+
+def _canary_row(served: str, output: str) -> Row:
+    """Champion and challenger side by side, per version and role: what ``flows/canary.py`` reads."""
+    side = (s.MODEL_VERSION, s.MODEL_ROLE)
+    legend = f"{{{{{s.MODEL_ROLE}}}}} v{{{{{s.MODEL_VERSION}}}}}"
+    seconds = prometheus_series(names.GEN_AI_SERVER_REQUEST_DURATION)[1]  # the histogram's _sum
+    share = (f"{rate(served, s.BY_JOB, s.BY_MODEL, by=side)} / ignoring({s.MODEL_VERSION}, {s.MODEL_ROLE}) "
+             f"group_left {rate(served, s.BY_JOB, s.BY_MODEL)}")
+    return Row("Canary: champion vs challenger", (
+        Panel("Traffic share by role", (q(share, legend),), unit="percentunit", width=8, stack=True,
+              description="Share of generations each side served. The challenger's drops to 0 when the canary "
+                          "flow ends the canary (it deletes the challenger alias)."),
+        Panel("Error rate by role", (q(ratio(served, f'{s.ERROR_TYPE}!=""', s.BY_JOB, s.BY_MODEL, by=side), legend),),
+              unit="percentunit", width=8, description="Generations ended by an error, per version and role."),
+        Panel("Output tokens per second of generation by role",
+              (q(f"{rate(output, s.BY_JOB, s.BY_MODEL, by=side)} / {rate(seconds, s.BY_JOB, s.BY_MODEL, by=side)}",
+                 legend),), width=8,
+              description="Output tokens over the time spent generating: a speed that does not depend on the share."),
+        Panel("p95 request duration by role",
+              (q(quantile(0.95, names.GEN_AI_SERVER_REQUEST_DURATION, s.BY_JOB, s.BY_MODEL, by=side), legend),),
+              unit="s", width=12),
+        Panel("p95 time to first token by role",
+              (q(quantile(0.95, names.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN, s.BY_JOB, s.BY_MODEL, by=side), legend),),
+              unit="s", width=12, description="Streamed generations only."),
+    ))
 
 
 def board() -> Board:
@@ -69,6 +96,7 @@ def board() -> Board:
                       (q(rate(s.total(names.MODEL_REGISTRY_ERRORS), s.BY_JOB, by=(s.MODEL_NAME,)),
                          f"{{{{{s.MODEL_NAME}}}}}"),), width=12, needs=events.REGISTRY_ERROR),
             )),
+            _canary_row(served, output),
             Row("Energy", (
                 Panel("Energy per output token",
                       (q(f"{energy} / {rate(output, s.BY_JOB, s.BY_MODEL)}", "J/token"),), unit="joule",

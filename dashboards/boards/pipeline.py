@@ -13,6 +13,7 @@ from dashboards.query import agg, sel
 from telemetry import names
 
 BY_REGISTERED: str = f'{s.MODEL_NAME}=~"$registered_model"'
+ROLLED_BACK: str = f'{s.PIPELINE_DECISION}="rolled_back"'
 
 
 def board() -> Board:
@@ -39,9 +40,15 @@ def board() -> Board:
                 Panel("Versions registered",
                       (q(agg("sum", sel(s.total(names.PIPELINE_REGISTRATIONS), s.BY_JOB, BY_REGISTERED),
                              (s.MODEL_NAME,)), f"{{{{{s.MODEL_NAME}}}}}"),), kind="stat", width=8),
+                Panel("Rollbacks",
+                      (q(f"{agg('sum', sel(s.total(names.PIPELINE_DECISIONS), s.BY_JOB, BY_REGISTERED, ROLLED_BACK), (s.MODEL_NAME,))}"
+                         f" or {agg('sum', sel(s.total(names.PIPELINE_DECISIONS), s.BY_JOB, BY_REGISTERED), (s.MODEL_NAME,))}"
+                         " * 0", f"{{{{{s.MODEL_NAME}}}}}"),), kind="stat", width=8,
+                      description="Champions rolled back (by the canary guard on an SLO breach, or by hand) in the "
+                                  "last push of each flow run; the ModelRolledBack alert fires on it."),
                 Panel("Time since the last promotion",
                       (q(f"time() - {agg('max', sel(s.gauge(names.PIPELINE_LAST_PROMOTION), BY_REGISTERED), (s.MODEL_NAME,))}",
-                         f"{{{{{s.MODEL_NAME}}}}}"),), kind="stat", unit="s", width=24,
+                         f"{{{{{s.MODEL_NAME}}}}}"),), kind="stat", unit="s", width=16,
                       description="A champion older than the alert's bound means the pipeline stopped promoting."),
             )),
             Row("Evaluation per version", (

@@ -7,6 +7,7 @@ Stores come from the environment: ``MLFLOW_TRACKING_URI`` (default SQLite under 
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -18,6 +19,14 @@ app = typer.Typer(help="MLOps pipeline: train → register → evaluate → prom
 
 MODEL_HELP = "Registered model name (default: the model_name setting, 'tiny-gpt')."
 SET_HELP = "Override a pipeline setting for this run, as KEY=VALUE (repeatable), e.g. --set steps=50."
+
+
+def _embedded_prefect() -> None:
+    """Without ``PREFECT_API_URL`` Prefect starts a temporary local server; its first start
+    creates a database, which on a busy small machine takes longer than Prefect's 20 s default
+    wait. Set before Prefect is imported (it reads settings once); an explicit value wins."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -61,7 +70,7 @@ def _print_decision(d: Decision | None, as_json: bool) -> None:
     elif d is None:
         Console().print("nothing to do: that version already is the champion")
     else:
-        colour = {"promoted": "green", "rejected": "yellow", "rolled_back": "cyan"}[d.decision]
+        colour = {"promoted": "green", "rejected": "yellow", "rolled_back": "cyan", "inconclusive": "magenta"}[d.decision]
         Console().print(f"[{colour}]{d.decision}[/] {d.model} v{d.version} "
                         f"(champion v{d.from_version or '-'} → v{d.champion or '-'}): {d.reason}")
 
@@ -75,6 +84,7 @@ def run(
     """Run the whole pipeline once (idempotent: an unchanged model registers nothing)."""
     from rich.console import Console
 
+    _embedded_prefect()
     from flows.flows import pipeline
 
     result = _run(pipeline, model_name=model, overrides=_overrides(settings))
@@ -94,6 +104,7 @@ def promote(
     as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
 ) -> None:
     """Judge a version against the champion through the gates; move 'champion' if it passes."""
+    _embedded_prefect()
     from flows.flows import promote as promote_flow
 
     decision = _run(promote_flow, model_name=model, version=version, overrides=_overrides(settings))
@@ -108,6 +119,7 @@ def rollback(
     as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
 ) -> None:
     """Point 'champion' back at the previous champion and record the decision."""
+    _embedded_prefect()
     from flows.flows import rollback as rollback_flow
 
     decision = _run(rollback_flow, model_name=model, to_version=to_version, reason=reason)
@@ -157,3 +169,78 @@ def history(
                       f"v{d.from_version or '-'} → v{d.champion or '-'}", loss, p95, d.reason,
                       d.flow_run_name or d.flow_run_id or "")
     Console().print(table)
+
+
+CANARY_SET_HELP = ("Override a canary setting (min_requests, max_error_rate, max_p95_duration_s, on_inconclusive, "
+                   "guard_duration_s, ...; see flows.canary_settings) or a pipeline setting, as KEY=VALUE (repeatable).")
+
+
+def _split(pairs: list[str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--set`` pairs as (canary settings, pipeline overrides), by the key's owner."""
+    from flows.canary_settings import CanarySettings
+
+    given = _overrides(pairs)
+    live = {k: v for k, v in given.items() if k in CanarySettings.model_fields}
+    return live, {k: v for k, v in given.items() if k not in live}
+
+
+@app.command()
+def canary(
+    model: str = typer.Option(None, "--model", help=MODEL_HELP),
+    version: str = typer.Option(None, "--version", help="Version to put on canary (sets the 'challenger' alias; "
+                                                         "default: the version the alias already names)."),
+    prometheus_url: str = typer.Option(None, "--prometheus-url", help="Prometheus scraping the gateways "
+                                       "(default: the prometheus_url canary setting, http://127.0.0.1:9090)."),
+    window: float = typer.Option(None, "--window", help="Seconds of live traffic to judge (default: 300)."),
+    step: float = typer.Option(None, "--step", help="Seconds between looks at Prometheus (default: 15)."),
+    settings: list[str] = typer.Option(None, "--set", help=CANARY_SET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+) -> None:
+    """Judge the challenger on live traffic (gateways started with --canary-share) against the champion:
+    promote, reject or record inconclusive; every outcome ends the canary (challenger share back to 0).
+    A promotion is then guarded for guard_duration_s (rolled back on an SLO breach)."""
+    from rich.console import Console
+
+    from flows.canary import canary as canary_flow
+
+    live, overrides = _split(settings)
+    out = _run(canary_flow, model_name=model, version=version, prometheus_url=prometheus_url, window_s=window,
+               step_s=step, canary_settings=live, overrides=overrides)
+    if as_json:
+        typer.echo(json.dumps(out.as_dict(), indent=2, default=str))
+        return
+    _print_decision(out.decision, False)
+    if out.guard is not None:
+        Console().print(f"guard: {out.guard.verdict} after {out.guard.watched_s:.0f}s — {out.guard.reason}")
+        if out.guard.decision is not None:
+            _print_decision(out.guard.decision, False)
+
+
+@app.command()
+def guard(
+    model: str = typer.Option(None, "--model", help=MODEL_HELP),
+    version: str = typer.Option(None, "--version", help="Champion version to watch (default: the current one)."),
+    prometheus_url: str = typer.Option(None, "--prometheus-url", help="Prometheus scraping the gateways."),
+    duration: float = typer.Option(None, "--duration", help="Seconds to watch (default: guard_duration_s, 300)."),
+    window: float = typer.Option(None, "--window", help="Trailing seconds judged at each step (default: 60)."),
+    step: float = typer.Option(None, "--step", help="Seconds between looks at Prometheus (default: 15)."),
+    settings: list[str] = typer.Option(None, "--set", help=CANARY_SET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+) -> None:
+    """Watch the champion on live traffic; on an SLO breach roll back to the previous champion,
+    recording the figures."""
+    from dataclasses import asdict
+
+    from rich.console import Console
+
+    from flows.canary import guard as guard_flow
+
+    live, overrides = _split(settings)
+    out = _run(guard_flow, model_name=model, version=version, prometheus_url=prometheus_url, duration_s=duration,
+               window_s=window, step_s=step, canary_settings=live, overrides=overrides)
+    if as_json:
+        typer.echo(json.dumps(asdict(out), indent=2, default=str))
+        return
+    Console().print(f"guard {out.model} v{out.version}: {out.verdict} after {out.watched_s:.0f}s — {out.reason}")
+    if out.decision is not None:
+        _print_decision(out.decision, False)

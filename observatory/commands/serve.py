@@ -40,6 +40,23 @@ def serve(
     generation_threads: Annotated[
         int | None, typer.Option(help="Threads running in-process generation (mlflow backend). Default: 8.")
     ] = None,
+    canary_share: Annotated[
+        float | None,
+        typer.Option(help="Share of requests (0..1) served by the 'challenger' alias while it exists (mlflow "
+                          "backend); deleting the alias sets it back to 0 at the next poll. Default: 0."),
+    ] = None,
+    canary_tenant: Annotated[
+        list[str] | None,
+        typer.Option(metavar="TENANT", help="A tenant always served by the challenger while it exists (repeatable).")
+    ] = None,
+    canary_sticky: Annotated[
+        str | None,
+        typer.Option(help="Keep callers on one side of the canary: 'none' (draw per request), 'tenant', or "
+                          "'session' (the OpenAI 'user' field). Default: none."),
+    ] = None,
+    challenger_alias: Annotated[
+        str | None, typer.Option(help="Registry alias of the canary's challenger. Default: challenger.")
+    ] = None,
     upstream_url: Annotated[
         str | None,
         typer.Option(help="OpenAI base URL of the upstream server, e.g. http://127.0.0.1:8001/v1 (upstream backend)."),
@@ -111,7 +128,9 @@ def serve(
     try:
         settings = load(
             backend=backend, model=model, alias=alias, tracking_uri=tracking_uri, poll_interval_s=poll_interval,
-            workers=generation_threads, upstream_url=upstream_url, upstream_timeout_s=upstream_timeout, host=host,
+            workers=generation_threads, canary_share=canary_share, canary_tenants=canary_tenant or None,
+            canary_sticky=canary_sticky, challenger_alias=challenger_alias, upstream_url=upstream_url,
+            upstream_timeout_s=upstream_timeout, host=host,
             port=port, oidc_issuer=oidc_issuer, audience=audience, api_keys_file=api_keys_file,
             allow_anonymous=allow_anonymous or None, redis_url=redis_url, requests_per_minute=requests_per_minute,
             tokens_per_minute=tokens_per_minute, rate_limit_by=rate_limit_by, max_request_bytes=max_request_bytes,

@@ -88,6 +88,8 @@ class InProcessBackend(ModelBackend):
         loaded = self._current
         if loaded is None or self._pool is None:
             raise _errors.not_ready("the model is still loading")
+        if call.ctx is not None:
+            call.ctx.model = loaded.info  # the gateway's SERVER span names the version and role
         capture = self.hooks.capture_content
         if isinstance(request, ChatCompletionRequest):
             prompt = chat_prompt(request.messages)

@@ -4,6 +4,11 @@ A poller looks the alias up every ``poll_interval_s``; when it points at a new v
 version is loaded off the event loop and swapped in (:meth:`InProcessBackend.swap`), so requests in
 flight finish on the old version and new ones get the new version without a failure. When the
 registry is unreachable the loaded version keeps serving and readiness says ``degraded``.
+
+An ``optional`` alias (the canary's ``challenger``) may be absent: that is not an error, the
+backend then holds no model (and a canary router sends it nothing) until the alias is set again.
+Unloading happens on the event loop, so a router never picks a backend that is gone by the time
+the request reaches it.
 """
 
 from __future__ import annotations
@@ -42,12 +47,14 @@ class MlflowBackend(InProcessBackend):
         tracking_uri: str | None = None,
         poll_interval_s: float = 10.0,
         workers: int = 8,
+        optional: bool = False,
     ) -> None:
         super().__init__(hooks, model_name, workers=workers, role=role)
         self.model_name = model_name
         self.alias = alias
         self.tracking_uri = tracking_uri
         self.poll_interval_s = poll_interval_s
+        self.optional = optional
         self._task: asyncio.Task | None = None
         self._client: Any = None
         self._registry_uri: str | None = None
@@ -89,7 +96,7 @@ class MlflowBackend(InProcessBackend):
     async def poll(self) -> None:
         """Check the alias once and swap when it moved (also what the poller runs)."""
         try:
-            await asyncio.to_thread(self._check)
+            absent = await asyncio.to_thread(self._check)
         except Exception as e:
             message = f"{type(e).__name__}: {e}"[:300]
             if message != self._registry_error:
@@ -100,6 +107,17 @@ class MlflowBackend(InProcessBackend):
             if self._registry_error is not None:
                 logger.info("model registry reachable again for {}@{}", self.model_name, self.alias)
             self._registry_error = None
+            if absent and self.current is not None:
+                self._unload()
+
+    def _unload(self) -> None:
+        """Serve nothing from the next request on (requests in flight keep their model)."""
+        loaded = self.current
+        self._current = None
+        if loaded is not None and loaded.info.version is not None and self._workdir is not None:
+            shutil.rmtree(self._workdir / loaded.info.version, ignore_errors=True)
+        logger.info("{}@{} is gone: no longer serving version {} as {}", self.model_name, self.alias,
+                    loaded.info.version if loaded else None, self.role)
 
     async def _poll_forever(self) -> None:
         while True:
@@ -116,9 +134,11 @@ class MlflowBackend(InProcessBackend):
         self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self._registry_uri)
         self._workdir = Path(tempfile.mkdtemp(prefix="observatory-model-"))
 
-    def _check(self) -> None:
+    def _check(self) -> bool:
+        """Load the version the alias points at if it is new; True when an optional alias is absent."""
         import mlflow.artifacts
         import mlflow.pyfunc
+        from mlflow.exceptions import MlflowException
 
         uri = self.tracking_uri or ""
         if uri.startswith(("http://", "https://")):
@@ -127,10 +147,15 @@ class MlflowBackend(InProcessBackend):
                     pass
             except OSError as e:
                 raise RegistryUnreachable(f"{uri} did not answer ({e})") from None
-        version = str(self._client.get_model_version_by_alias(self.model_name, self.alias).version)
+        try:
+            version = str(self._client.get_model_version_by_alias(self.model_name, self.alias).version)
+        except MlflowException as e:
+            if self.optional and e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return True
+            raise
         loaded = self.current
         if loaded is not None and loaded.info.version == version:
-            return
+            return False
         # Downloaded with explicit URIs (no process-global MLflow settings), then loaded from disk.
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{self.model_name}/{version}", dst_path=str(self._workdir / version),
@@ -144,3 +169,4 @@ class MlflowBackend(InProcessBackend):
         attrs = {names.MODEL_NAME: self.model_name, names.MODEL_ALIAS: self.alias, names.MODEL_VERSION: version}
         self._swaps.add(1, attrs)
         logger.info("serving {}@{}: version {} (was {})", self.model_name, self.alias, version, previous)
+        return False

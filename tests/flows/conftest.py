@@ -48,20 +48,22 @@ class PrefectServer:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def flows_telemetry(tmp_path_factory) -> Iterator[Any]:
-    """In-memory telemetry and a private state folder for every pipeline test."""
-    import telemetry
-
+def flows_env(tmp_path_factory) -> Iterator[Path]:
+    """A private state folder for flows that run in module-scoped fixtures (the root conftest
+    gives each test its own, and shuts telemetry down after each test)."""
     state = tmp_path_factory.mktemp("flows-state")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OBSERVATORY_STATE_DIR", str(state))
         mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        handle = telemetry.configure(
-            "observatory-flows-tests", traces_exporter=["memory"], metrics_exporter=["memory"],
-            logs_exporter=["memory"], gpu_enabled=False,
-        )
-        yield handle
-        handle.shutdown()
+        yield state
+
+
+def memory_telemetry() -> Any:
+    """Configure in-memory telemetry (replacing any live pipeline) and return the handle."""
+    import telemetry
+
+    return telemetry.configure("observatory-flows-tests", traces_exporter=["memory"], metrics_exporter=["memory"],
+                               logs_exporter=["memory"], gpu_enabled=False)
 
 
 @pytest.fixture(scope="session")
@@ -83,8 +85,19 @@ def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
         components.wait_http(service.url + "/api/health", timeout=180, proc=proc, log=log)
         with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
             yield PrefectServer(env["PREFECT_API_URL"], home, service)
+            _drain_prefect_clients()
     finally:
         service.stop()
+
+
+def _drain_prefect_clients() -> None:
+    """Send queued run logs and events while the server is still up; at interpreter exit
+    Prefect would otherwise retry them against a stopped server for over a minute."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)
+    EventsWorker.drain_all(timeout=30)
 
 
 @pytest.fixture(scope="session")

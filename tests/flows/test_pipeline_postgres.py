@@ -12,7 +12,7 @@ import pytest
 
 from flows.stores import client_for
 from telemetry import names
-from tests.flows.conftest import ModelFactory
+from tests.flows.conftest import ModelFactory, memory_telemetry
 
 
 @dataclass
@@ -25,15 +25,15 @@ class Runs:
 
 
 @pytest.fixture(scope="module")
-def runs(pg_models: ModelFactory, flows_telemetry) -> Runs:
+def runs(pg_models: ModelFactory) -> Runs:
     from flows.flows import pipeline
 
     model = f"pg-{uuid.uuid4().hex[:8]}"
     overrides = pg_models.overrides(steps=20)
-    flows_telemetry.memory.span_exporter.clear()
+    handle = memory_telemetry()
     first = pipeline(model_name=model, overrides=overrides)
-    spans = flows_telemetry.memory.spans()
-    metrics = flows_telemetry.memory.metrics()
+    spans = handle.memory.spans()
+    metrics = handle.memory.metrics()
     second = pipeline(model_name=model, overrides=overrides)
     return Runs(model, first, second, spans, metrics)
 

@@ -1,0 +1,134 @@
+"""The demo's scripted client: good, streaming, unauthenticated, forged-token and over-limit requests.
+
+Good and streaming requests go through the official ``openai`` client (a JWT from the
+development IdP's client-credentials endpoint, and an API key); the bad ones are raw HTTP, as
+an attacker or a misconfigured caller would send them. What the client notes here is only a
+cross-check: the summary's figures come from the gateway's own telemetry.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from observatory._demo_stack import MODEL, REQUESTS_PER_MINUTE, SCOPE, Credentials
+
+# Prompt text must never reach telemetry (content capture is off); the reliability suite scans for these.
+PROMPTS: tuple[str, ...] = (
+    "Shall I compare thee to a summer's day?",
+    "Tell me of the quiet harbour at dawn",
+    "What did the lighthouse keeper write",
+    "Once upon a midnight dreary",
+)
+MAX_TOKENS = 24
+
+
+@dataclass
+class ClientReport:
+    """What the client sent, by kind, and the statuses it got back."""
+
+    sent: Counter[str] = field(default_factory=Counter)
+    statuses: dict[str, Counter[int]] = field(default_factory=dict)
+    stream_chunks: int = 0
+
+    def note(self, kind: str, status: int, n: int = 1) -> None:
+        self.sent[kind] += n
+        self.statuses.setdefault(kind, Counter())[status] += n
+
+    @property
+    def total(self) -> int:
+        return sum(self.sent.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {kind: {str(s): n for s, n in sorted(c.items())} for kind, c in self.statuses.items()}
+
+
+def access_token(creds: Credentials) -> str:
+    """An access token by OAuth2 client credentials from the development IdP."""
+    discovery = httpx.get(creds.issuer + "/.well-known/openid-configuration", timeout=10).raise_for_status().json()
+    answer = httpx.post(discovery["token_endpoint"], data={"grant_type": "client_credentials", "scope": SCOPE},
+                        auth=(creds.client_id, creds.client_secret), timeout=10)
+    return str(answer.raise_for_status().json()["access_token"])
+
+
+def forged_token(kid: str, issuer: str, audience: str) -> str:
+    """RS256 with the IdP's key id and valid claims, signed by a key the IdP never had."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = int(time.time())
+    claims = {"iss": issuer, "aud": audience, "sub": "mallory", "tenant": "demo", "scope": SCOPE,
+              "iat": now, "exp": now + 300}
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+
+
+def unsigned_token(issuer: str, audience: str) -> str:
+    """``alg: none``: no signature at all."""
+    def b64(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    now = int(time.time())
+    return f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64({'iss': issuer, 'aud': audience, 'sub': 'mallory', 'exp': now + 300})}."
+
+
+def run(base_url: str, creds: Credentials, idp: Any, report: ClientReport | None = None) -> ClientReport:
+    """Send the whole script to the gateway at ``base_url`` (its ``/v1`` root); returns the notes
+    (added to ``report`` when given: the canary traffic is noted there first)."""
+    import openai
+
+    report = report or ClientReport()
+    jwt_client = openai.OpenAI(base_url=base_url, api_key=access_token(creds), max_retries=0, timeout=60)
+    key_client = openai.OpenAI(base_url=base_url, api_key=creds.api_key, max_retries=0, timeout=60)
+
+    for i, prompt in enumerate(PROMPTS + PROMPTS[:1]):  # good: JWT, chat
+        _official(report, "good (JWT)", lambda p=prompt, i=i: jwt_client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": p}], max_tokens=MAX_TOKENS, temperature=0.8,
+            user=f"demo-{i}"))
+    for prompt in PROMPTS[1:3]:  # good: JWT, text completion
+        _official(report, "good (JWT)", lambda p=prompt: jwt_client.completions.create(
+            model=MODEL, prompt=p, max_tokens=MAX_TOKENS))
+    for prompt in PROMPTS:  # streaming: API key
+        def stream(p: str = prompt) -> None:
+            for _ in key_client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": p}], max_tokens=MAX_TOKENS, stream=True,
+                stream_options={"include_usage": True},
+            ):
+                report.stream_chunks += 1
+        _official(report, "streaming (API key)", stream)
+
+    body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": MAX_TOKENS}
+    with httpx.Client(base_url=base_url, timeout=60) as raw:
+        def post(kind: str, token: str | None, payload: dict[str, Any] = body, scheme: str = "Bearer") -> None:
+            headers = {"authorization": f"{scheme} {token}"} if token is not None else {}
+            report.note(kind, raw.post("/chat/completions", json=payload, headers=headers).status_code)
+
+        post("unauthenticated", None)
+        post("unauthenticated", base64.b64encode(b"demo:password").decode(), scheme="Basic")
+        post("forged token", forged_token(idp.current_kid, creds.issuer, idp.audience))
+        post("forged token", unsigned_token(creds.issuer, idp.audience))
+        post("expired token", idp.mint("demo-app", tenant="demo", scopes=[SCOPE], ttl=-600))
+        post("revoked API key", creds.revoked_key)
+        post("missing scope", creds.no_scope_key)
+        tiny = {**body, "max_tokens": 1}
+        for _ in range(REQUESTS_PER_MINUTE + 3):
+            post("over limit (burst)", creds.burst_key, tiny)
+    return report
+
+
+def _official(report: ClientReport, kind: str, call: Any) -> None:
+    """One call through the openai client; its HTTP status (an API error's too) is noted."""
+    import openai
+
+    try:
+        call()
+    except openai.APIStatusError as e:
+        report.note(kind, e.status_code)
+    else:
+        report.note(kind, 200)

@@ -1,0 +1,151 @@
+"""The model lifecycle the demo walks through, with the project's own Prefect flows.
+
+v1 is trained briefly and becomes the champion through the whole ``pipeline`` flow; v2 is
+trained with the default settings, registered as the ``challenger`` and evaluated offline; then
+it is judged: on live traffic by the canary flow when that exists (issue 7), otherwise by the
+offline promotion gates. The flows run in this process against Prefect's local ephemeral API
+(or ``PREFECT_API_URL``) and the MLflow store of the state folder (or ``MLFLOW_TRACKING_URI``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# Short trainings keep the demo within its time budget: v1 passes the absolute gates, v2 (three
+# times the steps) should beat it by more than the required margin.
+V1_STEPS = 40
+V2_STEPS = 120
+QUIET: dict[str, Any] = {"progress": False, "lease_settle_s": 0.0}  # the demo shows its own progress
+
+
+@dataclass(frozen=True)
+class Champion:
+    version: str
+    registered: bool  # False: the state folder already held it (a re-run)
+    reason: str
+
+
+@dataclass(frozen=True)
+class Challenger:
+    version: str
+    registered: bool
+    heldout_loss: float | None
+    latency_p95_s: float | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: str  # promoted | rejected | unchanged
+    version: str
+    champion: str  # after the decision
+    reason: str
+    judged_by: str  # "canary on live traffic (Prometheus)" | "offline gates (why)"
+
+
+def tracking_uri(model: str) -> str:
+    from flows.settings import load_settings
+    from flows.stores import tracking_uri as uri_for
+
+    return uri_for(load_settings(model_name=model))
+
+
+def prepare_store(model: str) -> str:
+    """Create the MLflow store now (a fresh SQLite store migrates its schema), before the gateway
+    opens it too; returns its URI."""
+    from flows.settings import load_settings
+    from flows.stores import connect
+
+    client = connect(load_settings(model_name=model))
+    client.search_registered_models(max_results=1)
+    return str(client.tracking_uri)
+
+
+def start_prefect() -> Callable[[], None]:
+    """Bring Prefect's API up in a thread while other things start; returns a wait that re-raises
+    its error. Without ``PREFECT_API_URL`` this starts Prefect's local (ephemeral) API server,
+    which later flow runs in this process reuse."""
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            from prefect.client.orchestration import get_client
+
+            with get_client(sync_client=True) as client:
+                client.api_healthcheck()
+        except BaseException as e:  # handed to the waiting thread
+            errors.append(e)
+
+    thread = threading.Thread(target=start, name="prefect-start", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if errors:
+            raise errors[0]
+
+    return wait
+
+
+def current_champion(model: str) -> str | None:
+    from flows.registry import CHAMPION, Registry
+    from flows.settings import load_settings
+    from flows.stores import connect
+
+    registry = Registry(connect(load_settings(model_name=model)), model)
+    return registry.alias(CHAMPION) if registry.exists() else None
+
+
+def first_champion(model: str) -> Champion:
+    """Run the whole pipeline once for v1, unless the store already has a champion (a re-run)."""
+    existing = current_champion(model)
+    if existing is not None:
+        return Champion(existing, False, f"the state folder already has {model} v{existing} as champion")
+    from flows.flows import pipeline
+
+    result = pipeline(model_name=model, overrides={**QUIET, "steps": V1_STEPS})
+    return Champion(result.champion or result.version, result.registered, result.reason)
+
+
+def train_challenger(model: str) -> Challenger:
+    """Train v2 (``V2_STEPS``), register it (``challenger``) and evaluate it offline."""
+    from flows.flows import evaluate, register, train
+    from flows.registry import Registry
+    from flows.stores import client_for
+
+    overrides = {**QUIET, "steps": V2_STEPS}
+    trained = train(model_name=model, overrides=overrides)
+    registration = register(run_id=trained.run_id, model_uri=trained.model_uri, model_id=trained.model_id,
+                            lineage=trained.lineage.to_dict(), model_name=model, overrides=overrides)
+    if registration.created:
+        summary = evaluate(version=registration.version, model_name=model, overrides=overrides)
+    else:
+        summary = Registry(client_for(tracking_uri(model)), model).load_eval(registration.version)
+    return Challenger(registration.version, registration.created,
+                      summary.heldout_loss if summary else None, summary.latency_p95_s if summary else None)
+
+
+def judge_live(prometheus_url: str, challenger: Challenger) -> Verdict:
+    """The ``canary`` flow (issue 7) while live traffic runs: the gateway routes a share of requests
+    to the challenger, Prometheus scrapes both sides, the flow promotes, rejects or finds the
+    evidence inconclusive (then the champion stays)."""
+    from observatory._demo_canary import run_canary
+
+    outcome = run_canary(prometheus_url, challenger.version)
+    d = outcome.decision
+    return Verdict(d.decision, d.version, d.champion or outcome.champion or "", d.reason,
+                   "canary on live traffic (Prometheus)")
+
+
+def judge_offline(model: str, challenger: Challenger, why: str) -> Verdict:
+    """The ``promote`` flow: offline gates against the champion, measured side by side."""
+    from flows.flows import promote
+
+    decision = promote(model_name=model, version=challenger.version, overrides=QUIET)
+    if decision is None:
+        return Verdict("unchanged", challenger.version, challenger.version,
+                       f"v{challenger.version} already is the champion", "offline gates")
+    return Verdict(decision.decision, decision.version, decision.champion or challenger.version, decision.reason,
+                   f"offline gates ({why})")

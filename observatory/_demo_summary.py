@@ -1,0 +1,185 @@
+"""The demo's summary: figures from the gateway's scraped metrics and the spans in the traces file,
+as a dict (``--json``) and as a table."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from observatory._demo_telemetry import (
+    Scrape,
+    bucket_quantile,
+    duration_ms,
+    instance_of,
+    is_api_server_span,
+    rank_quantile,
+    shared_trace,
+    span_key,
+)
+from telemetry import names
+
+OUTCOMES = {"200": "ok", "401": "unauthenticated", "403": "forbidden", "429": "rate_limited"}
+
+
+def requests_section(scrape: Scrape, client: dict[str, Any]) -> dict[str, Any]:
+    by_status = {k: int(v) for k, v in sorted(scrape.by(names.GATEWAY_REQUESTS, names.HTTP_RESPONSE_STATUS_CODE).items())}
+    by_outcome: Counter[str] = Counter()
+    for status, n in by_status.items():
+        by_outcome[OUTCOMES.get(status, f"http {status}")] += n
+    rejections = scrape.by(names.GATEWAY_REJECTIONS, names.REJECTION_REASON)
+    return {
+        "total": sum(by_status.values()),
+        "by_outcome": dict(by_outcome),
+        "by_status": by_status,
+        "rejections_by_reason": {k: int(v) for k, v in sorted(rejections.items())},
+        "client_sent": client,  # the scripted client's own notes, for comparison only
+    }
+
+
+def latency_section(gateway_spans: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [duration_ms(s) for s in gateway_spans
+          if is_api_server_span(s) and s["attributes"].get(names.HTTP_RESPONSE_STATUS_CODE) == 200]
+    return {"p50": _round(rank_quantile(0.5, ok)), "p95": _round(rank_quantile(0.95, ok)), "count": len(ok),
+            "source": "gateway SERVER spans (HTTP 200) in traces.jsonl"}
+
+
+def ttft_section(scrape: Scrape) -> dict[str, Any]:
+    count, total, buckets = scrape.histogram(names.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN)
+    ms = lambda v: _round(v * 1e3 if v is not None else None)  # noqa: E731
+    return {"mean": ms(total / count if count else None), "p50": ms(bucket_quantile(0.5, buckets)),
+            "p95": ms(bucket_quantile(0.95, buckets)), "count": int(count),
+            "source": f"{names.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN.name} histogram (/metrics)"}
+
+
+def throughput_section(scrape: Scrape) -> tuple[float | None, int]:
+    """Output tokens per second of generation time, and the output tokens counted."""
+    tokens = scrape.total(names.GEN_AI_OUTPUT_TOKENS)
+    _, seconds, _ = scrape.histogram(names.GEN_AI_SERVER_REQUEST_DURATION)
+    return (_round(tokens / seconds) if seconds else None), int(tokens)
+
+
+def ui_commands(tracking_uri: str) -> dict[str, str]:
+    """How to look at this state in the MLflow and Prefect UIs."""
+    bin_dir = Path(sys.executable).parent
+    tool = lambda name: str(bin_dir / name) if (bin_dir / name).exists() else name  # noqa: E731
+    if tracking_uri.startswith(("http://", "https://")):
+        mlflow = f"open {tracking_uri}"
+    else:
+        mlflow = f"{tool('mlflow')} ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    api = PREFECT_API_URL.value()
+    if api:
+        prefect = f"open {api.removesuffix('/').removesuffix('/api')}"
+    else:  # the local API's database lives in PREFECT_HOME; a server started on it shows the runs
+        prefect = (f"PREFECT_HOME={PREFECT_HOME.value()} {tool('prefect')} server start "
+                   f"--host 127.0.0.1 --port 4200  # then open http://127.0.0.1:4200")
+    return {"mlflow": mlflow, "prefect": prefect}
+
+
+def build(
+    *,
+    scrape: Scrape,
+    spans: list[dict[str, Any]],
+    gateway_instance: str | None,
+    readyz: dict[str, Any],
+    client: dict[str, Any],
+    model: dict[str, Any],
+    gpu: dict[str, Any],
+    files: dict[str, str],
+    tracking_uri: str,
+    gateway: dict[str, Any],
+    wall_time_s: float,
+) -> dict[str, Any]:
+    """Every figure of the summary; ``spans`` are this run's spans (demo and gateway processes)."""
+    gateway_spans = [s for s in spans if instance_of(s) == gateway_instance]
+    tokens_per_s, output_tokens = throughput_section(scrape)
+    served = Counter(str(s["attributes"][names.MODEL_VERSION]) for s in gateway_spans
+                     if names.GEN_AI_OPERATION_NAME in s["attributes"] and names.MODEL_VERSION in s["attributes"])
+    auth = scrape.by(names.AUTH_ATTEMPTS, names.AUTH_METHOD, names.AUTH_OUTCOME)
+    return {
+        "wall_time_s": round(wall_time_s, 1),
+        "model": model,
+        "serving_version": (readyz.get("model") or {}).get("version"),
+        "served_by_version": dict(served),
+        "requests": requests_section(scrape, client),
+        "latency_ms": latency_section(gateway_spans),
+        "ttft_ms": ttft_section(scrape),
+        "tokens_per_s": tokens_per_s,
+        "output_tokens": output_tokens,
+        "auth_outcomes": {k: int(v) for k, v in sorted(auth.items())},
+        "rate_limit_hits": int(scrape.total(names.GATEWAY_REJECTIONS, **{names.REJECTION_REASON: "rate_limit"})),
+        "gpu": gpu,
+        "spans_per_name": dict(sorted(Counter(span_key(s) for s in spans).items())),
+        "trace": shared_trace(gateway_spans),
+        "telemetry_files": files,
+        "telemetry_dropped": int(scrape.total(names.TELEMETRY_DROPPED)),
+        "gateway": gateway,
+        "ui": ui_commands(tracking_uri),
+    }
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _pairs(mapping: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in mapping.items()) or "-"
+
+
+def render(summary: dict[str, Any], console: Console) -> None:
+    """The summary as a two-column table."""
+    s = summary
+    m, req, lat, ttft, gpu = s["model"], s["requests"], s["latency_ms"], s["ttft_ms"], s["gpu"]
+    table = Table(title="Observatory demo: summary", show_lines=False, title_justify="left")
+    table.add_column("what", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    rows = [
+        ("model", f"{m['name']}: champion v{m['champion_before']}, challenger v{m['challenger']}"),
+        ("decision", f"{m['decision']} v{m['challenger']} by {m['judged_by']}: {m['reason']}"),
+        ("serving version", f"v{s['serving_version']} (requests per version: {_pairs(s['served_by_version'])})"),
+        ("requests by outcome", f"{_pairs(req['by_outcome'])} (total {req['total']})"),
+        ("rejections by reason", _pairs(req["rejections_by_reason"])),
+        ("latency (ms)", f"p50 {lat['p50']}  p95 {lat['p95']}  over {lat['count']} answered requests"),
+        ("time to first token (ms)", f"p50 {ttft['p50']}  p95 {ttft['p95']}  mean {ttft['mean']}  (n={ttft['count']})"),
+        ("tokens/s", f"{s['tokens_per_s']} ({s['output_tokens']} output tokens)"),
+        ("auth outcomes", _pairs(s["auth_outcomes"])),
+        ("rate-limit hits", str(s["rate_limit_hits"])),
+        ("GPU", _gpu_text(gpu)),
+        ("spans per name", _pairs(s["spans_per_name"])),
+        ("one trace", _trace_text(s["trace"])),
+        ("telemetry files", "\n".join(s["telemetry_files"].values())),
+        ("gateway", f"{s['gateway']['url']} (log {s['gateway']['log']})"),
+        ("MLflow UI", s["ui"]["mlflow"]),
+        ("Prefect UI", s["ui"]["prefect"]),
+        ("wall time", f"{s['wall_time_s']} s"),
+    ]
+    for what, value in rows:
+        table.add_row(what, value)
+    console.print(table)
+
+
+def _gpu_text(gpu: dict[str, Any]) -> str:
+    if not gpu["available"]:
+        return str(gpu["reason"])
+    lines = [f"{d['index']}: {d['name']} util {d['utilization_pct']}% mem {d['memory_used_mib']}/"
+             f"{d['memory_total_mib']} MiB {d['power_w']} W {d['temperature_c']} °C" for d in gpu["devices"]]
+    if gpu["energy_per_output_token_j"] is not None:
+        lines.append(f"energy per output token: {gpu['energy_per_output_token_j']:.4f} J")
+    return "\n".join(lines)
+
+
+def _trace_text(trace: dict[str, Any] | None) -> str:
+    if trace is None:
+        return "none found"
+    return f"{trace['trace_id']}: " + " → ".join(f"{s['name']} ({s['service']})" for s in trace["spans"])
+
+
+def dumps(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, indent=2, default=str)

@@ -1,0 +1,119 @@
+"""``observatory demo --json`` on a fresh state folder, in a subprocess: every field of the
+summary, figures consistent with what the scripted client sent, and one trace in which the
+gateway, ``auth.verify`` and inference spans share a trace id (checked against the traces file)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from observatory._demo_client import PROMPTS
+from observatory._demo_stack import MODEL, REQUESTS_PER_MINUTE
+from telemetry import names
+from tests.reliability.demo_run import DemoRun, demo_run
+
+FIELDS = {
+    "wall_time_s", "model", "serving_version", "served_by_version", "requests", "latency_ms", "ttft_ms",
+    "tokens_per_s", "output_tokens", "auth_outcomes", "rate_limit_hits", "gpu", "spans_per_name", "trace",
+    "telemetry_files", "telemetry_dropped", "gateway", "ui",
+}
+STREAMED = len(PROMPTS)  # the streaming client sends one request per prompt
+BURST_REJECTED = 3  # the burst tenant sends REQUESTS_PER_MINUTE + 3
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> DemoRun:
+    return demo_run(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.mark.timeout(200)
+def test_demo_runs_within_two_minutes_and_writes_every_field(demo):
+    assert set(demo.summary) == FIELDS
+    assert demo.wall_s <= 120, f"the demo took {demo.wall_s:.0f} s"
+    assert "Observatory demo: summary" in demo.stdout  # the table
+    assert "✓ scripted client" in demo.stderr  # progress
+
+
+def test_the_pipeline_made_v1_champion_and_decided_about_v2(demo):
+    m = demo.summary["model"]
+    assert (m["name"], m["champion_before"], m["challenger"]) == (MODEL, "1", "2")
+    assert m["decision"] in ("promoted", "rejected") and m["reason"] and m["judged_by"]
+    assert m["champion_after"] == ("2" if m["decision"] == "promoted" else "1")
+    assert demo.summary["serving_version"] == m["champion_after"]
+    assert set(demo.summary["served_by_version"]) <= {"1", "2"}
+
+
+def test_requests_by_outcome_match_what_the_client_sent(demo):
+    req = demo.summary["requests"]
+    sent = {kind: sum(statuses.values()) for kind, statuses in req["client_sent"].items()}
+    assert req["total"] == sum(sent.values())
+    ok = req["total"] - 6 - 1 - BURST_REJECTED
+    assert req["by_status"] == {"200": ok, "401": 6, "403": 1, "429": BURST_REJECTED}
+    assert req["by_outcome"] == {"ok": ok, "unauthenticated": 6, "forbidden": 1, "rate_limited": BURST_REJECTED}
+    assert req["rejections_by_reason"] == {"auth": 6, "forbidden": 1, "rate_limit": BURST_REJECTED}
+    assert req["client_sent"]["over limit (burst)"] == {"200": REQUESTS_PER_MINUTE, "429": BURST_REJECTED}
+    assert sum(demo.summary["served_by_version"].values()) == ok
+
+
+def test_latency_ttft_and_throughput_come_from_the_gateway_telemetry(demo):
+    s = demo.summary
+    lat, ttft = s["latency_ms"], s["ttft_ms"]
+    assert lat["count"] == s["requests"]["by_status"]["200"] and 0 < lat["p50"] <= lat["p95"]
+    assert ttft["count"] == STREAMED and 0 < ttft["p50"] <= ttft["p95"] and ttft["mean"] > 0
+    assert s["output_tokens"] > 0 and s["tokens_per_s"] > 0
+
+
+def test_auth_outcomes_and_rate_limit_hits(demo):
+    auth = demo.summary["auth_outcomes"]
+    for outcome in ("jwt/ok", "api_key/ok", "none/missing", "jwt/bad_signature", "jwt/expired", "api_key/revoked",
+                    "api_key/insufficient_scope"):
+        assert auth.get(outcome, 0) >= 1, f"{outcome} missing from {auth}"
+    assert sum(auth.values()) == demo.summary["requests"]["total"]
+    assert demo.summary["rate_limit_hits"] == BURST_REJECTED
+
+
+def test_gpu_readings_or_the_reason_there_are_none(demo):
+    gpu = demo.summary["gpu"]
+    if gpu["available"]:
+        assert gpu["devices"] and all(d["name"] and d["memory_total_mib"] for d in gpu["devices"])
+    else:
+        assert gpu["reason"].startswith("no GPU: ") and gpu["devices"] == []
+
+
+def test_spans_per_name_cover_pipeline_and_gateway(demo):
+    spans = demo.summary["spans_per_name"]
+    total = demo.summary["requests"]["total"]
+    assert spans["POST /v1/chat/completions"] + spans.get("POST /v1/completions", 0) == total
+    assert spans[names.SPAN_AUTH_VERIFY] == total
+    assert spans[f"chat {MODEL}"] >= 1 and spans[names.SPAN_PIPELINE_DECISION] >= 2
+    assert spans["prefect flow run"] >= 5 and spans["prefect task run: fit"] == 2
+    assert demo.summary["telemetry_dropped"] == 0
+
+
+def test_the_trace_shares_one_id_across_gateway_auth_and_inference(demo):
+    trace = demo.summary["trace"]
+    assert re.fullmatch(r"[0-9a-f]{32}", trace["trace_id"])
+    server, auth, inference = trace["spans"]
+    assert server["kind"] == "SERVER" and server["name"].startswith("POST /v1/")
+    assert auth["name"] == names.SPAN_AUTH_VERIFY
+    assert inference["name"] in (f"chat {MODEL}", f"text_completion {MODEL}")
+    assert auth["parent_span_id"] == server["span_id"] and inference["parent_span_id"] == server["span_id"]
+    # The same spans, read back from the traces file the summary names.
+    lines = Path(demo.summary["telemetry_files"]["traces"]).read_text().splitlines()
+    in_file = {s["span_id"]: s for s in map(json.loads, lines) if s["trace_id"] == trace["trace_id"]}
+    assert {server["span_id"], auth["span_id"], inference["span_id"]} <= set(in_file)
+    assert {in_file[s["span_id"]]["resource"][names.SERVICE_NAME] for s in trace["spans"]} == {"observatory-gateway"}
+
+
+def test_files_gateway_and_ui_commands(demo):
+    s = demo.summary
+    assert set(s["telemetry_files"]) == {"traces", "metrics", "logs"}
+    assert all(Path(p).is_file() and Path(p).parent == demo.state / "telemetry" for p in s["telemetry_files"].values())
+    assert s["gateway"]["url"].startswith("http://127.0.0.1:") and Path(s["gateway"]["log"]).is_file()
+    assert f"--backend-store-uri sqlite:///{demo.state / 'mlflow.db'}" in s["ui"]["mlflow"]
+    home = demo.state.parent / "prefect"  # the run's PREFECT_HOME
+    assert f"PREFECT_HOME={home}" in s["ui"]["prefect"] and "server start" in s["ui"]["prefect"]
+    assert (home / "prefect.db").is_file()  # the flow runs the Prefect UI shows
