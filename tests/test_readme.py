@@ -26,3 +26,15 @@ def test_every_setting_and_variable_is_documented():
         assert f"OBSERVATORY_{field.upper()}" in README, field
     for var in OTEL_ENV:
         assert var in README, var
+
+
+def test_serving_pipeline_and_canary_settings_are_documented():
+    from flows.canary_settings import CanarySettings
+    from flows.settings import PipelineSettings
+    from serving_hooks._auth_settings import AuthSettings
+    from serving_hooks.settings import ServeSettings
+
+    for cls, prefix in ((ServeSettings, "OBSERVATORY_SERVE_"), (AuthSettings, "OBSERVATORY_AUTH_"),
+                        (PipelineSettings, "OBSERVATORY_PIPELINE_"), (CanarySettings, "OBSERVATORY_CANARY_")):
+        for field in cls.model_fields:
+            assert f"{prefix}{field.upper()}" in README, (cls.__name__, field)
