@@ -15,7 +15,7 @@ from loguru import logger
 from prefect import flow
 
 from flows import tasks
-from flows._flowkit import call, lineage_for, observed, settings_for
+from flows._flowkit import call, in_process_subflows, lineage_for, observed, settings_for
 from flows.model_flows import evaluate, register, train
 from flows.promotion import promote, rollback
 from flows.registry import CHAMPION
@@ -51,16 +51,19 @@ def pipeline(model_name: str | None = None, overrides: dict[str, Any] | None = N
         lineage = lineage_for(settings)
         version = call(tasks.find_version, settings, uri, "looking up the fingerprint", uri, name, lineage.fingerprint)
         registered = False
-        if version is None:
-            trained = train(model_name=name, overrides=overrides)
-            registration = register(run_id=trained.run_id, model_uri=trained.model_uri, model_id=trained.model_id,
-                                    lineage=trained.lineage.to_dict(), model_name=name, overrides=overrides)
-            version, registered = registration.version, registration.created
-            if registered:
-                evaluate(version=version, model_name=name, overrides=overrides)
-        else:
-            logger.info("{} v{} already holds fingerprint {}: skipping training", name, version, lineage.fingerprint)
-        decision = promote(model_name=name, version=version, overrides=overrides)
+        with in_process_subflows():
+            if version is None:
+                trained = train(model_name=name, overrides=overrides)
+                registration = register(run_id=trained.run_id, model_uri=trained.model_uri,
+                                        model_id=trained.model_id, lineage=trained.lineage.to_dict(),
+                                        model_name=name, overrides=overrides)
+                version, registered = registration.version, registration.created
+                if registered:
+                    evaluate(version=version, model_name=name, overrides=overrides)
+            else:
+                logger.info("{} v{} already holds fingerprint {}: skipping training", name, version,
+                            lineage.fingerprint)
+            decision = promote(model_name=name, version=version, overrides=overrides)
         champion = decision.champion if decision else version
         result = PipelineResult(
             model=name,

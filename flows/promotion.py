@@ -18,7 +18,16 @@ from prefect import flow
 from prefect.concurrency.sync import concurrency
 
 from flows import history, lease, tasks
-from flows._flowkit import artifact_key, call, flow_run, holder, observed, publish_markdown, settings_for
+from flows._flowkit import (
+    artifact_key,
+    call,
+    flow_run,
+    holder,
+    in_process_subflows,
+    observed,
+    publish_markdown,
+    settings_for,
+)
 from flows.evaluation import eval_data_id, golden_prompts
 from flows.gates import EvalSummary, judge
 from flows.history import Decision
@@ -71,7 +80,8 @@ def _eval_of(settings: PipelineSettings, uri: str, version: str, overrides: dict
                   uri, settings.model_name, version)
     if stored is not None and stored.eval_data == expected:
         return stored
-    return evaluate(version=version, model_name=settings.model_name, overrides=overrides)
+    with in_process_subflows():
+        return evaluate(version=version, model_name=settings.model_name, overrides=overrides)
 
 
 def _side_by_side(

@@ -26,6 +26,8 @@ DATA_HASH_TAG = "observatory.data_hash"
 CODE_VERSION_TAG = "observatory.code_version"
 PARAMS_TAG = "observatory.params"
 EVAL_TAG = "observatory.eval"
+EVAL_MODEL_TAG = "observatory.model"  # on evaluation runs: which registered model and version
+EVAL_VERSION_TAG = "observatory.model_version"
 EVAL_READABLE = {  # also written one by one, for the MLflow UI's tag column
     "heldout_loss": "observatory.eval.heldout_loss",
     "perplexity": "observatory.eval.perplexity",

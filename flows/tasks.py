@@ -7,9 +7,11 @@ and Prefect may run a task on another thread, so nothing relies on ambient MLflo
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import mlflow
+from mlflow.entities import Metric, Param
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -23,6 +25,8 @@ from flows.registry import (
     CHAMPION,
     CODE_VERSION_TAG,
     DATA_HASH_TAG,
+    EVAL_MODEL_TAG,
+    EVAL_VERSION_TAG,
     FINGERPRINT_TAG,
     PREVIOUS,
     Registration,
@@ -47,16 +51,16 @@ def ensure_experiment(uri: str, name: str) -> str:
 
 
 @task(name="start-training-run", **_MLFLOW)
-def start_training_run(uri: str, experiment_id: str, lineage: Lineage, model_name: str) -> str:
+def start_training_run(uri: str, experiment: str, lineage: Lineage, model_name: str) -> str:
     client = client_for(uri)
     run = client.create_run(
-        experiment_id,
+        experiment,
         run_name=f"train {model_name}",
         tags={FINGERPRINT_TAG: lineage.fingerprint, DATA_HASH_TAG: lineage.data_hash,
               CODE_VERSION_TAG: lineage.code_version},
     )
-    for key, value in lineage.params.as_dict().items():
-        client.log_param(run.info.run_id, key, value)
+    params = [Param(key, str(value)) for key, value in lineage.params.as_dict().items()]
+    client.log_batch(run.info.run_id, params=params)
     return str(run.info.run_id)
 
 
@@ -74,7 +78,6 @@ def log_trained_model(uri: str, run_id: str, result: TrainResult) -> tuple[str, 
             "tokens_seen": result.tokens_seen,
         })
         info = pyfunc.log_model(result.model)
-    client_for(uri).set_terminated(run_id)
     return info.model_uri, info.model_id
 
 
@@ -134,15 +137,16 @@ def compare_latency(uri: str, name: str, versions: list[str], settings: Pipeline
 
 
 @task(name="log-evaluation", **_MLFLOW)
-def log_evaluation(uri: str, experiment_id: str, name: str, version: str, evaluation: Evaluation) -> EvalSummary:
+def log_evaluation(uri: str, experiment: str, name: str, version: str, evaluation: Evaluation) -> EvalSummary:
     """An evaluation run (metrics + golden table) and the figures as tags on the version."""
     client = client_for(uri)
     s = evaluation.summary
-    run = client.create_run(experiment_id, run_name=f"evaluate {name} v{version}",
-                            tags={"observatory.model": name, "observatory.model_version": version})
+    run = client.create_run(experiment, run_name=f"evaluate {name} v{version}",
+                            tags={EVAL_MODEL_TAG: name, EVAL_VERSION_TAG: version})
     run_id = str(run.info.run_id)
-    for key in ("heldout_loss", "perplexity", "latency_p50_s", "latency_p95_s", "golden_pass_rate"):
-        client.log_metric(run_id, key, float(getattr(s, key)))
+    now = int(time.time() * 1000)
+    keys = ("heldout_loss", "perplexity", "latency_p50_s", "latency_p95_s", "golden_pass_rate")
+    client.log_batch(run_id, metrics=[Metric(k, float(getattr(s, k)), now, 0) for k in keys])
     client.log_table(run_id, {k: [r[k] for r in evaluation.golden_rows] for k in evaluation.golden_rows[0]},
                      "golden_prompts.json")
     client.set_terminated(run_id)

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import import_module
 from importlib.util import find_spec
@@ -24,9 +25,8 @@ import httpx
 
 from observatory._demo_stack import MODEL, REQUESTS_PER_MINUTE, SCOPE, free_port
 
-WINDOW_S = 8.0  # one analysis window; the flow looks every STEP_S and may extend it once
+WINDOW_S = 6.0  # one analysis window; the flow looks every STEP_S and may extend it once
 STEP_S = 2.0
-RATE_PER_S = 10.0  # canary traffic, both sides together
 CANARY_SETTINGS: dict[str, Any] = {
     "min_requests": 15,  # per side, before any verdict
     "guard_duration_s": 0,  # the demo does not wait for the post-promotion guard
@@ -88,25 +88,30 @@ class Prometheus:
 
 @dataclass
 class LiveTraffic:
-    """Paced chat completions (every other one streamed) from many tenants, until stopped."""
+    """Closed-loop chat completions (every other one streamed) from ``workers`` threads, each
+    moving to a new tenant before it reaches the rate limit, until stopped."""
 
     base_url: str
     idp: Any
-    statuses: dict[int, int] = field(default_factory=dict)
+    workers: int = 2
+    statuses: Counter[int] = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _threads: list[threading.Thread] = field(default_factory=list)
 
     def __enter__(self) -> LiveTraffic:
-        self._thread = threading.Thread(target=self._run, name="demo-canary-traffic", daemon=True)
-        self._thread.start()
+        for i in range(self.workers):
+            thread = threading.Thread(target=self._run, args=(i,), name=f"demo-canary-traffic-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
+        for thread in self._threads:
+            thread.join(30)
 
-    def _run(self) -> None:
+    def _run(self, worker: int) -> None:
         import openai
 
         from observatory._demo_client import PROMPTS
@@ -114,8 +119,8 @@ class LiveTraffic:
         per_tenant = REQUESTS_PER_MINUTE - 1
         n = 0
         while not self._stop.is_set():
-            tenant = f"canary-{n // per_tenant}"
             if n % per_tenant == 0:
+                tenant = f"canary-{worker}-{n // per_tenant}"
                 token = self.idp.mint(tenant, tenant=tenant, scopes=[SCOPE])
                 client = openai.OpenAI(base_url=self.base_url, api_key=token, max_retries=0, timeout=60)
             messages = [{"role": "user", "content": PROMPTS[n % len(PROMPTS)]}]
@@ -131,9 +136,9 @@ class LiveTraffic:
                 status = e.status_code
             except openai.APIConnectionError:
                 status = 0
-            self.statuses[status] = self.statuses.get(status, 0) + 1
+            with self._lock:
+                self.statuses[status] += 1
             n += 1
-            self._stop.wait(1.0 / RATE_PER_S)
 
 
 def run_canary(prometheus_url: str, version: str) -> Any:

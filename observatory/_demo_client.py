@@ -83,14 +83,13 @@ def run(base_url: str, creds: Credentials, idp: Any, report: ClientReport | None
     (added to ``report`` when given: the canary traffic is noted there first)."""
     import openai
 
-    report = report or ClientReport()
+    report = ClientReport() if report is None else report
     jwt_client = openai.OpenAI(base_url=base_url, api_key=access_token(creds), max_retries=0, timeout=60)
     key_client = openai.OpenAI(base_url=base_url, api_key=creds.api_key, max_retries=0, timeout=60)
 
-    for i, prompt in enumerate(PROMPTS + PROMPTS[:1]):  # good: JWT, chat
-        _official(report, "good (JWT)", lambda p=prompt, i=i: jwt_client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": p}], max_tokens=MAX_TOKENS, temperature=0.8,
-            user=f"demo-{i}"))
+    for prompt in (*PROMPTS, PROMPTS[0]):  # good: JWT, chat
+        _official(report, "good (JWT)", lambda p=prompt: jwt_client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": p}], max_tokens=MAX_TOKENS, temperature=0.8))
     for prompt in PROMPTS[1:3]:  # good: JWT, text completion
         _official(report, "good (JWT)", lambda p=prompt: jwt_client.completions.create(
             model=MODEL, prompt=p, max_tokens=MAX_TOKENS))

@@ -1,16 +1,16 @@
 """The model lifecycle the demo walks through, with the project's own Prefect flows.
 
 v1 is trained briefly and becomes the champion through the whole ``pipeline`` flow; v2 is
-trained with the default settings, registered as the ``challenger`` and evaluated offline; then
-it is judged: on live traffic by the canary flow when that exists (issue 7), otherwise by the
-offline promotion gates. The flows run in this process against Prefect's local ephemeral API
+trained longer, registered as the ``challenger`` and evaluated offline; then it is judged: on
+live traffic by the ``canary`` flow (issue 7), or by the offline gates of the ``promote`` flow. The flows run in this process against Prefect's local ephemeral API
 (or ``PREFECT_API_URL``) and the MLflow store of the state folder (or ``MLFLOW_TRACKING_URI``).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ class Challenger:
 
 @dataclass(frozen=True)
 class Verdict:
-    decision: str  # promoted | rejected | unchanged
+    decision: str  # promoted | rejected | inconclusive | unchanged
     version: str
     champion: str  # after the decision
     reason: str
@@ -50,6 +50,16 @@ def tracking_uri(model: str) -> str:
     from flows.stores import tracking_uri as uri_for
 
     return uri_for(load_settings(model_name=model))
+
+
+@contextmanager
+def no_heartbeats() -> Iterator[None]:
+    """Flow runs without Prefect's heartbeat thread: the demo's flows run in this one short-lived
+    process, and joining that thread costs about a second per flow run."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def prepare_store(model: str) -> str:
@@ -67,12 +77,15 @@ def start_prefect() -> Callable[[], None]:
     """Bring Prefect's API up in a thread while other things start; returns a wait that re-raises
     its error. Without ``PREFECT_API_URL`` this starts Prefect's local (ephemeral) API server,
     which later flow runs in this process reuse."""
+    # Imported here, in the calling thread: two threads importing SQLAlchemy at once (MLflow's
+    # store in this one, Prefect's server module in the other) can see a half-initialised module.
+    from prefect.client.orchestration import get_client
+    from prefect.server.api.server import SubprocessASGIServer  # noqa: F401 - what get_client starts
+
     errors: list[BaseException] = []
 
     def start() -> None:
         try:
-            from prefect.client.orchestration import get_client
-
             with get_client(sync_client=True) as client:
                 client.api_healthcheck()
         except BaseException as e:  # handed to the waiting thread
@@ -105,7 +118,8 @@ def first_champion(model: str) -> Champion:
         return Champion(existing, False, f"the state folder already has {model} v{existing} as champion")
     from flows.flows import pipeline
 
-    result = pipeline(model_name=model, overrides={**QUIET, "steps": V1_STEPS})
+    with no_heartbeats():
+        result = pipeline(model_name=model, overrides={**QUIET, "steps": V1_STEPS})
     return Champion(result.champion or result.version, result.registered, result.reason)
 
 
@@ -116,13 +130,14 @@ def train_challenger(model: str) -> Challenger:
     from flows.stores import client_for
 
     overrides = {**QUIET, "steps": V2_STEPS}
-    trained = train(model_name=model, overrides=overrides)
-    registration = register(run_id=trained.run_id, model_uri=trained.model_uri, model_id=trained.model_id,
-                            lineage=trained.lineage.to_dict(), model_name=model, overrides=overrides)
-    if registration.created:
-        summary = evaluate(version=registration.version, model_name=model, overrides=overrides)
-    else:
-        summary = Registry(client_for(tracking_uri(model)), model).load_eval(registration.version)
+    with no_heartbeats():
+        trained = train(model_name=model, overrides=overrides)
+        registration = register(run_id=trained.run_id, model_uri=trained.model_uri, model_id=trained.model_id,
+                                lineage=trained.lineage.to_dict(), model_name=model, overrides=overrides)
+        if registration.created:
+            summary = evaluate(version=registration.version, model_name=model, overrides=overrides)
+        else:
+            summary = Registry(client_for(tracking_uri(model)), model).load_eval(registration.version)
     return Challenger(registration.version, registration.created,
                       summary.heldout_loss if summary else None, summary.latency_p95_s if summary else None)
 
@@ -133,7 +148,8 @@ def judge_live(prometheus_url: str, challenger: Challenger) -> Verdict:
     evidence inconclusive (then the champion stays)."""
     from observatory._demo_canary import run_canary
 
-    outcome = run_canary(prometheus_url, challenger.version)
+    with no_heartbeats():
+        outcome = run_canary(prometheus_url, challenger.version)
     d = outcome.decision
     return Verdict(d.decision, d.version, d.champion or outcome.champion or "", d.reason,
                    "canary on live traffic (Prometheus)")
@@ -143,7 +159,8 @@ def judge_offline(model: str, challenger: Challenger, why: str) -> Verdict:
     """The ``promote`` flow: offline gates against the champion, measured side by side."""
     from flows.flows import promote
 
-    decision = promote(model_name=model, version=challenger.version, overrides=QUIET)
+    with no_heartbeats():
+        decision = promote(model_name=model, version=challenger.version, overrides=QUIET)
     if decision is None:
         return Verdict("unchanged", challenger.version, challenger.version,
                        f"v{challenger.version} already is the champion", "offline gates")

@@ -187,6 +187,8 @@ def start_gateway(
         # the backend resolves models:/ URIs through MLflow's process-wide URI (see the report)
         "MLFLOW_TRACKING_URI": tracking_uri,
         "OBSERVATORY_AUTH_MODEL_SCOPES": json.dumps({MODEL: [SCOPE]}),
+        # exact per-tenant counts: a fixed window could reset in the middle of the over-limit burst
+        "OBSERVATORY_SERVE_RATE_LIMIT_STRATEGY": "moving-window",
     }
     cmd = [
         *_observatory_command(), "serve",

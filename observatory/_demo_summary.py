@@ -143,7 +143,8 @@ def render(summary: dict[str, Any], console: Console) -> None:
     rows = [
         ("model", f"{m['name']}: champion v{m['champion_before']}, challenger v{m['challenger']}"),
         ("decision", f"{m['decision']} v{m['challenger']} by {m['judged_by']}: {m['reason']}"),
-        ("serving version", f"v{s['serving_version']} (requests per version: {_pairs(s['served_by_version'])})"),
+        ("serving version", f"v{s['serving_version']} (answered by version: "
+                            f"{', '.join(f'v{v} {n}' for v, n in sorted(s['served_by_version'].items()))})"),
         ("requests by outcome", f"{_pairs(req['by_outcome'])} (total {req['total']})"),
         ("rejections by reason", _pairs(req["rejections_by_reason"])),
         ("latency (ms)", f"p50 {lat['p50']}  p95 {lat['p95']}  over {lat['count']} answered requests"),
@@ -155,7 +156,8 @@ def render(summary: dict[str, Any], console: Console) -> None:
         ("spans per name", _pairs(s["spans_per_name"])),
         ("one trace", _trace_text(s["trace"])),
         ("telemetry files", "\n".join(s["telemetry_files"].values())),
-        ("gateway", f"{s['gateway']['url']} (log {s['gateway']['log']})"),
+        ("gateway", f"{s['gateway']['url']} (log {s['gateway']['log']})"
+                    + (f"; Prometheus {s['gateway']['prometheus']}" if s["gateway"].get("prometheus") else "")),
         ("MLflow UI", s["ui"]["mlflow"]),
         ("Prefect UI", s["ui"]["prefect"]),
         ("wall time", f"{s['wall_time_s']} s"),

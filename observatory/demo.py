@@ -11,6 +11,8 @@ over-limit requests; the summary is read back from the telemetry the processes r
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -73,8 +75,32 @@ def _settled(gateway: Gateway, expected: int, timeout: float = 15.0) -> Scrape:
         time.sleep(0.2)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _stops_cleanly() -> Iterator[None]:
+    """SIGTERM (and SIGINT, even when a non-interactive shell started us with it ignored) raise
+    KeyboardInterrupt, so the gateway, Prometheus and the IdP are stopped on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run(json_out: str | None = None, keep_serving: bool = False) -> dict[str, Any]:
     """Run the demo; print the summary (and write it as JSON to ``json_out``); return it."""
+    with _stops_cleanly():
+        return _run(json_out, keep_serving)
+
+
+def _run(json_out: str | None, keep_serving: bool) -> dict[str, Any]:
     started, since_ns = time.monotonic(), time.time_ns()
     console = Console(stderr=True)
     state = telemetry.state_dir()
@@ -119,7 +145,10 @@ def run(json_out: str | None = None, keep_serving: bool = False) -> dict[str, An
             how = "as a canary on live traffic" if prometheus else "by the offline gates"
             with step(f"judge v{challenger.version} against v{champion.version} {how}") as s:
                 verdict = None
-                if prometheus is not None:
+                if challenger.version == champion.version:  # a re-run on a state folder that has it all
+                    verdict = _demo_pipeline.Verdict("unchanged", challenger.version, champion.version,
+                                                     f"v{champion.version} already is the champion", "nothing to judge")
+                elif prometheus is not None:
                     verdict, failure = _judge_live(prometheus, challenger, gateway, idp, report)
                     if verdict is None:
                         no_canary = f"the live canary failed: {failure}"
@@ -153,7 +182,8 @@ def run(json_out: str | None = None, keep_serving: bool = False) -> dict[str, An
                        "champion_after": verdict.champion},
                 gpu=gpu.readings(scrape.total(names.GEN_AI_OUTPUT_TOKENS)),
                 files={s: str(traces.with_name(f"{s}.jsonl")) for s in ("traces", "metrics", "logs")},
-                tracking_uri=uri, gateway={"url": gateway.url, "log": str(gateway.log)},
+                tracking_uri=uri,
+                gateway={"url": gateway.url, "log": str(gateway.log), "prometheus": prometheus.url if prometheus else None},
                 wall_time_s=time.monotonic() - started,
             )
             render(summary, Console())
@@ -193,13 +223,12 @@ def _judge_live(
 
 def _serve_until_interrupted(console: Console, gateway: Gateway, creds: _demo_stack.Credentials, state: Path) -> None:
     console.rule("[bold]still serving")
-    console.print(
-        f"gateway: {gateway.v1} (OpenAI-compatible; Ctrl-C stops it)\n"
-        f"credentials (API keys, OAuth client of issuer {creds.issuer}): {state / 'demo' / 'credentials.json'}\n"
-        f"try: curl -s {gateway.v1}/chat/completions -H 'Authorization: Bearer {creds.api_key}' "
-        f"-H 'content-type: application/json' "
-        f"-d '{{\"model\": \"{MODEL}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'"
-    )
+    curl = (f"curl -s {gateway.v1}/chat/completions -H 'Authorization: Bearer {creds.api_key}' "
+            f"-H 'content-type: application/json' "
+            f"-d '{{\"model\": \"{MODEL}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
+    console.print(f"gateway: {gateway.v1} (OpenAI-compatible; Ctrl-C stops it)\n"
+                  f"credentials (API keys, OAuth client of issuer {creds.issuer}): "
+                  f"{state / 'demo' / 'credentials.json'}\ntry: {curl}", soft_wrap=True, markup=False)
     try:
         while gateway.proc.poll() is None:
             time.sleep(0.5)

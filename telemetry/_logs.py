@@ -41,6 +41,7 @@ HUMAN_FORMAT = (
 )
 _NO_TRACE = ""
 _SKIP_EXTRA = frozenset({"trace_id", "span_id"})
+_CHATTY = ("httpx", "httpcore", "urllib3")
 
 
 class _InterceptHandler(logging.Handler):
@@ -65,6 +66,7 @@ class LoguruBridge:
         self._otel = logger_provider.get_logger("observatory.loguru") if logger_provider else None
         self._ids: list[int] = []
         self._handler: _InterceptHandler | None = None
+        self._quieted: list[tuple[logging.Logger, int]] = []
         self._old_root_level = logging.root.level
 
     def install(self) -> None:
@@ -79,6 +81,12 @@ class LoguruBridge:
                 self._ids.append(logger.add(sys.stderr, level=level, format=HUMAN_FORMAT, colorize=None))
         if self._otel is not None:
             self._ids.append(logger.add(self._sink, level=level, format="{message}", catch=True))
+        # HTTP client libraries log every request at INFO; keep them at WARNING unless asked for DEBUG.
+        if level not in ("TRACE", "DEBUG"):
+            for name in _CHATTY:
+                lib = logging.getLogger(name)
+                self._quieted.append((lib, lib.level))
+                lib.setLevel(logging.WARNING)
         self._handler = _InterceptHandler(level=self._settings.log_level if level != "SUCCESS" else "INFO")
         logging.root.addHandler(self._handler)
         if logging.root.level > self._handler.level or logging.root.level == logging.NOTSET:
@@ -90,6 +98,9 @@ class LoguruBridge:
                 logger.remove(handler_id)
         self._ids.clear()
         logger.configure(patcher=lambda record: record["extra"].setdefault("trace_id", _NO_TRACE))
+        for lib, old_level in self._quieted:
+            lib.setLevel(old_level)
+        self._quieted.clear()
         if self._handler is not None:
             logging.root.removeHandler(self._handler)
             logging.root.setLevel(self._old_root_level)

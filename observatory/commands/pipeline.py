@@ -157,17 +157,14 @@ def history(
     aliases = {a: registry.alias(a) for a in (CHAMPION, CHALLENGER, PREVIOUS)}
     table = Table(title=f"{settings.model_name}: promotion decisions",
                   caption="  ".join(f"{a}: v{v}" for a, v in aliases.items() if v))
-    for column in ("when (UTC)", "decision", "version", "champion", "loss", "p95 ms", "reason", "flow run"):
-        table.add_column(column, overflow="fold")
+    for column in ("when (UTC)", "decision", "champion"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("reason (gate figures) · flow run", ratio=1, overflow="fold")
     for d in decisions:
-        f = d.figures
-        loss = f"{f['challenger_loss']:.4f}" if "challenger_loss" in f else ""
-        if "champion_loss" in f:
-            loss += f" vs {f['champion_loss']:.4f}"
-        p95 = f"{f['challenger_p95_s'] * 1e3:.1f}" if "challenger_p95_s" in f else ""
-        table.add_row(d.at.replace("T", " ")[:19], d.decision, f"v{d.version}",
-                      f"v{d.from_version or '-'} → v{d.champion or '-'}", loss, p95, d.reason,
-                      d.flow_run_name or d.flow_run_id or "")
+        run = d.flow_run_name or d.flow_run_id
+        table.add_row(d.at[5:19].replace("T", " "), f"{d.decision} v{d.version}",
+                      f"v{d.from_version or '-'} → v{d.champion or '-'}",
+                      d.reason + (f" [dim]· {run}[/]" if run else ""))
     Console().print(table)
 
 

@@ -73,3 +73,15 @@ def test_pyfunc_streams_one_chunk_per_token_then_a_summary(served) -> None:
 def test_pyfunc_refuses_bad_input(served) -> None:
     with pytest.raises(Exception, match="max_tokens"):
         served.predict([{"prompt": "x", "max_tokens": -1}])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (NVIDIA driver + CUDA build of torch)")
+def test_trains_and_serves_on_cuda_when_present() -> None:
+    from flows.pyfunc import load_model
+
+    result = train(TrainParams(steps=20), load_corpus(), progress=False)
+    assert result.device == "cuda" and result.heldout_loss < 5.0
+    served = load_model(result.model.to("cuda"))
+    chunks = list(served.predict_stream(None, {"prompt": "In the", "max_tokens": 4, "temperature": 0.0}))
+    assert chunks[-1]["completion_tokens"] == len(chunks) - 1

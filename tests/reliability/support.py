@@ -203,6 +203,7 @@ class Load:
     model: str
     max_tokens: int
     workers: int = 4
+    pause_s: float = 0.0  # between a worker's requests
     results: list[Result] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -219,6 +220,8 @@ class Load:
         while not self._stop.is_set():
             n += 1
             self.results.append(call(self.url, self.key, self.model, self.max_tokens, stream=(i + n) % 2 == 0))
+            if self.pause_s:
+                self._stop.wait(self.pause_s)
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -266,19 +269,29 @@ class MlflowServer:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def log(self) -> Path:
+        return self.workdir / "mlflow-server.log"
+
+    @property
     def store(self) -> str:
         """The backend store URI (what another replica, or an operator, writes to directly)."""
         return f"sqlite:///{self.workdir / 'mlflow.db'}"
 
     def start(self) -> None:
-        log = self.workdir / "mlflow-server.log"
+        self.spawn()
+        self.wait()
+
+    def spawn(self) -> None:
+        """Start the process (it takes seconds to answer: see :meth:`wait`)."""
         self.proc = components.start_process(
             [components.require_binary("mlflow"), "server", "--backend-store-uri", self.store,
              "--artifacts-destination", str(self.workdir / "artifacts"), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],
-            log, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            self.log, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
-        components.wait_http(self.url + "/health", timeout=120, proc=self.proc, log=log)
+
+    def wait(self) -> None:
+        components.wait_http(self.url + "/health", timeout=120, proc=self.proc, log=self.log)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -20,32 +20,34 @@ MODEL = "slow-echo"
 def test_mlflow_down_keeps_serving_reports_degraded_and_recovers_a_promotion(tmp_path):
     server = MlflowServer(tmp_path / "mlflow")
     server.start()
-    gw = None
+    key = api_key(tmp_path / "api-keys.json")
+    # The gateway boots (and polls for a champion) while the versions are registered.
+    gw = start_gateway(tmp_path, server.url, MODEL, tmp_path / "api-keys.json", poll_interval=0.3)
     try:
         v1 = register_slow_model(server.url, MODEL, "a", 0.005)
         v2 = register_slow_model(server.url, MODEL, "b", 0.005)  # registered, not yet promoted
         set_champion(server.url, MODEL, v1)
-        key = api_key(tmp_path / "api-keys.json")
-        gw = start_gateway(tmp_path, server.url, MODEL, tmp_path / "api-keys.json", poll_interval=0.3)
         gw.wait_ready(v1)
-        with Load(gw.url, key, MODEL, max_tokens=4, workers=2) as load:
+        # steady, light traffic: the restarting server needs the CPU more than the test needs load
+        with Load(gw.url, key, MODEL, max_tokens=4, workers=2, pause_s=0.1) as load:
             time.sleep(0.5)
             server.stop()  # the outage
             degraded = wait_for(lambda: (r := gw.readyz())["status"] == "degraded" and r, timeout=20,
                                 what="readiness to report the registry")
-            served_in_outage = len(load.results)
-            time.sleep(1.0)
-            served_in_outage = len(load.results) - served_in_outage
+            server.spawn()  # recovery begins: the server takes seconds to answer again
+            before = len(load.results)
             # A promotion made meanwhile, through the store the server fronts (another replica's view).
             set_champion(server.store, MODEL, v2)
-            server.start()  # recovery
+            time.sleep(1.0)
+            assert gw.readyz()["model"]["version"] == v1, "the gateway saw the promotion before recovery"
+            served_in_outage = len(load.results) - before
+            server.wait()
             recovered = gw.wait_ready(v2, timeout=60)
             wait_for(lambda: any(r.text.startswith("b") for r in load.results[-4:]), timeout=20,
                      what="answers of the promoted version")
         results = load.results
     finally:
-        if gw is not None:
-            gw.stop()
+        gw.stop()
         server.stop()
 
     assert degraded["ready"] is True and degraded["model"]["version"] == v1

@@ -23,8 +23,8 @@ from tests.telemetry.conftest import OtlpReceiver
 
 pytestmark = pytest.mark.filterwarnings("ignore:Add type hints")
 
-OUTAGES = ("refused", "hung", "refused")  # each after a healthy window: noise hits both sides alike
-REQUESTS = 60  # per window; the p99 over the pooled windows of a side is its second slowest request
+OUTAGES = ("refused", "hung")  # each after a healthy window: noise hits both sides alike
+REQUESTS = 50  # per window; the p99 over the pooled windows of a side is its second slowest request
 CONCURRENCY = 4
 TOKENS = 4  # about 40 ms of model time a request
 
@@ -132,6 +132,8 @@ def test_otlp_outage_fails_no_request_keeps_p99_counts_drops_and_resumes(slow_re
     failures = [(r.status, r.error) for r in (*healthy, *down, *after) if not r.ok]
     assert not failures, f"{len(failures)} failed requests: {failures[:3]}"
     healthy_p99, down_p99 = p99(healthy), p99(down)
+    print(f"p99 healthy {healthy_p99 * 1e3:.1f} ms, outage {down_p99 * 1e3:.1f} ms; dropped {dropped:.0f} spans, "
+          f"{failed_exports:.0f} failed exports")
     assert down_p99 <= 1.2 * healthy_p99, f"p99 {down_p99 * 1e3:.1f} ms in the outage vs {healthy_p99 * 1e3:.1f} ms"
     assert dropped > 0, "no dropped span was counted during the outage"
     assert failed_exports > 0
