@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
-from telemetry.settings import ConfigError, config_file, read_toml_table
+from telemetry.settings import TableSettings
 
 ENV_PREFIX = "OBSERVATORY_CANARY_"
 GATE_KEYS = (
@@ -21,10 +21,11 @@ GATE_KEYS = (
 )
 
 
-class CanarySettings(BaseSettings):
+class CanarySettings(TableSettings):
     """The live comparison of a challenger with the champion, and the guard after a promotion."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+    toml_table = "canary"
 
     prometheus_url: str = Field("http://127.0.0.1:9090", description="Prometheus HTTP API base URL.")
     selector: str = Field(
@@ -78,39 +79,7 @@ class CanarySettings(BaseSettings):
         """The gate figures, as recorded with every decision."""
         return {k: float(getattr(self, k)) for k in GATE_KEYS}
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _CanaryToml(settings_cls)
-
-
-class _CanaryToml(PydanticBaseSettingsSource):
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return read_toml_table("canary")
-
 
 def load_canary_settings(**overrides: Any) -> CanarySettings:
     """Build and validate the settings; raise :class:`ConfigError` naming each bad key."""
-    try:
-        return CanarySettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            field = str(err["loc"][0]) if err["loc"] else ""
-            if err["type"] == "extra_forbidden":
-                problems.append(f"unknown canary setting {field!r} (known: {', '.join(CanarySettings.model_fields)})")
-            elif field:
-                where = f"{ENV_PREFIX}{field.upper()} or {config_file()} [canary] {field}"
-                problems.append(f"invalid canary setting {field!r} (set via {where}): {err['msg']}")
-            else:
-                problems.append(f"invalid canary settings: {err['msg']}")
-        raise ConfigError("; ".join(problems)) from None
+    return CanarySettings.load(**overrides)

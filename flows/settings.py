@@ -6,22 +6,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from flows.training import TrainParams
-from telemetry.settings import ConfigError, config_file, read_toml_table
+from telemetry.settings import TableSettings
 
 ENV_PREFIX = "OBSERVATORY_PIPELINE_"
 _TRAIN = TrainParams()
 
 
-class PipelineSettings(BaseSettings):
+class PipelineSettings(TableSettings):
     """What the flows train, where they register it, and the gates a challenger must pass."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, protected_namespaces=()
     )
+    toml_table = "pipeline"
 
     model_name: str = Field("tiny-gpt", min_length=1, description="Registered model name.")
     experiment: str = Field("tiny-gpt", min_length=1, description="MLflow experiment for training and evaluation runs.")
@@ -93,42 +94,7 @@ class PipelineSettings(BaseSettings):
                 "max_latency_p95_s", "min_golden_pass_rate", "max_golden_loss")
         return {k: getattr(self, k) for k in keys}
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _PipelineToml(settings_cls)
-
-
-class _PipelineToml(PydanticBaseSettingsSource):
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return read_toml_table("pipeline")
-
-
-def _where(field: str) -> str:
-    return f"{ENV_PREFIX}{field.upper()} or {config_file()} [pipeline] {field}"
-
 
 def load_settings(**overrides: Any) -> PipelineSettings:
     """Build and validate the settings; raise :class:`ConfigError` naming each bad key."""
-    try:
-        return PipelineSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            field = str(err["loc"][0]) if err["loc"] else ""
-            if err["type"] == "extra_forbidden":
-                problems.append(f"unknown pipeline setting {field!r} (known: {', '.join(PipelineSettings.model_fields)})")
-            elif field:
-                problems.append(f"invalid pipeline setting {field!r} (set via {_where(field)}): {err['msg']}")
-            else:
-                problems.append(f"invalid pipeline settings: {err['msg']}")
-        raise ConfigError("; ".join(problems)) from None
+    return PipelineSettings.load(**overrides)

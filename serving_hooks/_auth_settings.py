@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from serving_hooks._jwks import check_secure_url
-from telemetry.settings import ConfigError, read_toml_table
+from telemetry.settings import TableSettings
 
 ALLOWED_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 ENV_PREFIX = "OBSERVATORY_AUTH_"
@@ -19,11 +19,12 @@ ENV_PREFIX = "OBSERVATORY_AUTH_"
 DEFAULT_SUBJECT_SALT = "observatory-development-salt"
 
 
-class AuthSettings(BaseSettings):
+class AuthSettings(TableSettings):
     """How credentials are verified: arguments, then ``OBSERVATORY_AUTH_<FIELD>``, then ``[auth]``
     of ``observatory.toml``, then defaults."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True)
+    toml_table = "auth"
 
     issuer: str | None = Field(None, description="OIDC issuer URL; JWTs are refused when unset.")
     audience: str | None = Field(None, description="Required `aud` of JWTs (required with an issuer).")
@@ -73,35 +74,3 @@ class AuthSettings(BaseSettings):
         if self.issuer and not self.audience:
             raise ValueError(f"{ENV_PREFIX}AUDIENCE is required when {ENV_PREFIX}ISSUER is set")
         return self
-
-    @classmethod
-    def load(cls, **overrides: Any) -> AuthSettings:
-        """Build the settings (None overrides ignored); raise ``ConfigError`` naming the key at fault."""
-        try:
-            return cls(**{k: v for k, v in overrides.items() if v is not None})
-        except ValidationError as exc:
-            problems = []
-            for err in exc.errors():
-                key = str(err["loc"][0]) if err["loc"] else "settings"
-                where = f"{ENV_PREFIX}{key.upper()} / [auth] {key}" if err["loc"] else "the auth settings"
-                problems.append(f"invalid setting {key!r} (set via {where}): {err['msg']}")
-            raise ConfigError("; ".join(problems)) from None
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _AuthTomlSource(settings_cls)
-
-
-class _AuthTomlSource(PydanticBaseSettingsSource):
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return read_toml_table("auth")

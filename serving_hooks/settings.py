@@ -7,17 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-from telemetry.settings import ConfigError, read_toml_table
+from telemetry.settings import TableSettings
 
 Backend = Literal["mlflow", "upstream"]
 RateLimitStrategy = Literal["fixed-window", "moving-window", "sliding-window-counter"]
 CanarySticky = Literal["none", "tenant", "session"]
 
 
-class ServeSettings(BaseSettings):
+class ServeSettings(TableSettings):
     """Everything ``observatory serve`` and :func:`serving_hooks.app.create_app` read.
 
     Field ``x`` is ``OBSERVATORY_SERVE_X`` in the environment and ``x`` in ``[serve]`` of
@@ -25,6 +25,7 @@ class ServeSettings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(env_prefix="OBSERVATORY_SERVE_", extra="forbid", validate_default=True)
+    toml_table = "serve"
 
     # Model backend.
     backend: Backend = "mlflow"
@@ -90,34 +91,7 @@ class ServeSettings(BaseSettings):
         """Whether a challenger is routed to at all (a share above 0 or named tenants)."""
         return self.canary_share > 0 or bool(self.canary_tenants)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _ServeTomlSource(settings_cls)
-
-
-class _ServeTomlSource(PydanticBaseSettingsSource):
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return read_toml_table("serve")
-
 
 def load(**overrides: Any) -> ServeSettings:
     """Build :class:`ServeSettings` (``None`` overrides are ignored); raise :class:`ConfigError` naming the key."""
-    try:
-        return ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            key = str(err["loc"][0]) if err["loc"] else "settings"
-            where = f"OBSERVATORY_SERVE_{key.upper()} / [serve] {key}" if err["loc"] else "the serve settings"
-            problems.append(f"invalid setting {key!r} (set via {where}): {err['msg']}")
-        raise ConfigError("; ".join(problems)) from None
+    return ServeSettings.load(**overrides)

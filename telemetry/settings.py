@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
@@ -211,6 +211,44 @@ class _TomlSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return read_toml_table(self._table)
+
+
+class TableSettings(BaseSettings):
+    """Base of the other settings groups (``[serve]``, ``[auth]``, ``[pipeline]``, ``[canary]``):
+    explicit values, then ``OBSERVATORY_<GROUP>_*`` variables, then that table of
+    ``observatory.toml``, then defaults; :meth:`load` raises :class:`ConfigError` naming the key."""
+
+    toml_table: ClassVar[str] = ""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _TomlSource(settings_cls, cls.toml_table)
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Self:
+        """Build the settings (``None`` overrides are ignored)."""
+        table, prefix = cls.toml_table, str(cls.model_config.get("env_prefix", ""))
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as e:
+            problems = []
+            for err in e.errors():
+                field = str(err["loc"][0]) if err["loc"] else ""
+                if err["type"] == "extra_forbidden":
+                    problems.append(f"unknown {table} setting {field!r} (known: {', '.join(cls.model_fields)})")
+                elif field:
+                    where = f"{prefix}{field.upper()} or {config_file()} [{table}] {field}"
+                    problems.append(f"invalid {table} setting {field!r} (set via {where}): {err['msg']}")
+                else:
+                    problems.append(f"invalid {table} settings: {err['msg']}")
+            raise ConfigError("; ".join(problems)) from None
 
 
 def _where(field: str) -> str:
