@@ -157,9 +157,11 @@ class MlflowBackend(InProcessBackend):
         if loaded is not None and loaded.info.version == version:
             return False
         # Downloaded with explicit URIs (no process-global MLflow settings), then loaded from disk.
+        # A models:/ URI would be resolved through MLflow's process-wide registry URI, ignoring the
+        # one given here, so the version's own artifact location is asked of our client instead.
+        source = self._client.get_model_version_download_uri(self.model_name, version)
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{self.model_name}/{version}", dst_path=str(self._workdir / version),
-            tracking_uri=self.tracking_uri, registry_uri=self._registry_uri,
+            artifact_uri=source, dst_path=str(self._workdir / version), tracking_uri=self.tracking_uri,
         )
         model = mlflow.pyfunc.load_model(local)
         previous = loaded.info.version if loaded else None

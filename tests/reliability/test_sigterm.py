@@ -15,7 +15,7 @@ from tests.reliability.support import Load, call, last_counter, server_spans_by_
 pytestmark = pytest.mark.filterwarnings("ignore:Add type hints")  # the slow pyfunc is untyped on purpose
 
 IN_FLIGHT = 8
-LONG = 60  # tokens: about 0.6 s per request at 10 ms a token
+LONG = 100  # tokens: about 1 s per request at 10 ms a token, so all are in flight together
 
 
 @pytest.mark.timeout(120)

@@ -161,3 +161,21 @@ def test_the_reference_model_is_served_streaming_and_not(memory_telemetry, mlflo
     settle(memory_telemetry)
     spans = [s for s in memory_telemetry.memory.spans() if s.name == f"chat {name}"]
     assert spans and spans[-1].attributes[names.GEN_AI_USAGE_OUTPUT_TOKENS] == chunks[-1].usage.completion_tokens
+
+
+def test_an_explicit_tracking_uri_loads_the_model_whatever_mlflow_s_global_uri(mlflow_server, champion, keyring,
+                                                                                 tmp_path, monkeypatch):
+    # The process-wide MLflow URIs point elsewhere; only the gateway's own setting names the server.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    try:
+        settings = load(model=champion, tracking_uri=mlflow_server.url, api_keys_file=keyring.path)
+        with serve(create_app(settings)) as gw:
+            wait_for(lambda: ready(gw.url), timeout=60, what="the champion to load from the explicit server")
+            body = httpx.get(gw.url + "/readyz").json()
+    finally:
+        mlflow.set_tracking_uri(mlflow_server.url)
+        mlflow.set_registry_uri(mlflow_server.url)
+    assert body["ready"] is True and body["status"] == "ok", body
