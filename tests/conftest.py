@@ -65,6 +65,27 @@ def state_dir(tmp_path, monkeypatch) -> Path:
     return path
 
 
+_MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_uris():
+    """``mlflow.set_tracking_uri``/``set_registry_uri`` change process-wide state (module globals and
+    ``MLFLOW_*`` variables); a test must not leave them pointing at a server it has stopped."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    env = {k: os.environ.get(k) for k in _MLFLOW_URI_VARS}
+    before = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    yield
+    tracking_utils._tracking_uri, registry_utils._registry_uri = before
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(autouse=True)
 def _clean_telemetry_env(monkeypatch, tmp_path):
     """Each test starts without OTEL_*/OBSERVATORY_* settings from the caller's shell, in its own
