@@ -40,7 +40,10 @@ def run_rate(rate: int, seconds: float) -> tuple[int, int, int, float]:
             time.sleep(delay)
     elapsed = time.perf_counter() - start
     handle.shutdown()
-    lines = sum(1 for f in (Path(tmp) / "telemetry").glob("traces.jsonl*") for _ in open(f, "rb"))
+    lines = 0
+    for f in (Path(tmp) / "telemetry").glob("traces.jsonl*"):  # rotated files included
+        with open(f, "rb") as fh:
+            lines += sum(1 for _ in fh)
     return sent, lines, handle.stats.drops(), sent / elapsed
 
 

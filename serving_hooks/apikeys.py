@@ -18,10 +18,10 @@ import hashlib
 import hmac
 import json
 import os
-import time
 import re
 import secrets
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime

@@ -68,22 +68,30 @@ def state_dir(tmp_path, monkeypatch) -> Path:
 _MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
-@pytest.fixture(autouse=True)
-def _restore_mlflow_uris():
-    """``mlflow.set_tracking_uri``/``set_registry_uri`` change process-wide state (module globals and
-    ``MLFLOW_*`` variables); a test must not leave them pointing at a server it has stopped."""
+_MLFLOW_ENV_AT_START = {k: os.environ.get(k) for k in _MLFLOW_URI_VARS}
+
+
+def _reset_mlflow_uris(env: dict[str, str | None]) -> None:
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    env = {k: os.environ.get(k) for k in _MLFLOW_URI_VARS}
-    before = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-    yield
-    tracking_utils._tracking_uri, registry_utils._registry_uri = before
+    tracking_utils._tracking_uri = None
+    registry_utils._registry_uri = None
     for key, value in env.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_uris():
+    """``mlflow.set_tracking_uri``/``set_registry_uri`` change process-wide state (module globals and
+    ``MLFLOW_*`` variables): every test starts from the session's original MLflow URIs and leaves
+    them so, whatever an earlier test pointed them at (often a server it has since stopped)."""
+    _reset_mlflow_uris(_MLFLOW_ENV_AT_START)
+    yield
+    _reset_mlflow_uris(_MLFLOW_ENV_AT_START)
 
 
 @pytest.fixture(autouse=True)

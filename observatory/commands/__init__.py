@@ -9,7 +9,7 @@ import typer
 _GROUPS = ("gpu", "serve", "keys", "idp", "pipeline", "dashboards")
 
 
-def SUBCOMMANDS() -> Iterator[tuple[str, typer.Typer]]:  # noqa: N802 - reads as a constant at the call site
+def SUBCOMMANDS() -> Iterator[tuple[str, typer.Typer]]:
     """(name, typer app) for every area whose command module is present."""
     from importlib import import_module
     from importlib.util import find_spec

@@ -29,6 +29,7 @@ def register(tracking_uri: str, name: str, **config: Any) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)  # registrations go to this server, whatever ran before
     with mlflow.start_run(run_name=f"canary test {config.get('label')}"):
         info = mlflow.pyfunc.log_model(name="model", python_model=str(CANARY_MODEL), registered_model_name=name,
                                        model_config=config)

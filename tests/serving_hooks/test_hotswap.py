@@ -28,6 +28,7 @@ ECHO_PYFUNC = Path(__file__).with_name("echo_pyfunc.py")
 def register(server_url: str, name: str, label: str) -> str:
     """Log the echo model (answers start with ``label``) as a new version of ``name``; its version."""
     mlflow.set_tracking_uri(server_url)
+    mlflow.set_registry_uri(server_url)  # registrations go to this server, whatever ran before
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(ECHO_PYFUNC), registered_model_name=name,
@@ -143,6 +144,7 @@ def test_the_reference_model_is_served_streaming_and_not(memory_telemetry, mlflo
 
     name = f"tiny-gpt-{uuid.uuid4().hex[:8]}"
     mlflow.set_tracking_uri(mlflow_server.url)
+    mlflow.set_registry_uri(mlflow_server.url)
     with mlflow.start_run():
         info = pyfunc.log_model(gpt.TinyGPT(gpt.GPTConfig()), registered_model_name=name)
     MlflowClient(mlflow_server.url).set_registered_model_alias(name, "champion", str(info.registered_model_version))

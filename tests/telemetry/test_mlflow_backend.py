@@ -23,9 +23,9 @@ def test_mlflow_backend_spans_are_found_with_search_traces(mlflow_server):
         "mlflow-backend", traces_exporter=["mlflow"], metrics_exporter=["none"], logs_exporter=["none"],
         mlflow_tracking_uri=mlflow_server.url, mlflow_experiment_name="backend-test",
     )
-    with trace.get_tracer("t").start_as_current_span("via-mlflow-backend"):
-        with trace.get_tracer("t").start_as_current_span("child-span"):
-            pass
+    tracer = trace.get_tracer("t")
+    with tracer.start_as_current_span("via-mlflow-backend"), tracer.start_as_current_span("child-span"):
+        pass
     handle.shutdown()
     mlflow.set_tracking_uri(mlflow_server.url)
     exp_id = mlflow.get_experiment_by_name("backend-test").experiment_id
