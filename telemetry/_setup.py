@@ -295,10 +295,8 @@ def _start_gpu(handle: Telemetry) -> None:
     """The NVML collector, when metrics are on and it is enabled (it logs once if there is no GPU)."""
     if handle.meter_provider is None or not handle.settings.gpu_enabled:
         return
-    try:
-        from telemetry import gpu
-    except ImportError:  # the GPU module is optional at this layer
-        return
+    from telemetry import gpu  # imported here: NVML is touched only when telemetry is configured
+
     collector = gpu.start_from_settings(handle.settings, handle.meter_provider)
     if collector is not None:
         handle.extras.append(collector)
