@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,10 +20,12 @@ from contextlib import contextmanager
 
 from loguru import logger
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from flows.errors import PromotionLockTimeout
 
 LEASE_TAG = "observatory.promotion.lease"
+_UNIQUE_CLASH = re.compile(r"unique|duplicate", re.IGNORECASE)
 
 
 def _read(client: MlflowClient, model: str) -> dict | None:
@@ -31,6 +34,23 @@ def _read(client: MlflowClient, model: str) -> dict | None:
         return json.loads(raw) if raw else None
     except ValueError:
         return None
+
+
+def _write(client: MlflowClient, model: str, value: str) -> bool:
+    """Write the lease tag; False when a concurrent writer's insert of the same tag won.
+
+    The SQL store sets a tag by select-then-insert, so two first writes at once make one of them
+    fail on the table's unique key (PostgreSQL, MySQL, SQLite each word it differently): that
+    writer lost the race exactly as if its write had been overwritten.
+    """
+    try:
+        client.set_registered_model_tag(model, LEASE_TAG, value)
+    except MlflowException as e:
+        if not _UNIQUE_CLASH.search(str(e)):
+            raise
+        logger.debug("registry lease on {}: a concurrent writer got there first ({})", model, e.error_code)
+        return False
+    return True
 
 
 def acquire(
@@ -44,12 +64,12 @@ def acquire(
         # A lease of the same holder is a retry of ours whose release never reached the registry.
         if lease is None or lease.get("expires", 0) < time.time() or lease.get("holder") == holder:
             value = json.dumps({"holder": holder, "token": token, "expires": time.time() + ttl_s})
-            client.set_registered_model_tag(model, LEASE_TAG, value)
-            time.sleep(settle_s)
-            lease = _read(client, model)
-            if lease is not None and lease.get("token") == token:
-                logger.debug("registry lease on {} taken by {}", model, token)
-                return token
+            if _write(client, model, value):
+                time.sleep(settle_s)
+                lease = _read(client, model)
+                if lease is not None and lease.get("token") == token:
+                    logger.debug("registry lease on {} taken by {}", model, token)
+                    return token
         if time.monotonic() > deadline:
             owner = (lease or {}).get("token", "?")
             raise PromotionLockTimeout(

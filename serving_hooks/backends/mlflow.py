@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,12 @@ from serving_hooks.backends.inprocess import InProcessBackend, _describe
 from serving_hooks.inference import GenAIHooks, ModelInfo
 from telemetry import names
 
+LOOKUP_TIMEOUT_S = 5.0
+_ABSENT = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
 
 class RegistryUnreachable(RuntimeError):
-    """The MLflow tracking server did not answer its health check."""
+    """The MLflow tracking server did not answer the alias lookup."""
 
 
 class MlflowBackend(InProcessBackend):
@@ -134,25 +136,50 @@ class MlflowBackend(InProcessBackend):
         self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self._registry_uri)
         self._workdir = Path(tempfile.mkdtemp(prefix="observatory-model-"))
 
+    def _lookup(self) -> str | None:
+        """The version the alias points at; None when an optional alias is absent.
+
+        Over HTTP the lookup is one request without MLflow's client-side retries (seven, with
+        exponential backoff, by default): a server that dies mid-poll must turn readiness to
+        ``degraded`` within one request timeout, not minutes later. The poller is the retry.
+        """
+        from mlflow.exceptions import MlflowException
+
+        uri = self.tracking_uri or ""
+        if not uri.startswith(("http://", "https://")):
+            try:
+                return str(self._client.get_model_version_by_alias(self.model_name, self.alias).version)
+            except MlflowException as e:
+                if self.optional and e.error_code in _ABSENT:
+                    return None
+                raise
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        endpoint = "/api/2.0/mlflow/registered-models/alias"
+        try:
+            response = http_request(
+                get_default_host_creds(uri), endpoint, "GET", params={"name": self.model_name, "alias": self.alias},
+                max_retries=0, backoff_factor=0, timeout=LOOKUP_TIMEOUT_S, raise_on_status=False,
+            )
+        except MlflowException as e:
+            raise RegistryUnreachable(f"{uri} did not answer ({e.message[:200]})") from None
+        try:
+            verify_rest_response(response, endpoint)
+        except MlflowException as e:
+            if self.optional and e.error_code in _ABSENT:
+                return None
+            raise
+        return str(response.json()["model_version"]["version"])
+
     def _check(self) -> bool:
         """Load the version the alias points at if it is new; True when an optional alias is absent."""
         import mlflow.artifacts
         import mlflow.pyfunc
-        from mlflow.exceptions import MlflowException
 
-        uri = self.tracking_uri or ""
-        if uri.startswith(("http://", "https://")):
-            try:
-                with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=2):
-                    pass
-            except OSError as e:
-                raise RegistryUnreachable(f"{uri} did not answer ({e})") from None
-        try:
-            version = str(self._client.get_model_version_by_alias(self.model_name, self.alias).version)
-        except MlflowException as e:
-            if self.optional and e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return True
-            raise
+        version = self._lookup()
+        if version is None:
+            return True
         loaded = self.current
         if loaded is not None and loaded.info.version == version:
             return False
