@@ -38,6 +38,7 @@ from serving_hooks._auth_settings import ALLOWED_ALGORITHMS, DEFAULT_SUBJECT_SAL
 from serving_hooks._jwks import JwksCache, is_loopback_url
 from serving_hooks.apikeys import ApiKeyError, ApiKeyStore, looks_like_api_key
 from telemetry import names
+from telemetry.summed import SummedCounter
 
 __all__ = ["ALLOWED_ALGORITHMS", "AuthError", "AuthSettings", "Authenticator", "Principal"]
 
@@ -128,9 +129,7 @@ class Authenticator:
         self._model_scopes = {model: frozenset(scopes) for model, scopes in s.model_scopes.items()}
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
         meter = metrics.get_meter(__name__, meter_provider=meter_provider)
-        self._attempts = meter.create_counter(
-            names.AUTH_ATTEMPTS.name, unit=names.AUTH_ATTEMPTS.unit, description=names.AUTH_ATTEMPTS.description
-        )
+        self._attempts = SummedCounter.of(__name__, names.AUTH_ATTEMPTS, provider=meter_provider)
         self._duration = meter.create_histogram(
             names.AUTH_DURATION.name, unit=names.AUTH_DURATION.unit, description=names.AUTH_DURATION.description,
             explicit_bucket_boundaries_advisory=names.AUTH_DURATION_BUCKETS,

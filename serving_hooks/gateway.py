@@ -29,6 +29,7 @@ from serving_hooks._errors import ApiError
 from serving_hooks.context import STATE_KEY, RequestContext, prompt_bytes, request_context
 from serving_hooks.ratelimit import RateLimiter
 from telemetry import names
+from telemetry.summed import SummedCounter
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -93,14 +94,11 @@ class GatewayMiddleware:
         self._duration = meter.create_histogram(
             m.name, m.unit, m.description, explicit_bucket_boundaries_advisory=names.HTTP_DURATION_BUCKETS
         )
-        m = names.HTTP_SERVER_ACTIVE_REQUESTS
-        self._active = meter.create_up_down_counter(m.name, m.unit, m.description)
-        m = names.GATEWAY_REQUESTS
-        self._requests = meter.create_counter(m.name, m.unit, m.description)
-        m = names.GATEWAY_TOKENS
-        self._tokens = meter.create_counter(m.name, m.unit, m.description)
-        m = names.GATEWAY_REJECTIONS
-        self._rejections = meter.create_counter(m.name, m.unit, m.description)
+        # Counters on the request path are summed in process (telemetry.summed): ~10x cheaper per add.
+        self._active = SummedCounter.of(__name__, names.HTTP_SERVER_ACTIVE_REQUESTS, up_down=True)
+        self._requests = SummedCounter.of(__name__, names.GATEWAY_REQUESTS)
+        self._tokens = SummedCounter.of(__name__, names.GATEWAY_TOKENS)
+        self._rejections = SummedCounter.of(__name__, names.GATEWAY_REJECTIONS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.config.excluded_paths:

@@ -29,6 +29,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from telemetry import names
+from telemetry.summed import SummedCounter
 
 Mode = Literal["server", "client"]
 
@@ -111,8 +112,7 @@ class GenAIHooks:
             self._ttft = histogram(names.GEN_AI_CLIENT_TIME_TO_FIRST_CHUNK, names.TTFT_BUCKETS)
             self._tpot = histogram(names.GEN_AI_CLIENT_TIME_PER_OUTPUT_CHUNK, names.TPOT_BUCKETS)
             self._usage = histogram(names.GEN_AI_CLIENT_TOKEN_USAGE, names.TOKEN_BUCKETS)
-        m = names.GEN_AI_OUTPUT_TOKENS
-        self._output_tokens = meter.create_counter(m.name, m.unit, m.description)
+        self._output_tokens = SummedCounter.of(__name__, names.GEN_AI_OUTPUT_TOKENS)
 
     def generation(
         self, request: GenAIRequest, model: ModelInfo | None = None, usage_sink: UsageSink | None = None

@@ -12,7 +12,7 @@ from loguru import logger
 from opentelemetry import _logs, metrics, trace
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, ExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import sampling as _sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.util._once import Once
 
-from telemetry import __version__, backends, names
+from telemetry import __version__, backends, names, summed
 from telemetry._health import (
     CountingLogProcessor,
     CountingSpanProcessor,
@@ -247,7 +247,12 @@ def _build(settings: Settings) -> Telemetry:
             except Exception as e:  # best effort while unwinding a failed configure
                 logger.debug("cleanup after failed configure: {}", e)
         raise
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers) if readers else None
+    meter_provider = None
+    if readers:
+        meter_provider = MeterProvider(
+            resource=resource, metric_readers=readers, exemplar_filter=_exemplar_filter(chosen["metrics"])
+        )
+        summed.attach(meter_provider)  # counters made before configure() report here too
 
     console = settings.console_logs if settings.console_logs is not None else not settings.logs_exporter
     handle = Telemetry(
@@ -265,6 +270,18 @@ def _build(settings: Settings) -> Telemetry:
     if meter_provider is not None:
         stats.register(meter_provider.get_meter("observatory.telemetry", __version__))
     return handle
+
+
+# Metric backends of ours that drop exemplars (the Prometheus text format of the pull reader and
+# the Pushgateway, JSON lines, the console, the in-memory view): sampling them costs every
+# measurement taken inside a sampled span a reservoir offer (a few µs) for nothing.
+_NO_EXEMPLARS = frozenset({"jsonl", "prometheus", "pushgateway", "console", "memory"})
+
+
+def _exemplar_filter(metric_backends: list[str]) -> ExemplarFilter | None:
+    """Exemplars off when no chosen backend exports them; else the SDK's choice
+    (``OTEL_METRICS_EXEMPLAR_FILTER``, default ``trace_based``)."""
+    return AlwaysOffExemplarFilter() if set(metric_backends) <= _NO_EXEMPLARS else None
 
 
 def _reset_globals() -> None:
