@@ -43,3 +43,12 @@ def test_no_input_makes_the_app_fail(case, gateway, keyring):
     response = case.call(base_url=gateway.url, headers={"Authorization": f"Bearer {keyring.acme}"}, timeout=30)
     case.validate_response(response, checks=[not_a_server_error])
     assert response.status_code < 500
+
+
+def test_the_document_declares_the_bearer_credential_on_the_api_and_not_on_the_probes():
+    doc = _openapi()
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": "An OIDC access token or an Observatory API key."
+    }
+    secured = {(path, method) for path, ops in doc["paths"].items() for method, op in ops.items() if "security" in op}
+    assert secured == {("/v1/chat/completions", "post"), ("/v1/completions", "post"), ("/v1/models", "get")}
