@@ -86,7 +86,8 @@ def serving(url: str, champion: str, challenger: str | None) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    at: float
+    sent: float  # when the request went out
+    at: float  # when its answer was complete
     ok: bool
     label: str | None  # the version label the answer starts with
     detail: str = ""
@@ -117,7 +118,8 @@ class Load:
             w.join(30)
 
     def since(self, t: float) -> list[Answer]:
-        return [a for a in list(self.answers) if a.at >= t]
+        """Answers to requests sent at ``t`` or later (one sent before may still finish after)."""
+        return [a for a in list(self.answers) if a.sent >= t]
 
     def _run(self, i: int) -> None:
         n = 0
@@ -131,29 +133,30 @@ class Load:
 
 def ask(client: httpx.Client, url: str, model: str, stream: bool = False, user: str | None = None) -> Answer:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "stream": stream}
+    sent = time.monotonic()
     if user:
         body["user"] = user
     try:
         if not stream:
             r = client.post(url + "/v1/chat/completions", json=body)
             if r.status_code != 200:
-                return Answer(time.monotonic(), False, None, f"HTTP {r.status_code}: {r.text[:200]}")
-            return Answer(time.monotonic(), True, _label(r.json()["choices"][0]["message"]["content"]))
+                return Answer(sent, time.monotonic(), False, None, f"HTTP {r.status_code}: {r.text[:200]}")
+            return Answer(sent, time.monotonic(), True, _label(r.json()["choices"][0]["message"]["content"]))
         text = ""
         with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
             if r.status_code != 200:
-                return Answer(time.monotonic(), False, None, f"HTTP {r.status_code}")
+                return Answer(sent, time.monotonic(), False, None, f"HTTP {r.status_code}")
             for line in r.iter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 event = json.loads(line[6:])
                 if "error" in event:
-                    return Answer(time.monotonic(), False, None, f"stream error: {event['error']}")
+                    return Answer(sent, time.monotonic(), False, None, f"stream error: {event['error']}")
                 for choice in event.get("choices") or ():
                     text += (choice.get("delta") or {}).get("content") or ""
-        return Answer(time.monotonic(), True, _label(text))
+        return Answer(sent, time.monotonic(), True, _label(text))
     except httpx.HTTPError as e:
-        return Answer(time.monotonic(), False, None, f"{type(e).__name__}: {e}")
+        return Answer(sent, time.monotonic(), False, None, f"{type(e).__name__}: {e}")
 
 
 def _label(text: str) -> str | None:
