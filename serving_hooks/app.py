@@ -9,6 +9,10 @@ backend serves ``models:/NAME@champion`` in process, the ``upstream`` backend pr
 OpenAI-compatible server. With a canary configured (``canary_share``/``canary_tenants``) the
 ``mlflow`` backend also follows the ``challenger`` alias and a
 :class:`~serving_hooks.backends.canary.CanaryRouter` splits the traffic.
+
+The layers, outside in: :class:`~serving_hooks.gateway.GatewayMiddleware`, then
+:class:`~serving_hooks._completions.CompletionsEndpoint` (the two completion operations, as plain
+ASGI), then FastAPI for everything else and for the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -19,14 +23,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from loguru import logger
 from starlette.responses import JSONResponse, Response
 
 import telemetry
+from serving_hooks import _completions as completions
+from serving_hooks._completions import CompletionsEndpoint
 from serving_hooks._errors import ApiError
-from serving_hooks._openai import ChatCompletionRequest, CompletionRequest, ErrorBody, ModelList
-from serving_hooks.backends.base import Call, ModelBackend, ModelRouter
+from serving_hooks._openai import ErrorBody, ModelList
+from serving_hooks.backends.base import ModelBackend, ModelRouter
 from serving_hooks.context import request_context
 from serving_hooks.gateway import ASGIApp, Authenticate, GatewayConfig, GatewayMiddleware, no_scopes
 from serving_hooks.inference import GenAIHooks
@@ -51,11 +56,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         504: "The upstream model server timed out.",
     }.items()
 }
-_COMPLETION_RESPONSES = {
-    200: {"description": "A completion object, or an SSE stream of chunks when `stream` is true.",
-          "content": {"application/json": {}, "text/event-stream": {}}},
-    **_ERRORS,
-}
+_COMPLETION_OK = {"description": "A completion object, or an SSE stream of chunks when `stream` is true.",
+                  "content": {"application/json": {}, "text/event-stream": {}}}
 _UNSET: Any = object()
 
 
@@ -102,8 +104,9 @@ def create_app(
     native = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
     api = FastAPI(title="Observatory gateway", version=telemetry.__version__, lifespan=lifespan, telemetry=native)
     _routes(api, router)
+    app = CompletionsEndpoint(api, router)
     if not instrument:
-        return api
+        return app
     config = GatewayConfig(
         max_request_bytes=settings.max_request_bytes,
         routes=API_ROUTES,
@@ -111,7 +114,7 @@ def create_app(
         scopes_for=getattr(authenticator, "scopes_for", no_scopes),
         estimate_tokens=router.estimate_tokens,
     )
-    return GatewayMiddleware(api, config, authenticator=authenticator, limiter=limiter)
+    return GatewayMiddleware(app, config, authenticator=authenticator, limiter=limiter)
 
 
 def build_hooks(settings: ServeSettings) -> GenAIHooks:
@@ -181,8 +184,10 @@ def build_authenticator(settings: ServeSettings) -> Authenticate | None:
     )
 
 
-def _document_bearer_auth(api: FastAPI) -> None:
-    """Declare the bearer credential in the OpenAPI document.
+def _document(api: FastAPI) -> None:
+    """Complete FastAPI's OpenAPI document: the two completion operations (served by
+    :class:`~serving_hooks._completions.CompletionsEndpoint`, not by FastAPI routes) and the bearer
+    credential.
 
     The gateway middleware authenticates, before routing; a FastAPI ``HTTPBearer`` dependency would
     only repeat the header parse on every request (~45 µs, 12 % of a no-op request) to say so in
@@ -193,6 +198,9 @@ def _document_bearer_auth(api: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if api.openapi_schema is None:
             schema = generate()
+            errors = schema["paths"]["/v1/models"]["get"]["responses"]  # _ERRORS, rendered by FastAPI
+            completions.document(schema, {**{k: v for k, v in errors.items() if k != "200"},
+                                          "200": _COMPLETION_OK})
             schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
             schemes["bearer"] = {"type": "http", "scheme": "bearer",
                                  "description": "An OIDC access token or an Observatory API key."}
@@ -205,23 +213,7 @@ def _document_bearer_auth(api: FastAPI) -> None:
 
 
 def _routes(api: FastAPI, router: ModelRouter) -> None:
-    _document_bearer_auth(api)
-
-    async def dispatch(operation: str, body: ChatCompletionRequest | CompletionRequest, request: Request) -> Response:
-        ctx = request_context(request.scope)
-        raw = ctx.body if ctx is not None and ctx.body else await request.body()
-        call = Call(operation, body, raw, ctx)
-        return await router.select(call).handle(call)
-
-    @api.post("/v1/chat/completions", responses=_COMPLETION_RESPONSES, response_model=None)
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        """Create a chat completion (OpenAI-compatible)."""
-        return await dispatch(names.GEN_AI_OPERATION_CHAT, body, request)
-
-    @api.post("/v1/completions", responses=_COMPLETION_RESPONSES, response_model=None)
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        """Create a text completion (OpenAI-compatible)."""
-        return await dispatch(names.GEN_AI_OPERATION_TEXT_COMPLETION, body, request)
+    _document(api)
 
     @api.get("/v1/models", response_model=ModelList, responses=_ERRORS)
     async def models() -> dict[str, Any]:
@@ -257,13 +249,3 @@ def _routes(api: FastAPI, router: ModelRouter) -> None:
             ctx.rejection = exc.reason
         headers = {k.decode(): v.decode() for k, v in exc.headers}
         return Response(exc.body(), status_code=exc.status, headers=headers, media_type="application/json")
-
-    @api.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        error = ApiError(
-            400, f"invalid request: {where or 'body'}: {first.get('msg', 'invalid')}", "invalid_request_error",
-            "invalid_request", "bad_request",
-        )
-        return await api_error(request, error)

@@ -1,0 +1,132 @@
+"""``POST /v1/chat/completions`` and ``POST /v1/completions``, served as plain ASGI in front of FastAPI.
+
+These two endpoints carry all the traffic. Behind the gateway, FastAPI's request machinery only
+repeated work: it read the body again, parsed its JSON again with the standard library, solved
+dependencies and opened two exit stacks per request. That came to about a quarter of a proxied
+request's CPU time (py-spy, ``bench/gateway.py``). Here the body and its JSON come from the
+gateway's :class:`~serving_hooks.context.RequestContext` when it is there. The same pydantic
+models validate them, and a validation error is the same OpenAI-style 400. :func:`document` writes
+the two operations into FastAPI's OpenAPI document from those models, so the document, the docs UI
+and schemathesis see what they saw before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
+
+from serving_hooks import _errors
+from serving_hooks._errors import ApiError
+from serving_hooks._openai import ChatCompletionRequest, CompletionRequest
+from serving_hooks.backends.base import Call, ModelRouter
+from serving_hooks.context import request_context
+from telemetry import names
+
+ASGIApp = Any  # (scope, receive, send) -> awaitable
+
+# path: (GenAI operation, request model, OpenAPI operationId, summary)
+OPERATIONS: dict[str, tuple[str, type[ChatCompletionRequest] | type[CompletionRequest], str, str]] = {
+    "/v1/chat/completions": (names.GEN_AI_OPERATION_CHAT, ChatCompletionRequest, "create_chat_completion",
+                             "Create a chat completion"),
+    "/v1/completions": (names.GEN_AI_OPERATION_TEXT_COMPLETION, CompletionRequest, "create_completion",
+                        "Create a text completion"),
+}
+
+
+class CompletionsEndpoint:
+    """Pure ASGI: the two completion operations here, every other request to ``app`` (FastAPI)."""
+
+    def __init__(self, app: ASGIApp, router: ModelRouter) -> None:
+        self.app = app
+        self.router = router
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        target = OPERATIONS.get(scope["path"]) if scope["type"] == "http" else None
+        if target is None:
+            await self.app(scope, receive, send)
+            return
+        ctx = request_context(scope)
+        try:
+            if scope["method"] != "POST":
+                raise _method_not_allowed(scope["method"])
+            operation, model, _, _ = target
+            if ctx is not None and ctx.json is not None:  # read, size-checked and parsed by the gateway
+                raw, data = ctx.body, ctx.json
+            else:
+                raw = await _read_body(receive)
+                data = _parse(raw)
+            call = Call(operation, _validate(model, data), raw, ctx)
+            response = await self.router.select(call).handle(call)
+        except ApiError as error:
+            if ctx is not None and error.reason is not None:
+                ctx.rejection = error.reason
+            await error.send(send)
+            return
+        await response(scope, receive, send)
+
+    def openapi(self) -> dict[str, Any]:
+        """The app's OpenAPI document (FastAPI's, with the two operations added)."""
+        return self.app.openapi()
+
+
+def _invalid_request(errors: list[Any]) -> ApiError:
+    """The 400 for a body that is JSON but not a valid request: names the first field at fault."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    return ApiError(
+        400, f"invalid request: {where or 'body'}: {first.get('msg', 'invalid')}", "invalid_request_error",
+        "invalid_request", "bad_request",
+    )
+
+
+def document(schema: dict[str, Any], responses: dict[str, Any]) -> None:
+    """Add the two operations to an OpenAPI document FastAPI generated (``responses``: by status)."""
+    definitions, top = models_json_schema(
+        [(model, "validation") for _, model, _, _ in OPERATIONS.values()], ref_template="#/components/schemas/{model}"
+    )
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(top.get("$defs", {}))
+    for path, (_, model, operation_id, summary) in OPERATIONS.items():
+        body_schema = definitions[(model, "validation")]
+        schema["paths"][path] = {"post": {
+            "summary": summary,
+            "description": f"{summary} (OpenAI-compatible).",
+            "operationId": operation_id,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body_schema}}},
+            "responses": responses,
+        }}
+
+
+def _method_not_allowed(method: str) -> ApiError:
+    error = ApiError(405, f"{method} is not allowed here; use POST", "invalid_request_error", "method_not_allowed",
+                     "bad_request")
+    error.headers.append((b"allow", b"POST"))
+    return error
+
+
+async def _read_body(receive: Any) -> bytes:
+    """The whole body (without the gateway in front, as FastAPI read it: no size limit of ours)."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ApiError(400, "the client went away", "invalid_request_error", "client_disconnected")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise _errors.bad_json(str(e).split(":", 1)[0]) from None
+
+
+def _validate(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise _invalid_request(e.errors(include_url=False)) from None
