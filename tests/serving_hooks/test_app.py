@@ -120,6 +120,25 @@ def test_refusals_name_the_problem(gateway, keyring, dev_idp):
     invalid = httpx.post(gateway.v1 + "/completions", json={"model": "tiny-gpt", "prompt": "x", "max_tokens": -1},
                          headers={"authorization": f"Bearer {keyring.acme}"})
     assert invalid.status_code == 400 and "max_tokens" in invalid.json()["error"]["message"]
+    assert invalid.json()["error"]["message"].startswith("invalid request: max_tokens: ")
+    wrong_method = httpx.get(gateway.v1 + "/chat/completions", headers={"authorization": f"Bearer {keyring.acme}"})
+    assert (wrong_method.status_code, wrong_method.headers["allow"]) == (405, "POST")
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_without_the_gateway_the_app_reads_validates_and_answers_itself(keyring):
+    """``instrument=False`` (no gateway in front): the completion endpoint reads and parses the body."""
+    settings = load(allow_anonymous=True)
+    backend = InProcessBackend(build_hooks(settings), "tiny-gpt", model=EchoModel(), info=ModelInfo("tiny-gpt", "3"))
+    app = create_app(settings, router=ModelRouter({"champion": backend}), authenticator=None, instrument=False)
+    with serve(app) as gw:
+        ok = httpx.post(gw.v1 + "/completions", json={"model": "tiny-gpt", "prompt": "hello", "max_tokens": 3})
+        broken = httpx.post(gw.v1 + "/completions", content=b'{"model": ', headers={"content-type": "application/json"})
+        invalid = httpx.post(gw.v1 + "/chat/completions", json={"model": "tiny-gpt", "messages": []})
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 3
+    assert (broken.status_code, broken.json()["error"]["code"]) == (400, "invalid_json")
+    assert (invalid.status_code, invalid.json()["error"]["code"]) == (400, "invalid_request")
+    assert invalid.json()["error"]["message"].startswith("invalid request: messages: ")
 
 
 def test_health_readiness_and_metrics(memory_telemetry, dev_idp, keyring):
