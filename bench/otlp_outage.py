@@ -1,7 +1,7 @@
 """How much an OTLP endpoint outage slows a loop that produces spans (issue 2: at most 1.2x).
 
-One process, one telemetry pipeline exporting over OTLP/gRPC to a local receiver built from the
-official opentelemetry-proto services. Windows with the receiver up and with it stopped alternate,
+One process, one telemetry pipeline exporting over OTLP/gRPC to the tests' receiver (built from the
+official opentelemetry-proto services). Windows with the receiver up and with it stopped alternate,
 so whatever else loads the machine hits both alike; the best window of each is compared.
 
     python bench/otlp_outage.py [--windows 5] [--seconds 1.0]
@@ -11,44 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
+import sys
 import tempfile
 import time
-from concurrent import futures
+from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Receiver:
-    """An OTLP/gRPC trace receiver that counts spans; stop() makes the endpoint refuse connections."""
-
-    def __init__(self, port: int) -> None:
-        self.port, self.spans, self.server = port, 0, None
-
-    def start(self) -> None:
-        import grpc
-        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-
-        receiver = self
-
-        class Traces(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(self, request, context):
-                receiver.spans += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
-                return trace_service_pb2.ExportTraceServiceResponse()
-
-        self.server = grpc.server(futures.ThreadPoolExecutor(2))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self.server)
-        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
-        self.server.start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop(grace=None).wait()
-            self.server = None
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' OTLP receiver and free_port
 
 
 def spans_per_second(tracer, seconds: float) -> float:
@@ -70,11 +38,13 @@ def main() -> None:
     os.environ["OBSERVATORY_STATE_DIR"] = tempfile.mkdtemp(prefix="obs-outage-")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # the channel logs every refused reconnect
     import telemetry
+    from tests.components import free_port
+    from tests.telemetry.conftest import OtlpReceiver
 
-    receiver = Receiver(free_port())
+    receiver = OtlpReceiver(port=free_port())
     receiver.start()
     handle = telemetry.configure(
-        "otlp-outage", otlp_endpoint=f"http://127.0.0.1:{receiver.port}", otlp_protocol="grpc",
+        "otlp-outage", otlp_endpoint=receiver.endpoint, otlp_protocol="grpc",
         otlp_timeout_ms=1000, max_queue_size=2048, schedule_delay_ms=100,
         metrics_exporter=["none"], logs_exporter=["none"],
     )
@@ -98,7 +68,7 @@ def main() -> None:
         print(f"{i:<8}{h:>18,.0f}{d:>24,.0f}")
     ratio = max(healthy) / max(down)
     print(f"\nslow-down with the endpoint down (best healthy / best down): {ratio:.2f}x (target <= 1.2)")
-    print(f"spans received {receiver.spans:,}, dropped (counted) {drops:,}, failed exports (counted) {failures:,}")
+    print(f"spans received {len(receiver.spans):,}, dropped (counted) {drops:,}, failed exports (counted) {failures:,}")
 
 
 if __name__ == "__main__":

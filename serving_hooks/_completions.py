@@ -14,15 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
-from serving_hooks import _errors
 from serving_hooks._errors import ApiError
 from serving_hooks._openai import ChatCompletionRequest, CompletionRequest
 from serving_hooks.backends.base import Call, ModelRouter
 from serving_hooks.context import request_context
+from serving_hooks.gateway import ClientGone, parse_object, read_body
 from telemetry import names
 
 ASGIApp = Any  # (scope, receive, send) -> awaitable
@@ -55,15 +54,17 @@ class CompletionsEndpoint:
             operation, model, _, _ = target
             if ctx is not None and ctx.json is not None:  # read, size-checked and parsed by the gateway
                 raw, data = ctx.body, ctx.json
-            else:
-                raw = await _read_body(receive)
-                data = _parse(raw)
+            else:  # no gateway in front: no size limit of ours, as FastAPI read it
+                raw = await read_body(receive)
+                data = parse_object(raw)
             call = Call(operation, _validate(model, data), raw, ctx)
             response = await self.router.select(call).handle(call)
         except ApiError as error:
             if ctx is not None and error.reason is not None:
                 ctx.rejection = error.reason
             await error.send(send)
+            return
+        except ClientGone:  # went away mid-body: nobody to answer
             return
         await response(scope, receive, send)
 
@@ -104,25 +105,6 @@ def _method_not_allowed(method: str) -> ApiError:
                      "bad_request")
     error.headers.append((b"allow", b"POST"))
     return error
-
-
-async def _read_body(receive: Any) -> bytes:
-    """The whole body (without the gateway in front, as FastAPI read it: no size limit of ours)."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ApiError(400, "the client went away", "invalid_request_error", "client_disconnected")
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _parse(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise _errors.bad_json(str(e).split(":", 1)[0]) from None
 
 
 def _validate(model: type[BaseModel], data: Any) -> Any:

@@ -134,7 +134,7 @@ class GatewayMiddleware:
                 ctx.rejection = rejection.reason
                 status = rejection.status
                 await rejection.send(send)
-            except _ClientGone:
+            except ClientGone:
                 status = 499  # nobody to answer; counted, not an error of ours
             else:
                 await self.app(scope, receive, send_wrapper)
@@ -159,7 +159,7 @@ class GatewayMiddleware:
         model = None
         if method in _BODY_METHODS:
             ctx.body = await self._read_body(receive, headers)
-            ctx.json = _parse_object(ctx.body)
+            ctx.json = parse_object(ctx.body)
             model = ctx.json.get("model") if isinstance(ctx.json.get("model"), str) else None
             receive = _replay(ctx.body, receive)
         if self.authenticator is not None:
@@ -189,19 +189,7 @@ class GatewayMiddleware:
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _errors.too_large(limit)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                raise _ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise _errors.too_large(limit)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return await read_body(receive, limit)
 
     def _finish(
         self,
@@ -259,15 +247,33 @@ class GatewayMiddleware:
         span.end()
 
 
-class _ClientGone(Exception):
+class ClientGone(Exception):
     """The client disconnected while sending its request body."""
+
+
+async def read_body(receive: Receive, limit: int | None = None) -> bytes:
+    """The whole request body; 413 past ``limit`` bytes, :class:`ClientGone` on a disconnect."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise _errors.too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class _NeverRaised(Exception):
     """Placeholder for the auth error type when no authenticator is configured."""
 
 
-def _parse_object(body: bytes) -> dict[str, Any]:
+def parse_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; 400 (OpenAI-style) when it is not one."""
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as e:

@@ -42,7 +42,6 @@ DEFAULT_MAX_SERIES = 2000  # the SDK's default cardinality limit per instrument
 Key = tuple[str, str]  # (instrumentation scope, metric name)
 
 _lock = threading.Lock()
-_kinds: dict[Key, tuple[Metric, bool]] = {}  # every counter ever made: its metric and up_down
 _floating: dict[Key, SummedCounter] = {}  # made while no SDK provider was global
 _homed: weakref.WeakKeyDictionary[MeterProvider, dict[Key, SummedCounter]] = weakref.WeakKeyDictionary()
 _registered: weakref.WeakKeyDictionary[MeterProvider, set[Key]] = weakref.WeakKeyDictionary()
@@ -55,9 +54,11 @@ class SummedCounter:
     users of one synchronous counter share its aggregation.
     """
 
-    __slots__ = ("_max_series", "_mutex", "_sums")
+    __slots__ = ("_max_series", "_mutex", "_sums", "metric", "up_down")
 
-    def __init__(self, max_series: int = DEFAULT_MAX_SERIES) -> None:
+    def __init__(self, metric: Metric, up_down: bool = False, max_series: int = DEFAULT_MAX_SERIES) -> None:
+        self.metric = metric
+        self.up_down = up_down
         self._sums: dict[tuple[tuple[str, Any], ...], float] = {}
         self._mutex = threading.Lock()
         self._max_series = max_series
@@ -73,14 +74,13 @@ class SummedCounter:
         home = provider if provider is not None else metrics.get_meter_provider()
         key = (scope, metric.name)
         with _lock:
-            _kinds.setdefault(key, (metric, up_down))
             if provider is None and not isinstance(home, SdkMeterProvider):
-                return _floating.setdefault(key, cls(max_series))
+                return _floating.setdefault(key, cls(metric, up_down, max_series))
             counters = _homed.setdefault(home, {})
             counter = counters.get(key)
             if counter is None:
-                counter = counters[key] = cls(max_series)
-            new = _claim(home, [key])
+                counter = counters[key] = cls(metric, up_down, max_series)
+            new = _claim(home, [(key, counter)])
         _register(home, new)  # outside the lock: a collection holds the SDK's lock while it calls us
         return counter
 
@@ -103,24 +103,26 @@ class SummedCounter:
 def attach(provider: MeterProvider) -> None:
     """Have ``provider`` report every counter made so far without a provider of its own."""
     with _lock:
-        new = _claim(provider, list(_kinds))
+        new = _claim(provider, list(_floating.items()))
     _register(provider, new)
 
 
-def _claim(provider: MeterProvider, keys: list[Key]) -> list[tuple[Key, Metric, bool]]:
-    """The keys of ``keys`` not yet registered on ``provider``, marked as registered (``_lock`` held)."""
+def _claim(provider: MeterProvider, counters: list[tuple[Key, SummedCounter]]) -> list[tuple[Key, SummedCounter]]:
+    """Those of ``counters`` whose key is not yet registered on ``provider``, now marked registered
+    (``_lock`` held)."""
     done = _registered.setdefault(provider, set())
-    new = [(key, *_kinds[key]) for key in keys if key not in done]
-    done.update(key for key, _, _ in new)
+    new = [(key, counter) for key, counter in counters if key not in done]
+    done.update(key for key, _ in new)
     return new
 
 
-def _register(provider: MeterProvider, new: list[tuple[Key, Metric, bool]]) -> None:
+def _register(provider: MeterProvider, new: list[tuple[Key, SummedCounter]]) -> None:
     """Create one observable instrument per claimed key on ``provider``."""
     ref = weakref.ref(provider)
-    for key, metric, up_down in new:
+    for key, counter in new:
         meter = provider.get_meter(key[0])
-        create = meter.create_observable_up_down_counter if up_down else meter.create_observable_counter
+        create = meter.create_observable_up_down_counter if counter.up_down else meter.create_observable_counter
+        metric = counter.metric
         create(metric.name, callbacks=[functools.partial(_observe, ref, key)], unit=metric.unit,
                description=metric.description)
 

@@ -146,13 +146,17 @@ class MlflowBackend(InProcessBackend):
         from mlflow.exceptions import MlflowException
 
         uri = self.tracking_uri or ""
-        if not uri.startswith(("http://", "https://")):
-            try:
-                return str(self._client.get_model_version_by_alias(self.model_name, self.alias).version)
-            except MlflowException as e:
-                if self.optional and e.error_code in _ABSENT:
-                    return None
-                raise
+        try:
+            if uri.startswith(("http://", "https://")):
+                return self._lookup_over_http(uri)
+            return str(self._client.get_model_version_by_alias(self.model_name, self.alias).version)
+        except MlflowException as e:
+            if self.optional and e.error_code in _ABSENT:
+                return None
+            raise
+
+    def _lookup_over_http(self, uri: str) -> str:
+        from mlflow.exceptions import MlflowException
         from mlflow.utils.credentials import get_default_host_creds
         from mlflow.utils.rest_utils import http_request, verify_rest_response
 
@@ -164,12 +168,7 @@ class MlflowBackend(InProcessBackend):
             )
         except MlflowException as e:
             raise RegistryUnreachable(f"{uri} did not answer ({e.message[:200]})") from None
-        try:
-            verify_rest_response(response, endpoint)
-        except MlflowException as e:
-            if self.optional and e.error_code in _ABSENT:
-                return None
-            raise
+        verify_rest_response(response, endpoint)  # an MlflowException with the server's error code
         return str(response.json()["model_version"]["version"])
 
     def _check(self) -> bool:
