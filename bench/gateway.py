@@ -57,7 +57,8 @@ class NoopModel:
         yield {"text": "", "finish_reason": "stop", "prompt_tokens": len(row["prompt"]), "completion_tokens": 1}
 
 
-def inprocess_app(delay_ms: float, hooks: bool, keys: str | None):
+def inprocess_app(delay_ms: float, hooks: bool, keys: str | None, sdk: bool | None = None):
+    """The in-process app; ``hooks`` turns the gateway on, ``sdk`` the telemetry SDK (default: with the hooks)."""
     import telemetry
     from serving_hooks.app import build_hooks, create_app
     from serving_hooks.backends.base import ModelRouter
@@ -65,8 +66,9 @@ def inprocess_app(delay_ms: float, hooks: bool, keys: str | None):
     from serving_hooks.inference import ModelInfo
     from serving_hooks.settings import load
 
-    if hooks:
+    if hooks if sdk is None else sdk:
         telemetry.configure("bench-gateway", gpu_enabled=False, console_logs=False)
+    if hooks:
         settings = load(api_keys_file=keys, requests_per_minute=10**9, tokens_per_minute=10**12)
     else:
         settings = load(allow_anonymous=True)
