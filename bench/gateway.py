@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import re
@@ -177,6 +178,8 @@ def serve_child(args: argparse.Namespace) -> None:
         app = inprocess_app(args.delay_ms, args.hooks == "on", args.keys)
     else:
         app = bare_proxy_app(args.client, args.upstream)
+    gc.collect()
+    gc.freeze()  # as ``observatory serve`` does before serving (both sides alike)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, log_config=None)
 
 
