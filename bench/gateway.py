@@ -67,7 +67,9 @@ def inprocess_app(delay_ms: float, hooks: bool, keys: str | None, sdk: bool | No
     from serving_hooks.inference import ModelInfo
     from serving_hooks.settings import load
 
-    if hooks if sdk is None else sdk:
+    if sdk is None:
+        sdk = hooks
+    if sdk:
         telemetry.configure("bench-gateway", gpu_enabled=False, console_logs=False)
     if hooks:
         settings = load(api_keys_file=keys, requests_per_minute=10**9, tokens_per_minute=10**12)

@@ -37,19 +37,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.gateway import CHAT, inprocess_app  # noqa: E402  (the same app and body as bench/gateway.py)
 
-VARIANTS = {  # name -> (gateway on, telemetry env or None for no SDK)
-    "bare": (False, None),
-    "gateway": (True, None),
-    "+ metrics": (True, {"OTEL_TRACES_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"}),
-    "+ traces": (True, {}),
-    "+ traces 10 %": (True, {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}),
-    "+ traces, no gc.freeze": (True, {}),
+SAMPLED = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+VARIANTS = {  # name -> (gateway on, telemetry env or None for no SDK, startup heap frozen)
+    "bare": (False, None, True),
+    "gateway": (True, None, True),
+    "+ metrics": (True, {"OTEL_TRACES_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"}, True),
+    "+ traces": (True, {}, True),
+    "+ traces 10 %": (True, SAMPLED, True),
+    "+ traces, no gc.freeze": (True, {}, False),
 }
 
 
 async def drive(app, key: str, requests: int) -> float:
     """CPU seconds per request over ``requests`` POSTs of the bench's chat body (after a warm-up)."""
-
     body = json.dumps(CHAT).encode()
     headers = [(b"host", b"bench"), (b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode()), (b"authorization", f"Bearer {key}".encode())]
@@ -86,9 +86,9 @@ async def drive(app, key: str, requests: int) -> float:
 
 
 async def child(variant: str, requests: int, rounds: int, keys: str, key: str) -> list[float]:
-    gateway, env = VARIANTS[variant]
+    gateway, env, freeze = VARIANTS[variant]
     app = inprocess_app(0.0, gateway, keys, sdk=env is not None)
-    if variant != "+ traces, no gc.freeze":
+    if freeze:
         gc.collect()
         gc.freeze()  # as ``observatory serve`` does before serving
     messages: asyncio.Queue = asyncio.Queue()
@@ -124,7 +124,7 @@ def main() -> None:
     key, _ = ApiKeyStore(work / "keys.json").create("bench", ["inference"])
     samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):
-        for variant, (_, env) in VARIANTS.items():
+        for variant, (_, env, _) in VARIANTS.items():
             run_env = {**os.environ, **(env or {}), "OBSERVATORY_STATE_DIR": str(work / "state"),
                        "PYTHONPATH": str(REPO)}
             out = subprocess.run(

@@ -12,19 +12,21 @@ and schemathesis see what they saw before.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
+from serving_hooks import _errors
 from serving_hooks._errors import ApiError
 from serving_hooks._openai import ChatCompletionRequest, CompletionRequest
 from serving_hooks.backends.base import Call, ModelRouter
 from serving_hooks.context import request_context
-from serving_hooks.gateway import ClientGone, parse_object, read_body
+from serving_hooks.gateway import ClientGone, Receive, Scope, Send, parse_object, read_body
 from telemetry import names
 
-ASGIApp = Any  # (scope, receive, send) -> awaitable
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 # path: (GenAI operation, request model, OpenAPI operationId, summary)
 OPERATIONS: dict[str, tuple[str, type[ChatCompletionRequest] | type[CompletionRequest], str, str]] = {
@@ -38,11 +40,11 @@ OPERATIONS: dict[str, tuple[str, type[ChatCompletionRequest] | type[CompletionRe
 class CompletionsEndpoint:
     """Pure ASGI: the two completion operations here, every other request to ``app`` (FastAPI)."""
 
-    def __init__(self, app: ASGIApp, router: ModelRouter) -> None:
+    def __init__(self, app: FastAPI, router: ModelRouter) -> None:
         self.app = app
         self.router = router
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = OPERATIONS.get(scope["path"]) if scope["type"] == "http" else None
         if target is None:
             await self.app(scope, receive, send)
@@ -50,7 +52,7 @@ class CompletionsEndpoint:
         ctx = request_context(scope)
         try:
             if scope["method"] != "POST":
-                raise _method_not_allowed(scope["method"])
+                raise _errors.method_not_allowed(scope["method"], "POST")
             operation, model, _, _ = target
             if ctx is not None and ctx.json is not None:  # read, size-checked and parsed by the gateway
                 raw, data = ctx.body, ctx.json
@@ -73,16 +75,6 @@ class CompletionsEndpoint:
         return self.app.openapi()
 
 
-def _invalid_request(errors: list[Any]) -> ApiError:
-    """The 400 for a body that is JSON but not a valid request: names the first field at fault."""
-    first = errors[0] if errors else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    return ApiError(
-        400, f"invalid request: {where or 'body'}: {first.get('msg', 'invalid')}", "invalid_request_error",
-        "invalid_request", "bad_request",
-    )
-
-
 def document(schema: dict[str, Any], responses: dict[str, Any]) -> None:
     """Add the two operations to an OpenAPI document FastAPI generated (``responses``: by status)."""
     definitions, top = models_json_schema(
@@ -100,15 +92,8 @@ def document(schema: dict[str, Any], responses: dict[str, Any]) -> None:
         }}
 
 
-def _method_not_allowed(method: str) -> ApiError:
-    error = ApiError(405, f"{method} is not allowed here; use POST", "invalid_request_error", "method_not_allowed",
-                     "bad_request")
-    error.headers.append((b"allow", b"POST"))
-    return error
-
-
 def _validate(model: type[BaseModel], data: Any) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise _invalid_request(e.errors(include_url=False)) from None
+        raise _errors.invalid_request(e.errors(include_url=False)) from None

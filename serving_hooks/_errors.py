@@ -51,6 +51,23 @@ def bad_json(detail: str) -> ApiError:
     )
 
 
+def invalid_request(errors: list[Any]) -> ApiError:
+    """The 400 for a body that is JSON but not a valid request (pydantic ``errors()``): names the first field at fault."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    return ApiError(
+        400, f"invalid request: {where or 'body'}: {first.get('msg', 'invalid')}", "invalid_request_error",
+        "invalid_request", "bad_request",
+    )
+
+
+def method_not_allowed(method: str, allowed: str) -> ApiError:
+    return ApiError(
+        405, f"{method} is not allowed here; use {allowed}", "invalid_request_error", "method_not_allowed",
+        "bad_request", [(b"allow", allowed.encode())],
+    )
+
+
 def rate_limited(kind: str, retry_after: int) -> ApiError:
     what = "requests per minute" if kind == "requests" else "tokens per minute"
     return ApiError(

@@ -82,10 +82,14 @@ def test_latency_ttft_and_throughput_come_from_the_gateway_telemetry(demo):
     assert s["output_tokens"] > 0 and s["tokens_per_s"] > 0
 
 
+def traced_spans(demo) -> list[dict]:
+    """Every span in the traces file the summary names."""
+    return [json.loads(line) for line in Path(demo.summary["telemetry_files"]["traces"]).read_text().splitlines()]
+
+
 def gateway_generations(demo) -> list[dict]:
-    """Attributes of the gateway's GenAI spans, read from the traces file the summary names."""
-    lines = Path(demo.summary["telemetry_files"]["traces"]).read_text().splitlines()
-    return [span["attributes"] for span in map(json.loads, lines)
+    """Attributes of the gateway's GenAI spans."""
+    return [span["attributes"] for span in traced_spans(demo)
             if span["scope"] == "serving_hooks.inference" and span["resource"][names.SERVICE_NAME] == "observatory-gateway"]
 
 
@@ -125,8 +129,7 @@ def test_the_trace_shares_one_id_across_gateway_auth_and_inference(demo):
     assert inference["name"] in (f"chat {MODEL}", f"text_completion {MODEL}")
     assert auth["parent_span_id"] == server["span_id"] and inference["parent_span_id"] == server["span_id"]
     # The same spans, read back from the traces file the summary names.
-    lines = Path(demo.summary["telemetry_files"]["traces"]).read_text().splitlines()
-    in_file = {s["span_id"]: s for s in map(json.loads, lines) if s["trace_id"] == trace["trace_id"]}
+    in_file = {s["span_id"]: s for s in traced_spans(demo) if s["trace_id"] == trace["trace_id"]}
     assert {server["span_id"], auth["span_id"], inference["span_id"]} <= set(in_file)
     assert {in_file[s["span_id"]]["resource"][names.SERVICE_NAME] for s in trace["spans"]} == {"observatory-gateway"}
 
