@@ -39,9 +39,11 @@ class ProcessMemory:
     used_bytes: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs ~2 µs of a ~30 µs fast-path sample (bench/gpu_sampler.py)
 class GpuSample:
-    """One reading of one device in NVML's units. ``None``: not read (failed, unsupported, not reported)."""
+    """One reading of one device in NVML's units. ``None``: not read (failed, unsupported, not reported).
+
+    Published in the collector's snapshot and shared by every reader: treat it as read-only."""
 
     gpu: GpuInfo
     timestamp: float
