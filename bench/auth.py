@@ -21,9 +21,9 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from serving_hooks.apikeys import ApiKeyStore
-from serving_hooks.auth import Authenticator, AuthSettings
-from serving_hooks.idp import DevIdP
+from gpt_observatory.serving_hooks.apikeys import ApiKeyStore
+from gpt_observatory.serving_hooks.auth import Authenticator, AuthSettings
+from gpt_observatory.serving_hooks.idp import DevIdP
 
 
 class _Discard(SpanExporter):

@@ -38,13 +38,13 @@ from gateway import CHAT, NoopModel, free_port, lua, process, wrk  # noqa: E402 
 # ------------------------------------------------------------------ 1. routing cost
 def canary_app(mode: str, keys: str):
     """The full gateway with a no-op model; ``mode``: single | canary | sticky."""
-    import telemetry
-    from serving_hooks.app import build_hooks, create_app
-    from serving_hooks.backends.base import ModelRouter
-    from serving_hooks.backends.canary import CanaryPolicy, CanaryRouter
-    from serving_hooks.backends.inprocess import InProcessBackend
-    from serving_hooks.inference import ModelInfo
-    from serving_hooks.settings import load
+    from gpt_observatory import telemetry
+    from gpt_observatory.serving_hooks.app import build_hooks, create_app
+    from gpt_observatory.serving_hooks.backends.base import ModelRouter
+    from gpt_observatory.serving_hooks.backends.canary import CanaryPolicy, CanaryRouter
+    from gpt_observatory.serving_hooks.backends.inprocess import InProcessBackend
+    from gpt_observatory.serving_hooks.inference import ModelInfo
+    from gpt_observatory.serving_hooks.settings import load
 
     telemetry.configure("bench-canary", gpu_enabled=False, console_logs=False)
     settings = load(api_keys_file=keys, requests_per_minute=10**9, tokens_per_minute=10**12)
@@ -61,12 +61,12 @@ def canary_app(mode: str, keys: str):
 
 def select_ns() -> dict[str, float]:
     """Nanoseconds per ``select()``: single router vs canary router (draw, sticky session)."""
-    from serving_hooks._openai import ChatCompletionRequest
-    from serving_hooks.backends.base import Call, ModelRouter
-    from serving_hooks.backends.canary import CanaryPolicy, CanaryRouter
-    from serving_hooks.backends.inprocess import InProcessBackend
-    from serving_hooks.context import RequestContext
-    from serving_hooks.inference import GenAIHooks, ModelInfo
+    from gpt_observatory.serving_hooks._openai import ChatCompletionRequest
+    from gpt_observatory.serving_hooks.backends.base import Call, ModelRouter
+    from gpt_observatory.serving_hooks.backends.canary import CanaryPolicy, CanaryRouter
+    from gpt_observatory.serving_hooks.backends.inprocess import InProcessBackend
+    from gpt_observatory.serving_hooks.context import RequestContext
+    from gpt_observatory.serving_hooks.inference import GenAIHooks, ModelInfo
 
     hooks = GenAIHooks("server")
     a = InProcessBackend(hooks, "m", model=NoopModel(0), info=ModelInfo("m", "1", "champion", "champion"))
@@ -84,7 +84,7 @@ def routing_cost(work: Path, duration: float, rounds: int) -> dict:
     import contextlib
     import statistics
 
-    from serving_hooks.apikeys import ApiKeyStore
+    from gpt_observatory.serving_hooks.apikeys import ApiKeyStore
 
     key, _ = ApiKeyStore(work / "keys.json").create("bench", ["inference"])
     env = {"OBSERVATORY_STATE_DIR": str(work / "state"), "PYTHONPATH": str(REPO)}
@@ -132,9 +132,9 @@ def reaction(work: Path, windows: list[float]) -> list[dict]:
 
 def one_window(work: Path, uri: str, window: float) -> dict:
     """Promote a good v2 through the canary flow, guard it with ``window``, degrade it, time the rollback."""
-    from flows.canary import canary
-    from flows.registry import CHAMPION, Registry
-    from flows.stores import client_for
+    from gpt_observatory.flows.canary import canary
+    from gpt_observatory.flows.registry import CHAMPION, Registry
+    from gpt_observatory.flows.stores import client_for
     from tests import components
     from tests.flows.canary_support import Load, bootstrap_champion, gateway, register, serving
 

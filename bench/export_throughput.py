@@ -18,8 +18,7 @@ from pathlib import Path
 
 
 def run_rate(rate: int, seconds: float) -> tuple[int, int, int, float]:
-    import telemetry
-
+    from gpt_observatory import telemetry
     tmp = tempfile.mkdtemp(prefix="obs-tput-")
     os.environ["OBSERVATORY_STATE_DIR"] = tmp
     handle = telemetry.configure(f"tput-{rate}", metrics_exporter=["none"], logs_exporter=["none"],

@@ -60,12 +60,12 @@ class NoopModel:
 
 def inprocess_app(delay_ms: float, hooks: bool, keys: str | None, sdk: bool | None = None):
     """The in-process app; ``hooks`` turns the gateway on, ``sdk`` the telemetry SDK (default: with the hooks)."""
-    import telemetry
-    from serving_hooks.app import build_hooks, create_app
-    from serving_hooks.backends.base import ModelRouter
-    from serving_hooks.backends.inprocess import InProcessBackend
-    from serving_hooks.inference import ModelInfo
-    from serving_hooks.settings import load
+    from gpt_observatory import telemetry
+    from gpt_observatory.serving_hooks.app import build_hooks, create_app
+    from gpt_observatory.serving_hooks.backends.base import ModelRouter
+    from gpt_observatory.serving_hooks.backends.inprocess import InProcessBackend
+    from gpt_observatory.serving_hooks.inference import ModelInfo
+    from gpt_observatory.serving_hooks.settings import load
 
     if sdk is None:
         sdk = hooks
@@ -134,9 +134,9 @@ def model_tokens_per_second(rounds: int, generations: int = 10, max_tokens: int 
     per token, stats at the end, spans and metrics exported), interleaved; CUDA when present."""
     import torch
 
-    import telemetry
-    from flows import gpt, pyfunc
-    from serving_hooks.inference import GenAIHooks, GenAIRequest, GenerationStats, ModelInfo
+    from gpt_observatory import telemetry
+    from gpt_observatory.flows import gpt, pyfunc
+    from gpt_observatory.serving_hooks.inference import GenAIHooks, GenAIRequest, GenerationStats, ModelInfo
 
     telemetry.configure("bench-model", gpu_enabled=False, console_logs=False)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -272,7 +272,7 @@ def main() -> None:
         sys.exit("wrk is not installed (Debian package 'wrk')")
 
     sys.path.insert(0, str(REPO))
-    from serving_hooks.apikeys import ApiKeyStore
+    from gpt_observatory.serving_hooks.apikeys import ApiKeyStore
 
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     key, _ = ApiKeyStore(work / "keys.json").create("bench", ["inference"])
@@ -310,7 +310,7 @@ def main() -> None:
         results["direct_c1"] = measure(direct, direct_script, 1, d, n)
         results["direct_c16"] = measure(direct, direct_script, 16, d, n)
         port = free_port()
-        cmd = [sys.executable, "-m", "observatory.commands.serve", "--backend", "upstream", "--upstream-url",
+        cmd = [sys.executable, "-m", "gpt_observatory.commands.serve", "--backend", "upstream", "--upstream-url",
                upstream, "--port", str(port), "--api-keys-file", str(work / "keys.json"),
                "--rpm", str(10**9), "--tpm", str(10**12)]
         with process(cmd, f"http://127.0.0.1:{port}/healthz", env):

@@ -118,7 +118,7 @@ def main() -> None:
         print(json.dumps(asyncio.run(child(args.child, args.requests, 1, args.keys, args.key))))
         return
 
-    from serving_hooks.apikeys import ApiKeyStore
+    from gpt_observatory.serving_hooks.apikeys import ApiKeyStore
 
     work = Path(tempfile.mkdtemp(prefix="bench-breakdown-"))
     key, _ = ApiKeyStore(work / "keys.json").create("bench", ["inference"])

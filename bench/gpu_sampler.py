@@ -22,8 +22,8 @@ import time
 
 from opentelemetry.metrics import NoOpMeterProvider
 
-from telemetry._gpu_series import otel_points
-from telemetry.gpu import GpuCollector
+from gpt_observatory.telemetry._gpu_series import otel_points
+from gpt_observatory.telemetry.gpu import GpuCollector
 
 SMI_QUERY = (
     "--query-gpu=utilization.gpu,utilization.memory,memory.used,memory.total,power.draw,"

@@ -37,7 +37,7 @@ def main() -> None:
 
     os.environ["OBSERVATORY_STATE_DIR"] = tempfile.mkdtemp(prefix="obs-outage-")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # the channel logs every refused reconnect
-    import telemetry
+    from gpt_observatory import telemetry
     from tests.components import free_port
     from tests.telemetry.conftest import OtlpReceiver
 

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def embedded_pipeline(state: Path) -> dict[str, Any]:
     """Figure 1: the whole pipeline twice on the embedded defaults of ``state``."""
-    from flows.flows import pipeline
+    from gpt_observatory.flows.flows import pipeline
 
     started = time.perf_counter()
     cold = pipeline()
@@ -44,10 +44,10 @@ def embedded_pipeline(state: Path) -> dict[str, Any]:
 
 def train_and_log(uri: str, steps: int) -> tuple[str, str, str | None, Any]:
     """A logged model outside the measured part: (run id, model URI, logged model id, lineage)."""
-    from flows import tasks
-    from flows.lineage import Lineage, code_version
-    from flows.settings import load_settings
-    from flows.stores import client_for, experiment_id
+    from gpt_observatory.flows import tasks
+    from gpt_observatory.flows.lineage import Lineage, code_version
+    from gpt_observatory.flows.settings import load_settings
+    from gpt_observatory.flows.stores import client_for, experiment_id
 
     settings = load_settings(steps=steps, progress=False, tracking_uri=uri)
     result = tasks.fit.fn(settings.train_params(), False, settings.torch_threads)
@@ -62,10 +62,10 @@ def direct(uri: str, name: str, logged: tuple, settings: Any) -> dict[str, float
     """register → evaluate → promote with the flows' task functions, called without Prefect."""
     import dataclasses
 
-    from flows import history, lease, tasks
-    from flows.gates import judge
-    from flows.registry import CHALLENGER, CHAMPION
-    from flows.stores import client_for
+    from gpt_observatory.flows import history, lease, tasks
+    from gpt_observatory.flows.gates import judge
+    from gpt_observatory.flows.registry import CHALLENGER, CHAMPION
+    from gpt_observatory.flows.stores import client_for
 
     run_id, source, model_id, lineage = logged
     t0 = time.perf_counter()
@@ -105,8 +105,8 @@ def with_flows(uri: str, name: str, logged: tuple, overrides: dict[str, Any]) ->
     one flow run (the pipeline's other subflow, train, is left out with the training)."""
     from prefect import flow
 
-    from flows._flowkit import in_process_subflows
-    from flows.flows import evaluate, promote, register
+    from gpt_observatory.flows._flowkit import in_process_subflows
+    from gpt_observatory.flows.flows import evaluate, promote, register
 
     run_id, source, model_id, lineage = logged
     timing: dict[str, float] = {}
@@ -133,8 +133,8 @@ def flow_overhead(state: Path, reps: int) -> dict[str, Any]:
     """Figure 2: median seconds of register+evaluate+promote (first version, then a challenger)."""
     from prefect import flow
 
-    from flows.settings import load_settings
-    from flows.stores import connect
+    from gpt_observatory.flows.settings import load_settings
+    from gpt_observatory.flows.stores import connect
 
     uri = f"sqlite:///{state / 'overhead.db'}"
     overrides = {"tracking_uri": uri, "progress": False}
@@ -184,8 +184,7 @@ def main() -> None:
     for var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
         if os.environ.pop(var, None):
             print(f"(ignoring {var}: this benchmark measures the embedded defaults)", file=sys.stderr)
-    import telemetry
-
+    from gpt_observatory import telemetry
     telemetry.configure()  # embedded default: jsonl files in the state folder
     whole = embedded_pipeline(state)
     overhead = flow_overhead(state, args.reps)

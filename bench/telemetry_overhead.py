@@ -65,9 +65,9 @@ def main() -> None:
 
     from loguru import logger
 
-    import telemetry
-    from telemetry.backends.jsonl import JsonlLogExporter, JsonlMetricExporter, JsonlSpanExporter
-    from telemetry.settings import load
+    from gpt_observatory import telemetry
+    from gpt_observatory.telemetry.backends.jsonl import JsonlLogExporter, JsonlMetricExporter, JsonlSpanExporter
+    from gpt_observatory.telemetry.settings import load
 
     # Ours: one call.
     handle = telemetry.configure("bench", console_logs=False, metric_export_interval_ms=60_000)

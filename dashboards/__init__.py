@@ -11,8 +11,8 @@ rules with promtool unit tests (``prometheus/``), OpenTelemetry Collector config
 
 from __future__ import annotations
 
-from dashboards.artefacts import ROOT, build, export, stale
-from dashboards.check import Finding
-from dashboards.check import run as check
+from gpt_observatory.dashboards.artefacts import ROOT, build, export, stale
+from gpt_observatory.dashboards.check import Finding
+from gpt_observatory.dashboards.check import run as check
 
 __all__ = ["ROOT", "Finding", "build", "check", "export", "stale"]

@@ -29,7 +29,7 @@ from grafana_foundation_sdk.models import dashboard as dashboard_m
 from grafana_foundation_sdk.models import prometheus as prometheus_m
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
-from dashboards.events import Event
+from gpt_observatory.dashboards.events import Event
 
 Kind = Literal["timeseries", "stat", "table", "bargauge", "state"]
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")

@@ -17,12 +17,12 @@ def _yaml(data: Any) -> str:
 
 def build() -> dict[str, str]:
     """Relative path -> text of every artefact, as the code builds it now."""
-    from dashboards._grafana import dumps, render
-    from dashboards.boards import all_boards
-    from dashboards.otelcol import collector_config
-    from dashboards.promtool_tests import tests_document
-    from dashboards.rules import rules_document
-    from dashboards.scrape import RULE_FILE, scrape_config
+    from gpt_observatory.dashboards._grafana import dumps, render
+    from gpt_observatory.dashboards.boards import all_boards
+    from gpt_observatory.dashboards.otelcol import collector_config
+    from gpt_observatory.dashboards.promtool_tests import tests_document
+    from gpt_observatory.dashboards.rules import rules_document
+    from gpt_observatory.dashboards.scrape import RULE_FILE, scrape_config
 
     out = {f"grafana/{stem}.json": dumps(render(board)) for stem, board in all_boards().items()}
     out["prometheus/prometheus.yml"] = _yaml(scrape_config())

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dashboards import promql
-from dashboards import series as s
-from dashboards.artefacts import ROOT, stale
-from dashboards.scrape import RULE_FILE
+from gpt_observatory.dashboards import promql
+from gpt_observatory.dashboards import series as s
+from gpt_observatory.dashboards.artefacts import ROOT, stale
+from gpt_observatory.dashboards.scrape import RULE_FILE
 
 _RULE_ERROR = re.compile(r'"expression_(\d+)": (.*)')
 
@@ -80,7 +80,7 @@ def recorded_series(root: Path = ROOT) -> frozenset[str]:
 
 
 def known_series(root: Path = ROOT) -> frozenset[str]:
-    from telemetry import names
+    from gpt_observatory.telemetry import names
 
     return frozenset(names.all_prometheus_series()) | frozenset(names.DCGM_SERIES) | frozenset(
         s.PROMETHEUS_SERIES
@@ -89,7 +89,7 @@ def known_series(root: Path = ROOT) -> frozenset[str]:
 
 def known_labels() -> frozenset[str]:
     """Labels of the project's attributes (the dotted string constants of the names module) and Prometheus's."""
-    from telemetry import names
+    from gpt_observatory.telemetry import names
 
     attributes = {promql.label(v) for v in vars(names).values() if isinstance(v, str) and "." in v}
     return frozenset(attributes) | frozenset(names.DCGM_LABELS) | frozenset(names.DCGM_MIG_LABELS) | s.PROMETHEUS_LABELS
@@ -134,7 +134,7 @@ def check_prometheus_files(root: Path, promtool: str) -> list[Finding]:
 def check_collector(root: Path = ROOT) -> list[Finding]:
     import yaml
 
-    from dashboards.otelcol import problems
+    from gpt_observatory.dashboards.otelcol import problems
 
     config = yaml.safe_load((root / "otelcol" / "config.yaml").read_text()) or {}
     return [Finding("otelcol/config.yaml", p) for p in problems(config)]

@@ -6,10 +6,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from dashboards import rules
-from dashboards import series as s
-from dashboards.scrape import GATEWAY_JOB, GPU_JOB
-from telemetry import names
+from gpt_observatory.dashboards import rules
+from gpt_observatory.dashboards import series as s
+from gpt_observatory.dashboards.scrape import GATEWAY_JOB, GPU_JOB
+from gpt_observatory.telemetry import names
 
 PIPELINE_JOB = "observatory-pipeline"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from dashboards import series as s
-from telemetry.names import Metric
+from gpt_observatory.dashboards import series as s
+from gpt_observatory.telemetry.names import Metric
 
 RATE: Final = "$__rate_interval"
 RANGE: Final = "$__range"

@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from dashboards import events
-from dashboards import series as s
-from dashboards.boards.gpu import THERMAL_REASONS
-from dashboards.events import Event
-from dashboards.query import agg, below, rate, ratio, sel
-from dashboards.scrape import GATEWAY_JOB
-from telemetry import names
+from gpt_observatory.dashboards import events
+from gpt_observatory.dashboards import series as s
+from gpt_observatory.dashboards.boards.gpu import THERMAL_REASONS
+from gpt_observatory.dashboards.events import Event
+from gpt_observatory.dashboards.query import agg, below, rate, ratio, sel
+from gpt_observatory.dashboards.scrape import GATEWAY_JOB
+from gpt_observatory.telemetry import names
 
 WINDOWS: Final = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 # (severity, for, ((long window, short window, burn-rate factor), ...))

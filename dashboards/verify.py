@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from dashboards import events, promql
+from gpt_observatory.dashboards import events, promql
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +44,8 @@ class Report:
 
 def gpu_series() -> frozenset[str]:
     """Sample names only a machine with an NVIDIA GPU produces."""
-    from dashboards.series import GPU_NAME_PREFIXES
-    from telemetry import names
+    from gpt_observatory.dashboards.series import GPU_NAME_PREFIXES
+    from gpt_observatory.telemetry import names
 
     ours = {k for k, m in names.all_prometheus_series().items() if m.name.startswith(GPU_NAME_PREFIXES)}
     return frozenset(ours) | frozenset(names.DCGM_SERIES)
@@ -60,8 +60,8 @@ def _needs(expr: str, declared: events.Event | None, gpu: frozenset[str]) -> tup
 
 def live_queries() -> list[LiveQuery]:
     """Every query the artefacts hold, in the form to evaluate and with the events each needs."""
-    from dashboards.boards import all_boards
-    from dashboards.rules import Alert, groups
+    from gpt_observatory.dashboards.boards import all_boards
+    from gpt_observatory.dashboards.rules import Alert, groups
 
     gpu = gpu_series()
     out: list[LiveQuery] = []

@@ -9,22 +9,22 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "pipeline": "flows.flows",
-    "train": "flows.flows",
-    "register": "flows.flows",
-    "evaluate": "flows.flows",
-    "promote": "flows.flows",
-    "rollback": "flows.flows",
-    "canary": "flows.canary",
-    "guard": "flows.canary",
-    "CanarySettings": "flows.canary_settings",
-    "PipelineResult": "flows.flows",
-    "PipelineSettings": "flows.settings",
-    "load_settings": "flows.settings",
-    "Decision": "flows.history",
-    "TinyGPTModel": "flows.pyfunc",
-    "TinyGPT": "flows.gpt",
-    "ByteTokenizer": "flows.gpt",
+    "pipeline": "gpt_observatory.flows.flows",
+    "train": "gpt_observatory.flows.flows",
+    "register": "gpt_observatory.flows.flows",
+    "evaluate": "gpt_observatory.flows.flows",
+    "promote": "gpt_observatory.flows.flows",
+    "rollback": "gpt_observatory.flows.flows",
+    "canary": "gpt_observatory.flows.canary",
+    "guard": "gpt_observatory.flows.canary",
+    "CanarySettings": "gpt_observatory.flows.canary_settings",
+    "PipelineResult": "gpt_observatory.flows.flows",
+    "PipelineSettings": "gpt_observatory.flows.settings",
+    "load_settings": "gpt_observatory.flows.settings",
+    "Decision": "gpt_observatory.flows.history",
+    "TinyGPTModel": "gpt_observatory.flows.pyfunc",
+    "TinyGPT": "gpt_observatory.flows.gpt",
+    "ByteTokenizer": "gpt_observatory.flows.gpt",
 }
 
 __all__ = sorted(_EXPORTS)

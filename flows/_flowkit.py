@@ -10,12 +10,12 @@ from typing import Any, TypeVar
 
 from loguru import logger
 
-from flows import instruments as inst
-from flows.errors import RegistryUnavailable, is_transient
-from flows.lineage import Lineage, code_version
-from flows.settings import PipelineSettings, load_settings
-from flows.tasks import options
-from flows.training import load_corpus
+from gpt_observatory.flows import instruments as inst
+from gpt_observatory.flows.errors import RegistryUnavailable, is_transient
+from gpt_observatory.flows.lineage import Lineage, code_version
+from gpt_observatory.flows.settings import PipelineSettings, load_settings
+from gpt_observatory.flows.tasks import options
+from gpt_observatory.flows.training import load_corpus
 
 T = TypeVar("T")
 

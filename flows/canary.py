@@ -31,19 +31,19 @@ from loguru import logger
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import tasks
-from flows._flowkit import call, observed, settings_for
-from flows.canary_gates import LiveResult, judge_canary, judge_guard
-from flows.canary_settings import CanarySettings, load_canary_settings
-from flows.errors import retry_transient
-from flows.history import Decision
-from flows.instruments import PipelineInstruments, tracer
-from flows.live import LiveFigures, LiveQueries, Prometheus, PrometheusError, Side
-from flows.promotion import _decision, _publish, champion_lock, rollback
-from flows.registry import CHALLENGER, CHAMPION, Registry
-from flows.settings import PipelineSettings
-from flows.stores import client_for, connect
-from telemetry import names
+from gpt_observatory.flows import tasks
+from gpt_observatory.flows._flowkit import call, observed, settings_for
+from gpt_observatory.flows.canary_gates import LiveResult, judge_canary, judge_guard
+from gpt_observatory.flows.canary_settings import CanarySettings, load_canary_settings
+from gpt_observatory.flows.errors import retry_transient
+from gpt_observatory.flows.history import Decision
+from gpt_observatory.flows.instruments import PipelineInstruments, tracer
+from gpt_observatory.flows.live import LiveFigures, LiveQueries, Prometheus, PrometheusError, Side
+from gpt_observatory.flows.promotion import _decision, _publish, champion_lock, rollback
+from gpt_observatory.flows.registry import CHALLENGER, CHAMPION, Registry
+from gpt_observatory.flows.settings import PipelineSettings
+from gpt_observatory.flows.stores import client_for, connect
+from gpt_observatory.telemetry import names
 
 _MLFLOW = {"retry_condition_fn": retry_transient, "cache_policy": NO_CACHE, "retries": 3, "retry_delay_seconds": 2}
 _KIND = {"pass": "promoted", "fail": "rejected", "inconclusive": "inconclusive"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from flows.live import LiveFigures
+from gpt_observatory.flows.live import LiveFigures
 
 Verdict = Literal["pass", "fail", "inconclusive", "healthy", "breach"]
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from telemetry.settings import TableSettings
+from gpt_observatory.telemetry.settings import TableSettings
 
 ENV_PREFIX = "OBSERVATORY_CANARY_"
 GATE_KEYS = (

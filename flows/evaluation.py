@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from flows import gpt
-from flows.gates import EvalSummary
-from flows.training import Corpus
+from gpt_observatory.flows import gpt
+from gpt_observatory.flows.gates import EvalSummary
+from gpt_observatory.flows.training import Corpus
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,12 +14,12 @@ from typing import Any
 from loguru import logger
 from prefect import flow
 
-from flows import tasks
-from flows._flowkit import call, in_process_subflows, lineage_for, observed, settings_for
-from flows.model_flows import evaluate, register, train
-from flows.promotion import promote, rollback
-from flows.registry import CHAMPION
-from flows.stores import connect
+from gpt_observatory.flows import tasks
+from gpt_observatory.flows._flowkit import call, in_process_subflows, lineage_for, observed, settings_for
+from gpt_observatory.flows.model_flows import evaluate, register, train
+from gpt_observatory.flows.promotion import promote, rollback
+from gpt_observatory.flows.registry import CHAMPION
+from gpt_observatory.flows.stores import connect
 
 __all__ = ["PipelineResult", "evaluate", "pipeline", "promote", "register", "rollback", "train"]
 

@@ -14,10 +14,10 @@ from contextlib import contextmanager
 
 from opentelemetry import metrics, trace
 
-import telemetry
-from flows.gates import EvalSummary
-from flows.history import Decision
-from telemetry import names
+from gpt_observatory import telemetry
+from gpt_observatory.flows.gates import EvalSummary
+from gpt_observatory.flows.history import Decision
+from gpt_observatory.telemetry import names
 
 _SCOPE = "observatory.flows"
 

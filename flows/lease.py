@@ -22,7 +22,7 @@ from loguru import logger
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from flows.errors import PromotionLockTimeout
+from gpt_observatory.flows.errors import PromotionLockTimeout
 
 LEASE_TAG = "observatory.promotion.lease"
 _UNIQUE_CLASH = re.compile(r"unique|duplicate", re.IGNORECASE)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from flows.training import TrainParams
+from gpt_observatory.flows.training import TrainParams
 
 # The modules whose source decides the trained weights and how they are served.
 CODE_MODULES = ("gpt.py", "training.py", "pyfunc.py")

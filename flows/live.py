@@ -20,8 +20,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass
 
-from telemetry import names
-from telemetry.names import prometheus_series
+from gpt_observatory.telemetry import names
+from gpt_observatory.telemetry.names import prometheus_series
 
 _VERSION = re.sub(r"[^A-Za-z0-9_]", "_", names.MODEL_VERSION)
 _ROLE = re.sub(r"[^A-Za-z0-9_]", "_", names.MODEL_ROLE)

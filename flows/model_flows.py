@@ -8,12 +8,12 @@ from typing import Any
 from loguru import logger
 from prefect import flow
 
-from flows import tasks
-from flows._flowkit import artifact_key, call, lineage_for, observed, publish_table, settings_for
-from flows.gates import EvalSummary
-from flows.lineage import Lineage
-from flows.registry import Registration
-from flows.stores import connect
+from gpt_observatory.flows import tasks
+from gpt_observatory.flows._flowkit import artifact_key, call, lineage_for, observed, publish_table, settings_for
+from gpt_observatory.flows.gates import EvalSummary
+from gpt_observatory.flows.lineage import Lineage
+from gpt_observatory.flows.registry import Registration
+from gpt_observatory.flows.stores import connect
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,8 @@ from loguru import logger
 from prefect import flow
 from prefect.concurrency.sync import concurrency
 
-from flows import history, lease, tasks
-from flows._flowkit import (
+from gpt_observatory.flows import history, lease, tasks
+from gpt_observatory.flows._flowkit import (
     artifact_key,
     call,
     flow_run,
@@ -28,15 +28,15 @@ from flows._flowkit import (
     publish_markdown,
     settings_for,
 )
-from flows.evaluation import eval_data_id, golden_prompts
-from flows.gates import EvalSummary, judge
-from flows.history import Decision
-from flows.instruments import PipelineInstruments
-from flows.model_flows import evaluate
-from flows.registry import CHALLENGER, CHAMPION
-from flows.settings import PipelineSettings
-from flows.stores import client_for, connect
-from flows.training import load_corpus
+from gpt_observatory.flows.evaluation import eval_data_id, golden_prompts
+from gpt_observatory.flows.gates import EvalSummary, judge
+from gpt_observatory.flows.history import Decision
+from gpt_observatory.flows.instruments import PipelineInstruments
+from gpt_observatory.flows.model_flows import evaluate
+from gpt_observatory.flows.registry import CHALLENGER, CHAMPION
+from gpt_observatory.flows.settings import PipelineSettings
+from gpt_observatory.flows.stores import client_for, connect
+from gpt_observatory.flows.training import load_corpus
 
 
 def lock_name(model: str) -> str:

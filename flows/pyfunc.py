@@ -24,7 +24,7 @@ import torch
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from flows import gpt
+from gpt_observatory.flows import gpt
 
 DEFAULT_MAX_TOKENS = 32
 DEFAULT_TEMPERATURE = 0.8

@@ -13,8 +13,8 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from flows.gates import EvalSummary
-from flows.lineage import Lineage
+from gpt_observatory.flows.gates import EvalSummary
+from gpt_observatory.flows.lineage import Lineage
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

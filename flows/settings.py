@@ -9,8 +9,8 @@ from typing import Any
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from flows.training import TrainParams
-from telemetry.settings import TableSettings
+from gpt_observatory.flows.training import TrainParams
+from gpt_observatory.telemetry.settings import TableSettings
 
 ENV_PREFIX = "OBSERVATORY_PIPELINE_"
 _TRAIN = TrainParams()

@@ -15,8 +15,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from flows.settings import PipelineSettings
-from telemetry import state_dir
+from gpt_observatory.flows.settings import PipelineSettings
+from gpt_observatory.telemetry import state_dir
 
 
 def tracking_uri(settings: PipelineSettings) -> str:

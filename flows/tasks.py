@@ -15,12 +15,12 @@ from mlflow.entities import Metric, Param
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows import history, lease
-from flows.errors import retry_transient
-from flows.evaluation import Evaluation
-from flows.gates import EvalSummary
-from flows.lineage import Lineage
-from flows.registry import (
+from gpt_observatory.flows import history, lease
+from gpt_observatory.flows.errors import retry_transient
+from gpt_observatory.flows.evaluation import Evaluation
+from gpt_observatory.flows.gates import EvalSummary
+from gpt_observatory.flows.lineage import Lineage
+from gpt_observatory.flows.registry import (
     CHALLENGER,
     CHAMPION,
     CODE_VERSION_TAG,
@@ -32,9 +32,9 @@ from flows.registry import (
     Registration,
     Registry,
 )
-from flows.settings import PipelineSettings
-from flows.stores import client_for, experiment_id, use
-from flows.training import TrainParams, TrainResult, load_corpus, torch_threads, train
+from gpt_observatory.flows.settings import PipelineSettings
+from gpt_observatory.flows.stores import client_for, experiment_id, use
+from gpt_observatory.flows.training import TrainParams, TrainResult, load_corpus, torch_threads, train
 
 _MLFLOW = {"retry_condition_fn": retry_transient, "cache_policy": NO_CACHE, "retries": 3, "retry_delay_seconds": 2}
 
@@ -67,7 +67,7 @@ def start_training_run(uri: str, experiment: str, lineage: Lineage, model_name: 
 @task(name="log-model", **_MLFLOW)
 def log_trained_model(uri: str, run_id: str, result: TrainResult) -> tuple[str, str | None]:
     """Log metrics and the pyfunc into ``run_id``; return (model URI, logged model id)."""
-    from flows import pyfunc
+    from gpt_observatory.flows import pyfunc
 
     use(uri)
     with mlflow.start_run(run_id=run_id):
@@ -108,7 +108,7 @@ def read_eval(uri: str, name: str, version: str) -> EvalSummary | None:
 
 @task(name="evaluate-version", **_MLFLOW)
 def evaluate_version(uri: str, name: str, version: str, settings: PipelineSettings) -> Evaluation:
-    from flows.evaluation import evaluate
+    from gpt_observatory.flows.evaluation import evaluate
 
     use(uri)
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
@@ -127,7 +127,7 @@ def evaluate_version(uri: str, name: str, version: str, settings: PipelineSettin
 def compare_latency(uri: str, name: str, versions: list[str], settings: PipelineSettings) -> list[tuple[float, float]]:
     """(p50, p95) of each version, measured side by side now (stored figures may come from a
     quieter or busier moment of the machine)."""
-    from flows.evaluation import latency_figures, measure_latency
+    from gpt_observatory.flows.evaluation import latency_figures, measure_latency
 
     use(uri)
     models = [mlflow.pyfunc.load_model(f"models:/{name}/{v}") for v in versions]

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from flows.gpt import EOT, ByteTokenizer, GPTConfig, TinyGPT, mean_loss
+from gpt_observatory.flows.gpt import EOT, ByteTokenizer, GPTConfig, TinyGPT, mean_loss
 
 DOCUMENT_SEPARATOR = "\f\n"
 """A form feed on its own line separates documents in a corpus file."""

@@ -15,10 +15,20 @@ if ((${#need[@]})); then
     echo "missing Debian packages: ${need[*]} (run as root, or: sudo apt-get install -y ${need[*]})" >&2
     exit 1
   fi
+  # Debian starts a package's service when it is installed; the fixtures start their own on free
+  # ports, so forbid that through the standard policy hook (invoke-rc.d exit 101: "action forbidden").
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-# The Debian packages start system services we do not use; our fixtures start their own.
+# A service an earlier install did start is stopped through its own init script.
 for svc in prometheus prometheus-pushgateway; do
-  pkill -x "$svc" 2>/dev/null || true
+  if [ -x "/etc/init.d/$svc" ] && [ "$(id -u)" = 0 ]; then
+    "/etc/init.d/$svc" status >/dev/null 2>&1 && "/etc/init.d/$svc" stop >/dev/null 2>&1
+  fi
 done
+true

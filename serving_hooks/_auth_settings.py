@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from serving_hooks._jwks import check_secure_url
-from telemetry.settings import TableSettings
+from gpt_observatory.serving_hooks._jwks import check_secure_url
+from gpt_observatory.telemetry.settings import TableSettings
 
 ALLOWED_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 ENV_PREFIX = "OBSERVATORY_AUTH_"

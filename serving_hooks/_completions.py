@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
-from serving_hooks import _errors
-from serving_hooks._errors import ApiError
-from serving_hooks._openai import ChatCompletionRequest, CompletionRequest
-from serving_hooks.backends.base import Call, ModelRouter
-from serving_hooks.context import request_context
-from serving_hooks.gateway import ClientGone, Receive, Scope, Send, parse_object, read_body
-from telemetry import names
+from gpt_observatory.serving_hooks import _errors
+from gpt_observatory.serving_hooks._errors import ApiError
+from gpt_observatory.serving_hooks._openai import ChatCompletionRequest, CompletionRequest
+from gpt_observatory.serving_hooks.backends.base import Call, ModelRouter
+from gpt_observatory.serving_hooks.context import request_context
+from gpt_observatory.serving_hooks.gateway import ClientGone, Receive, Scope, Send, parse_object, read_body
+from gpt_observatory.telemetry import names
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -26,20 +26,20 @@ from fastapi import FastAPI, Request
 from loguru import logger
 from starlette.responses import JSONResponse, Response
 
-import telemetry
-from serving_hooks import _completions as completions
-from serving_hooks._completions import CompletionsEndpoint
-from serving_hooks._errors import ApiError
-from serving_hooks._openai import ErrorBody, ModelList
-from serving_hooks.backends.base import ModelBackend, ModelRouter
-from serving_hooks.context import request_context
-from serving_hooks.gateway import ASGIApp, Authenticate, GatewayConfig, GatewayMiddleware, no_scopes
-from serving_hooks.inference import GenAIHooks
-from serving_hooks.ratelimit import RateLimiter
-from serving_hooks.settings import ServeSettings
-from serving_hooks.settings import load as load_settings
-from telemetry import names
-from telemetry.settings import ConfigError
+from gpt_observatory import telemetry
+from gpt_observatory.serving_hooks import _completions as completions
+from gpt_observatory.serving_hooks._completions import CompletionsEndpoint
+from gpt_observatory.serving_hooks._errors import ApiError
+from gpt_observatory.serving_hooks._openai import ErrorBody, ModelList
+from gpt_observatory.serving_hooks.backends.base import ModelBackend, ModelRouter
+from gpt_observatory.serving_hooks.context import request_context
+from gpt_observatory.serving_hooks.gateway import ASGIApp, Authenticate, GatewayConfig, GatewayMiddleware, no_scopes
+from gpt_observatory.serving_hooks.inference import GenAIHooks
+from gpt_observatory.serving_hooks.ratelimit import RateLimiter
+from gpt_observatory.serving_hooks.settings import ServeSettings
+from gpt_observatory.serving_hooks.settings import load as load_settings
+from gpt_observatory.telemetry import names
+from gpt_observatory.telemetry.settings import ConfigError
 
 API_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models"})
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -133,7 +133,7 @@ def build_hooks(settings: ServeSettings) -> GenAIHooks:
 
 def build_backend(settings: ServeSettings, hooks: GenAIHooks) -> ModelBackend:
     if settings.backend == "upstream":
-        from serving_hooks.backends.upstream import UpstreamBackend
+        from gpt_observatory.serving_hooks.backends.upstream import UpstreamBackend
 
         key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
         return UpstreamBackend(
@@ -141,7 +141,7 @@ def build_backend(settings: ServeSettings, hooks: GenAIHooks) -> ModelBackend:
             connect_timeout_s=settings.upstream_connect_timeout_s, timeout_s=settings.upstream_timeout_s,
             max_connections=settings.upstream_max_connections,
         )
-    from serving_hooks.backends.mlflow import MlflowBackend
+    from gpt_observatory.serving_hooks.backends.mlflow import MlflowBackend
 
     return MlflowBackend(
         hooks, settings.model, alias=settings.alias, tracking_uri=settings.tracking_uri,
@@ -154,8 +154,8 @@ def build_router(settings: ServeSettings, hooks: GenAIHooks) -> ModelRouter:
     champion = build_backend(settings, hooks)
     if not settings.canary:
         return ModelRouter({names.MODEL_ROLE_CHAMPION: champion})
-    from serving_hooks.backends.canary import CanaryPolicy, CanaryRouter
-    from serving_hooks.backends.mlflow import MlflowBackend
+    from gpt_observatory.serving_hooks.backends.canary import CanaryPolicy, CanaryRouter
+    from gpt_observatory.serving_hooks.backends.mlflow import MlflowBackend
 
     challenger = MlflowBackend(
         hooks, settings.model, alias=settings.challenger_alias, role=names.MODEL_ROLE_CHALLENGER,
@@ -168,7 +168,7 @@ def build_router(settings: ServeSettings, hooks: GenAIHooks) -> ModelRouter:
 
 def build_authenticator(settings: ServeSettings) -> Authenticate | None:
     """The authenticator ``settings`` (and ``OBSERVATORY_AUTH_*``) describe; refuses to run open by accident."""
-    from serving_hooks.auth import Authenticator, AuthSettings
+    from gpt_observatory.serving_hooks.auth import Authenticator, AuthSettings
 
     auth = AuthSettings.load(
         issuer=settings.oidc_issuer, audience=settings.audience, api_keys_file=settings.api_keys_file

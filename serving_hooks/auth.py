@@ -34,11 +34,16 @@ from loguru import logger
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from serving_hooks._auth_settings import ALLOWED_ALGORITHMS, DEFAULT_SUBJECT_SALT, ENV_PREFIX, AuthSettings
-from serving_hooks._jwks import JwksCache, is_loopback_url
-from serving_hooks.apikeys import ApiKeyError, ApiKeyStore, looks_like_api_key
-from telemetry import names
-from telemetry.summed import SummedCounter
+from gpt_observatory.serving_hooks._auth_settings import (
+    ALLOWED_ALGORITHMS,
+    DEFAULT_SUBJECT_SALT,
+    ENV_PREFIX,
+    AuthSettings,
+)
+from gpt_observatory.serving_hooks._jwks import JwksCache, is_loopback_url
+from gpt_observatory.serving_hooks.apikeys import ApiKeyError, ApiKeyStore, looks_like_api_key
+from gpt_observatory.telemetry import names
+from gpt_observatory.telemetry.summed import SummedCounter
 
 __all__ = ["ALLOWED_ALGORITHMS", "AuthError", "AuthSettings", "Authenticator", "Principal"]
 

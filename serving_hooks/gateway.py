@@ -24,12 +24,12 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from serving_hooks import _errors
-from serving_hooks._errors import ApiError
-from serving_hooks.context import STATE_KEY, RequestContext, prompt_bytes, request_context
-from serving_hooks.ratelimit import RateLimiter
-from telemetry import names
-from telemetry.summed import SummedCounter
+from gpt_observatory.serving_hooks import _errors
+from gpt_observatory.serving_hooks._errors import ApiError
+from gpt_observatory.serving_hooks.context import STATE_KEY, RequestContext, prompt_bytes, request_context
+from gpt_observatory.serving_hooks.ratelimit import RateLimiter
+from gpt_observatory.telemetry import names
+from gpt_observatory.telemetry.summed import SummedCounter
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -85,7 +85,7 @@ class GatewayMiddleware:
         self.limiter = limiter if limiter is not None and limiter.enabled else None
         self._auth_error: type[Exception] = _NeverRaised
         if authenticator is not None:
-            from serving_hooks.auth import AuthError
+            from gpt_observatory.serving_hooks.auth import AuthError
 
             self._auth_error = AuthError
         self._tracer = trace.get_tracer(__name__)

@@ -32,8 +32,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serving_hooks._idp_keys import ALGORITHMS, KeyRing
-from serving_hooks._jwks import DISCOVERY_PATH, is_loopback_host
+from gpt_observatory.serving_hooks._idp_keys import ALGORITHMS, KeyRing
+from gpt_observatory.serving_hooks._jwks import DISCOVERY_PATH, is_loopback_host
 
 JWKS_PATH = "/jwks.json"
 TOKEN_PATH = "/token"

@@ -28,8 +28,8 @@ from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from telemetry import names
-from telemetry.summed import SummedCounter
+from gpt_observatory.telemetry import names
+from gpt_observatory.telemetry.summed import SummedCounter
 
 Mode = Literal["server", "client"]
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from telemetry.settings import TableSettings
+from gpt_observatory.telemetry.settings import TableSettings
 
 Backend = Literal["mlflow", "upstream"]
 RateLimitStrategy = Literal["fixed-window", "moving-window", "sliding-window-counter"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from telemetry._setup import MemoryView, Telemetry, configure, current, shutdown
-from telemetry.settings import ConfigError, Settings, state_dir
+from gpt_observatory.telemetry._setup import MemoryView, Telemetry, configure, current, shutdown
+from gpt_observatory.telemetry.settings import ConfigError, Settings, state_dir
 
 __all__ = [
     "ConfigError",

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.core import Metric
 
-from telemetry import names
+from gpt_observatory.telemetry import names
 
 if TYPE_CHECKING:
-    from telemetry._nvml import GpuInfo, GpuSample
+    from gpt_observatory.telemetry._nvml import GpuInfo, GpuSample
 
 _MIB = 1 << 20
 

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
-from telemetry import names
+from gpt_observatory.telemetry import names
 
 if TYPE_CHECKING:
-    from telemetry._nvml import GpuInfo, GpuSample
+    from gpt_observatory.telemetry._nvml import GpuInfo, GpuSample
 
 Point = tuple[float, dict[str, Any]]
 Points = dict[str, list[Point]]

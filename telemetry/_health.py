@@ -17,8 +17,8 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Status
 
-from telemetry import names
-from telemetry.redact import Redactor
+from gpt_observatory.telemetry import names
+from gpt_observatory.telemetry.redact import Redactor
 
 
 class HealthStats:

@@ -21,8 +21,8 @@ from opentelemetry import trace
 from opentelemetry._logs import LogRecord, SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
 
-from telemetry.redact import Redactor
-from telemetry.settings import Settings
+from gpt_observatory.telemetry.redact import Redactor
+from gpt_observatory.telemetry.settings import Settings
 
 _IN_SINK: ContextVar[bool] = ContextVar("observatory_in_log_sink", default=False)
 

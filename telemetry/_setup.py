@@ -20,8 +20,8 @@ from opentelemetry.sdk.trace import sampling as _sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.util._once import Once
 
-from telemetry import __version__, backends, names, summed
-from telemetry._health import (
+from gpt_observatory.telemetry import __version__, backends, names, summed
+from gpt_observatory.telemetry._health import (
     CountingLogProcessor,
     CountingSpanProcessor,
     GuardedLogExporter,
@@ -29,10 +29,10 @@ from telemetry._health import (
     GuardedSpanExporter,
     HealthStats,
 )
-from telemetry._logs import LoguruBridge
-from telemetry.backends.memory import MemoryLogExporter, MemoryMetricReader, MemorySpanExporter
-from telemetry.redact import Redactor
-from telemetry.settings import Settings, load
+from gpt_observatory.telemetry._logs import LoguruBridge
+from gpt_observatory.telemetry.backends.memory import MemoryLogExporter, MemoryMetricReader, MemorySpanExporter
+from gpt_observatory.telemetry.redact import Redactor
+from gpt_observatory.telemetry.settings import Settings, load
 
 
 @dataclass
@@ -312,7 +312,7 @@ def _start_gpu(handle: Telemetry) -> None:
     """The NVML collector, when metrics are on and it is enabled (it logs once if there is no GPU)."""
     if handle.meter_provider is None or not handle.settings.gpu_enabled:
         return
-    from telemetry import gpu  # imported here: NVML is touched only when telemetry is configured
+    from gpt_observatory.telemetry import gpu  # imported here: NVML is touched only when telemetry is configured
 
     collector = gpu.start_from_settings(handle.settings, handle.meter_provider)
     if collector is not None:

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from telemetry._dcgm import DcgmCollector
-from telemetry._gpu_series import GpuInstruments, Points, otel_points
-from telemetry._nvml import (
+from gpt_observatory.telemetry._dcgm import DcgmCollector
+from gpt_observatory.telemetry._gpu_series import GpuInstruments, Points, otel_points
+from gpt_observatory.telemetry._nvml import (
     Device,
     GpuInfo,
     GpuSample,
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from prometheus_client.registry import CollectorRegistry
 
-    from telemetry.settings import Settings
+    from gpt_observatory.telemetry.settings import Settings
 
 __all__ = ["NO_DRIVER", "NO_GPUS", "GpuCollector", "GpuInfo", "GpuSample", "ProcessMemory", "start_from_settings"]
 

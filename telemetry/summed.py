@@ -32,7 +32,7 @@ from typing import Any
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
-from telemetry.names import Metric
+from gpt_observatory.telemetry.names import Metric
 
 __all__ = ["SummedCounter", "attach"]
 

@@ -104,6 +104,5 @@ def _clean_telemetry_env(monkeypatch, tmp_path):
     monkeypatch.setenv("OBSERVATORY_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.chdir(tmp_path)
     yield
-    import telemetry
-
+    from gpt_observatory import telemetry
     telemetry.shutdown()

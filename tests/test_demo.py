@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from observatory._demo_canary import CANARY_SETTINGS
-from observatory._demo_client import PROMPTS
-from observatory._demo_stack import MODEL, REQUESTS_PER_MINUTE
-from telemetry import names
+from gpt_observatory.demo.canary import CANARY_SETTINGS
+from gpt_observatory.demo.client import PROMPTS
+from gpt_observatory.demo.stack import MODEL, REQUESTS_PER_MINUTE
+from gpt_observatory.telemetry import names
 from tests.reliability.demo_run import DemoRun, demo_run
 
 FIELDS = {
@@ -90,7 +90,7 @@ def traced_spans(demo) -> list[dict]:
 def gateway_generations(demo) -> list[dict]:
     """Attributes of the gateway's GenAI spans."""
     return [span["attributes"] for span in traced_spans(demo)
-            if span["scope"] == "serving_hooks.inference" and span["resource"][names.SERVICE_NAME] == "observatory-gateway"]
+            if span["scope"] == "gpt_observatory.serving_hooks.inference" and span["resource"][names.SERVICE_NAME] == "observatory-gateway"]
 
 
 def test_auth_outcomes_and_rate_limit_hits(demo):

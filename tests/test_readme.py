@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from telemetry.settings import OTEL_ENV, Settings
+from gpt_observatory.telemetry.settings import OTEL_ENV, Settings
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -29,10 +29,10 @@ def test_every_setting_and_variable_is_documented():
 
 
 def test_serving_pipeline_and_canary_settings_are_documented():
-    from flows.canary_settings import CanarySettings
-    from flows.settings import PipelineSettings
-    from serving_hooks._auth_settings import AuthSettings
-    from serving_hooks.settings import ServeSettings
+    from gpt_observatory.flows.canary_settings import CanarySettings
+    from gpt_observatory.flows.settings import PipelineSettings
+    from gpt_observatory.serving_hooks._auth_settings import AuthSettings
+    from gpt_observatory.serving_hooks.settings import ServeSettings
 
     for cls, prefix in ((ServeSettings, "OBSERVATORY_SERVE_"), (AuthSettings, "OBSERVATORY_AUTH_"),
                         (PipelineSettings, "OBSERVATORY_PIPELINE_"), (CanarySettings, "OBSERVATORY_CANARY_")):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dashboards._grafana import Board
+from gpt_observatory.dashboards._grafana import Board
 
 
 def all_boards() -> dict[str, Board]:
     """File stem -> dashboard spec."""
-    from dashboards.boards import gateway, gpu, health, inference, overview, pipeline
+    from gpt_observatory.dashboards.boards import gateway, gpu, health, inference, overview, pipeline
 
     return {
         "overview": overview.board(),

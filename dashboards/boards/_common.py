@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from dashboards import series as s
-from dashboards._grafana import Variable
-from telemetry import names
+from gpt_observatory.dashboards import series as s
+from gpt_observatory.dashboards._grafana import Variable
+from gpt_observatory.telemetry import names
 
 JOB_VAR: Final = Variable("job", "Service", f"label_values({s.TARGET_INFO}, {s.JOB})")
 TENANT_VAR: Final = Variable(

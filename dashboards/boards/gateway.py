@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dashboards import series as s
-from dashboards._grafana import Board, Panel, Row, q
-from dashboards.boards._common import JOB_VAR, TENANT_VAR
-from dashboards.query import RANGE, quantile, rate, ratio
-from telemetry import names
+from gpt_observatory.dashboards import series as s
+from gpt_observatory.dashboards._grafana import Board, Panel, Row, q
+from gpt_observatory.dashboards.boards._common import JOB_VAR, TENANT_VAR
+from gpt_observatory.dashboards.query import RANGE, quantile, rate, ratio
+from gpt_observatory.telemetry import names
 
 
 def board() -> Board:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from dashboards import events
-from dashboards import series as s
-from dashboards._grafana import Board, Panel, Row, q
-from dashboards.boards._common import GPU_VAR, JOB_VAR
-from dashboards.query import RANGE, agg, rate, sel
-from telemetry import names
+from gpt_observatory.dashboards import events
+from gpt_observatory.dashboards import series as s
+from gpt_observatory.dashboards._grafana import Board, Panel, Row, q
+from gpt_observatory.dashboards.boards._common import GPU_VAR, JOB_VAR
+from gpt_observatory.dashboards.query import RANGE, agg, rate, sel
+from gpt_observatory.telemetry import names
 
 # Clock-event reasons that mean the GPU is held back (not idle, not a chosen clock setting).
 THROTTLE_REASONS: Final = tuple(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dashboards import events
-from dashboards import series as s
-from dashboards._grafana import Board, Panel, Row, q
-from dashboards.boards._common import JOB_VAR
-from dashboards.query import rate, ratio, sel
-from telemetry import names
+from gpt_observatory.dashboards import events
+from gpt_observatory.dashboards import series as s
+from gpt_observatory.dashboards._grafana import Board, Panel, Row, q
+from gpt_observatory.dashboards.boards._common import JOB_VAR
+from gpt_observatory.dashboards.query import rate, ratio, sel
+from gpt_observatory.telemetry import names
 
 
 def board() -> Board:

@@ -4,13 +4,13 @@ token, and the same signals when proxying an upstream server."""
 
 from __future__ import annotations
 
-from dashboards import events
-from dashboards import series as s
-from dashboards._grafana import Board, Panel, Row, q
-from dashboards.boards._common import GPU_VAR, JOB_VAR, MODEL_VAR, TENANT_VAR
-from dashboards.query import RANGE, quantile, rate, ratio, sel
-from telemetry import names
-from telemetry.names import Metric, prometheus_series
+from gpt_observatory.dashboards import events
+from gpt_observatory.dashboards import series as s
+from gpt_observatory.dashboards._grafana import Board, Panel, Row, q
+from gpt_observatory.dashboards.boards._common import GPU_VAR, JOB_VAR, MODEL_VAR, TENANT_VAR
+from gpt_observatory.dashboards.query import RANGE, quantile, rate, ratio, sel
+from gpt_observatory.telemetry import names
+from gpt_observatory.telemetry.names import Metric, prometheus_series
 
 _LATENCY = (
     ("Request duration", names.GEN_AI_SERVER_REQUEST_DURATION, names.GEN_AI_CLIENT_OPERATION_DURATION),

@@ -6,11 +6,11 @@ counter holds the counts of the last push of each job; panels show those values,
 
 from __future__ import annotations
 
-from dashboards import series as s
-from dashboards._grafana import Board, Panel, Row, q
-from dashboards.boards._common import JOB_VAR, REGISTERED_MODEL_VAR
-from dashboards.query import agg, sel
-from telemetry import names
+from gpt_observatory.dashboards import series as s
+from gpt_observatory.dashboards._grafana import Board, Panel, Row, q
+from gpt_observatory.dashboards.boards._common import JOB_VAR, REGISTERED_MODEL_VAR
+from gpt_observatory.dashboards.query import agg, sel
+from gpt_observatory.telemetry import names
 
 BY_REGISTERED: str = f'{s.MODEL_NAME}=~"$registered_model"'
 ROLLED_BACK: str = f'{s.PIPELINE_DECISION}="rolled_back"'

@@ -15,8 +15,8 @@ from typing import Any
 
 from starlette.responses import Response
 
-from serving_hooks._openai import ChatCompletionRequest, CompletionRequest
-from serving_hooks.context import RequestContext, prompt_bytes
+from gpt_observatory.serving_hooks._openai import ChatCompletionRequest, CompletionRequest
+from gpt_observatory.serving_hooks.context import RequestContext, prompt_bytes
 
 
 @dataclass(slots=True)

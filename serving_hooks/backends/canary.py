@@ -19,9 +19,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from serving_hooks.backends.base import Call, ModelBackend, ModelRouter
-from serving_hooks.backends.inprocess import InProcessBackend
-from telemetry import names
+from gpt_observatory.serving_hooks.backends.base import Call, ModelBackend, ModelRouter
+from gpt_observatory.serving_hooks.backends.inprocess import InProcessBackend
+from gpt_observatory.telemetry import names
 
 Sticky = Literal["none", "tenant", "session"]
 _SCALE = float(1 << 32)

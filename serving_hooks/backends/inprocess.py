@@ -17,12 +17,18 @@ from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
-from serving_hooks import _errors
-from serving_hooks._openai import ChatCompletionRequest, ChunkWriter, chat_prompt, completion_prompt, new_id
-from serving_hooks._openai import response_body as build_response
-from serving_hooks.backends._threads import iterate_in_thread
-from serving_hooks.backends.base import Call, ModelBackend, Readiness
-from serving_hooks.inference import GenAIHooks, GenAIRequest, GenerationStats, ModelInfo
+from gpt_observatory.serving_hooks import _errors
+from gpt_observatory.serving_hooks._openai import (
+    ChatCompletionRequest,
+    ChunkWriter,
+    chat_prompt,
+    completion_prompt,
+    new_id,
+)
+from gpt_observatory.serving_hooks._openai import response_body as build_response
+from gpt_observatory.serving_hooks.backends._threads import iterate_in_thread
+from gpt_observatory.serving_hooks.backends.base import Call, ModelBackend, Readiness
+from gpt_observatory.serving_hooks.inference import GenAIHooks, GenAIRequest, GenerationStats, ModelInfo
 
 DEFAULT_MAX_TOKENS = 32
 DEFAULT_TEMPERATURE = 0.8

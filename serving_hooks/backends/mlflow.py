@@ -23,10 +23,10 @@ from typing import Any
 from loguru import logger
 from opentelemetry import metrics
 
-from serving_hooks.backends.base import Readiness
-from serving_hooks.backends.inprocess import InProcessBackend, _describe
-from serving_hooks.inference import GenAIHooks, ModelInfo
-from telemetry import names
+from gpt_observatory.serving_hooks.backends.base import Readiness
+from gpt_observatory.serving_hooks.backends.inprocess import InProcessBackend, _describe
+from gpt_observatory.serving_hooks.inference import GenAIHooks, ModelInfo
+from gpt_observatory.telemetry import names
 
 LOOKUP_TIMEOUT_S = 5.0
 _ABSENT = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")

@@ -21,10 +21,10 @@ import orjson
 from opentelemetry import propagate
 from starlette.responses import Response, StreamingResponse
 
-from serving_hooks import _errors
-from serving_hooks._openai import ChatCompletionRequest, ChunkWriter
-from serving_hooks.backends.base import Call, ModelBackend, Readiness, bytes_per_token_estimate
-from serving_hooks.inference import GenAIHooks, GenAIRequest, Generation, GenerationStats
+from gpt_observatory.serving_hooks import _errors
+from gpt_observatory.serving_hooks._openai import ChatCompletionRequest, ChunkWriter
+from gpt_observatory.serving_hooks.backends.base import Call, ModelBackend, Readiness, bytes_per_token_estimate
+from gpt_observatory.serving_hooks.inference import GenAIHooks, GenAIRequest, Generation, GenerationStats
 
 _PASS_HEADERS = ("retry-after", "x-request-id")
 

@@ -5,7 +5,8 @@ in ``opentelemetry_traces_exporter`` / ``opentelemetry_metrics_exporter`` /
 ``opentelemetry_logs_exporter``; where OpenTelemetry itself already registers a name (``otlp``,
 ``console``, ``prometheus``) ours is registered as ``observatory_<name>`` and preferred.
 A third-party backend registers a class under the same groups; it is built with no arguments,
-as the OTel SDK builds it. Ours take the :class:`~telemetry.settings.Settings`.
+as the OTel SDK builds it, unless it declares a ``from_settings(settings)`` classmethod
+(:class:`~gpt_observatory.telemetry.backends._base.FromSettings`), as ours do.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Literal
 
-from telemetry.settings import ConfigError, Settings
+from gpt_observatory.telemetry.backends._base import FromSettings
+from gpt_observatory.telemetry.settings import ConfigError, Settings
 
 Signal = Literal["traces", "metrics", "logs"]
 GROUPS: dict[Signal, str] = {
@@ -22,13 +24,14 @@ GROUPS: dict[Signal, str] = {
     "logs": "opentelemetry_logs_exporter",
 }
 _OURS = "observatory_"
+_PACKAGE = __name__.split(".")[0] + "."  # our distribution's one import namespace
 
 
 def _entry_points(group: str) -> dict[str, EntryPoint]:
     found: dict[str, EntryPoint] = {}
     for ep in entry_points(group=group):
         # Prefer our own registration when two distributions use one name.
-        if ep.name not in found or ep.value.startswith("telemetry."):
+        if ep.name not in found or ep.value.startswith(_PACKAGE):
             found[ep.name] = ep
     return found
 
@@ -59,7 +62,7 @@ def build(signal: Signal, name: str, settings: Settings) -> Any:
     """An instance of backend ``name`` for ``signal``, configured from ``settings``."""
     cls = resolve(signal, name)
     try:
-        return cls(settings) if cls.__module__.startswith("telemetry.") else cls()
+        return cls.from_settings(settings) if isinstance(cls, type) and issubclass(cls, FromSettings) else cls()
     except ConfigError:
         raise
     except Exception as e:

@@ -1,4 +1,5 @@
-"""``console``: human-readable output on stdout, for development."""
+"""``console``: human-readable output on stdout, for development (the OTel SDK's console exporters,
+registered under our names; they take no settings)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,14 @@ from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter as _SdkConsoleMetricExporter
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter as _SdkConsoleSpanExporter
 
-from telemetry.settings import Settings
-
 
 class ConsoleSpanExporter(_SdkConsoleSpanExporter):
-    def __init__(self, settings: Settings | None = None):
-        super().__init__()
+    """Spans as JSON on stdout."""
 
 
 class ConsoleMetricExporter(_SdkConsoleMetricExporter):
-    def __init__(self, settings: Settings | None = None):
-        super().__init__()
+    """Metric batches as JSON on stdout."""
 
 
 class ConsoleLogExporter(ConsoleLogRecordExporter):
-    def __init__(self, settings: Settings | None = None):
-        super().__init__()
+    """Log records as JSON on stdout."""

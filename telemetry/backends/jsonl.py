@@ -22,7 +22,8 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from telemetry.settings import Settings, load
+from gpt_observatory.telemetry.backends._base import SettingsBackend
+from gpt_observatory.telemetry.settings import Settings, load
 
 
 def telemetry_dir(settings: Settings) -> Path:
@@ -126,7 +127,7 @@ def span_record(span: ReadableSpan) -> dict[str, Any]:
     }
 
 
-class _JsonlBase:
+class _JsonlBase(SettingsBackend):
     signal = ""
 
     def __init__(self, settings: Settings | None = None):

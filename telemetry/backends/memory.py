@@ -1,4 +1,4 @@
-"""``memory``: keeps everything in process, for tests."""
+"""``memory``: keeps everything in process, for tests (takes no settings)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from telemetry.redact import DEFAULT
-from telemetry.settings import Settings
+from gpt_observatory.telemetry.redact import DEFAULT
 
 
 class MemorySpanExporter(InMemorySpanExporter):
-    def __init__(self, settings: Settings | None = None):
-        super().__init__()
+    """Finished spans, kept until cleared."""
 
 
 class MemoryMetricReader(InMemoryMetricReader):
-    def __init__(self, settings: Settings | None = None):
+    """Metrics read on demand, redacted like every other backend's."""
+
+    def __init__(self) -> None:
         super().__init__()
         self.redactor = DEFAULT  # configure() sets the configured one
 
@@ -29,5 +29,4 @@ class MemoryMetricReader(InMemoryMetricReader):
 
 
 class MemoryLogExporter(InMemoryLogRecordExporter):
-    def __init__(self, settings: Settings | None = None):
-        super().__init__()
+    """Emitted log records, kept until cleared."""

@@ -14,7 +14,8 @@ import httpx
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from telemetry.settings import ConfigError, Settings, load
+from gpt_observatory.telemetry.backends._base import SettingsBackend
+from gpt_observatory.telemetry.settings import ConfigError, Settings, load
 
 EXPERIMENT_HEADER = "x-mlflow-experiment-id"
 
@@ -43,7 +44,7 @@ def experiment_id(base: str, settings: Settings) -> str:
         raise ConfigError(f"mlflow backend: cannot find or create experiment {name!r} at {base}: {r.text[:200]}")
 
 
-class MlflowSpanExporter(SpanExporter):
+class MlflowSpanExporter(SettingsBackend, SpanExporter):
     def __init__(self, settings: Settings | None = None):
         settings = settings or load()
         base = tracking_uri(settings)

@@ -9,7 +9,8 @@ from opentelemetry.sdk._logs.export import LogRecordExporter
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricsData
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from telemetry.settings import Settings, load
+from gpt_observatory.telemetry.backends._base import SettingsBackend
+from gpt_observatory.telemetry.settings import Settings, load
 
 _HTTP_PATHS = {"traces": "/v1/traces", "metrics": "/v1/metrics", "logs": "/v1/logs"}
 
@@ -41,7 +42,7 @@ def span_exporter(settings: Settings) -> SpanExporter:
     return OTLPSpanExporter(**kwargs)
 
 
-class OtlpSpanExporter(SpanExporter):
+class OtlpSpanExporter(SettingsBackend, SpanExporter):
     """Delegates to the gRPC or HTTP exporter chosen by the settings."""
 
     def __init__(self, settings: Settings | None = None):
@@ -57,7 +58,7 @@ class OtlpSpanExporter(SpanExporter):
         return self.inner.force_flush(timeout_millis)
 
 
-class OtlpMetricExporter(MetricExporter):
+class OtlpMetricExporter(SettingsBackend, MetricExporter):
     def __init__(self, settings: Settings | None = None):
         settings = settings or load()
         kwargs = _exporter_kwargs(settings, "metrics")
@@ -81,7 +82,7 @@ class OtlpMetricExporter(MetricExporter):
         self.inner.shutdown(timeout_millis=timeout_millis)
 
 
-class OtlpLogExporter(LogRecordExporter):
+class OtlpLogExporter(SettingsBackend, LogRecordExporter):
     def __init__(self, settings: Settings | None = None):
         settings = settings or load()
         kwargs = _exporter_kwargs(settings, "logs")

@@ -11,11 +11,12 @@ from typing import Any
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from prometheus_client import REGISTRY, start_http_server
 
-from telemetry.redact import DEFAULT
-from telemetry.settings import ConfigError, Settings, load
+from gpt_observatory.telemetry.backends._base import SettingsBackend
+from gpt_observatory.telemetry.redact import DEFAULT
+from gpt_observatory.telemetry.settings import ConfigError, Settings, load
 
 
-class PrometheusPullReader(PrometheusMetricReader):
+class PrometheusPullReader(SettingsBackend, PrometheusMetricReader):
     def __init__(self, settings: Settings | None = None):
         settings = settings or load()
         super().__init__(registry=REGISTRY)

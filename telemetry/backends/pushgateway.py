@@ -15,11 +15,12 @@ from loguru import logger
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from prometheus_client import CollectorRegistry, push_to_gateway
 
-from telemetry.redact import DEFAULT
-from telemetry.settings import Settings, load
+from gpt_observatory.telemetry.backends._base import SettingsBackend
+from gpt_observatory.telemetry.redact import DEFAULT
+from gpt_observatory.telemetry.settings import Settings, load
 
 
-class PushgatewayMetricReader(PrometheusMetricReader):
+class PushgatewayMetricReader(SettingsBackend, PrometheusMetricReader):
     def __init__(self, settings: Settings | None = None):
         settings = settings or load()
         self.url = settings.pushgateway_url

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from dashboards.artefacts import ROOT
-from dashboards.scrape import RULE_FILE, scrape_config
+from gpt_observatory.dashboards.artefacts import ROOT
+from gpt_observatory.dashboards.scrape import RULE_FILE, scrape_config
 from tests import components
 
 

@@ -8,8 +8,8 @@ import subprocess
 import pytest
 import yaml
 
-from dashboards.artefacts import ROOT, build, stale
-from dashboards.scrape import GATEWAY_JOB, GPU_JOB, PUSHGATEWAY_JOB
+from gpt_observatory.dashboards.artefacts import ROOT, build, stale
+from gpt_observatory.dashboards.scrape import GATEWAY_JOB, GPU_JOB, PUSHGATEWAY_JOB
 from tests.components import require_binary
 
 BOARDS = sorted((ROOT / "grafana").glob("*.json"))

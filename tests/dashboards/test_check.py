@@ -8,19 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dashboards.artefacts import ROOT
-from dashboards.check import run
+from gpt_observatory.dashboards.artefacts import ROOT
+from gpt_observatory.dashboards.check import run
 
 # Renames a metric in the names module as a developer would (its source, executed in place of the
 # module before anything imports it), then runs the real command line.
 _RENAMED_CHECK = """
 import pathlib, sys
-import telemetry.names as names
+import gpt_observatory.telemetry.names as names
 source = pathlib.Path(names.__file__).read_text()
 old, new = sys.argv[1], sys.argv[2]
 assert source.count(old) == 1, old
 exec(compile(source.replace(old, new), names.__file__, "exec"), names.__dict__)
-from observatory.cli import main
+from gpt_observatory.cli import main
 sys.argv = ["observatory", "dashboards", "check", "--no-promtool"]
 main()
 """

@@ -20,12 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dashboards import events
-from dashboards import series as s
-from dashboards.query import sel
-from dashboards.rules import SLOS
-from dashboards.verify import evaluate, live_queries, query, report
-from telemetry import names
+from gpt_observatory.dashboards import events
+from gpt_observatory.dashboards import series as s
+from gpt_observatory.dashboards.query import sel
+from gpt_observatory.dashboards.rules import SLOS
+from gpt_observatory.dashboards.verify import evaluate, live_queries, query, report
+from gpt_observatory.telemetry import names
 from tests import components
 from tests.dashboards.conftest import prometheus_for
 
@@ -33,7 +33,7 @@ MODEL = "dashboards-live-gpt"  # its own registered model: the session MLflow se
 DRIVEN = {events.RATE_LIMITED, events.HOT_SWAP, events.REGISTRY_ERROR, events.UPSTREAM, events.EXPORT_FAILURE,
           events.PIPELINE_RUN, events.INFERENCE_ERROR}
 NOT_HERE = {events.GPU, events.GPU_READ_ERROR, events.ALERT_ACTIVE}
-OBSERVATORY = [sys.executable, "-c", "from observatory.cli import main; main()"]
+OBSERVATORY = [sys.executable, "-c", "from gpt_observatory.cli import main; main()"]
 
 
 def _env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -57,7 +57,7 @@ def _chat(client: httpx.Client, url: str, key: str | None, stream: bool = False,
 
 @pytest.mark.slow
 def test_every_panel_and_rule_returns_data_from_real_traffic(tmp_path, mlflow_server, pushgateway, artifacts_dir):
-    from serving_hooks.apikeys import ApiKeyStore
+    from gpt_observatory.serving_hooks.apikeys import ApiKeyStore
 
     keys = ApiKeyStore(tmp_path / "api-keys.json")
     acme, _ = keys.create("acme")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from dashboards.otelcol import CREDENTIAL_KEYS, collector_config, problems
+from gpt_observatory.dashboards.otelcol import CREDENTIAL_KEYS, collector_config, problems
 
 
 def test_shipped_config_is_consistent():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dashboards.promql import boolify, instant, label, references
+from gpt_observatory.dashboards.promql import boolify, instant, label, references
 
 
 def test_metric_names_are_told_from_functions_keywords_labels_and_durations():

@@ -21,7 +21,7 @@ import httpx
 from tests import components
 
 CANARY_MODEL = Path(__file__).with_name("canary_model.py")
-OBSERVATORY = [sys.executable, "-c", "from observatory.cli import main; main()"]
+OBSERVATORY = [sys.executable, "-c", "from gpt_observatory.cli import main; main()"]
 
 
 def register(tracking_uri: str, name: str, **config: Any) -> str:
@@ -38,9 +38,9 @@ def register(tracking_uri: str, name: str, **config: Any) -> str:
 
 def bootstrap_champion(tracking_uri: str, name: str, version: str) -> None:
     """Make ``version`` the first champion, recorded like a promotion (rollback reads the history)."""
-    from flows.history import Decision, record
-    from flows.registry import CHAMPION, Registry
-    from flows.stores import client_for
+    from gpt_observatory.flows.history import Decision, record
+    from gpt_observatory.flows.registry import CHAMPION, Registry
+    from gpt_observatory.flows.stores import client_for
 
     client = client_for(tracking_uri)
     Registry(client, name).set_alias(CHAMPION, version)

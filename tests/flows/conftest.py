@@ -60,8 +60,7 @@ def flows_env(tmp_path_factory) -> Iterator[Path]:
 
 def memory_telemetry() -> Any:
     """Configure in-memory telemetry (replacing any live pipeline) and return the handle."""
-    import telemetry
-
+    from gpt_observatory import telemetry
     return telemetry.configure("observatory-flows-tests", traces_exporter=["memory"], metrics_exporter=["memory"],
                                logs_exporter=["memory"], gpu_enabled=False)
 
@@ -119,8 +118,8 @@ class Variant:
 @pytest.fixture(scope="session")
 def variants() -> dict[str, Variant]:
     """The reference model trained at three step counts (weak < mid < strong), once."""
-    from flows.lineage import Lineage, code_version
-    from flows.training import TrainParams, load_corpus, torch_threads, train
+    from gpt_observatory.flows.lineage import Lineage, code_version
+    from gpt_observatory.flows.training import TrainParams, load_corpus, torch_threads, train
 
     corpus = load_corpus()
     out = {}
@@ -146,8 +145,8 @@ class ModelFactory:
     def new_model(self, *names: str, prefix: str = "m") -> tuple[str, list[str]]:
         """A fresh registered model with one version per variant name, in order."""
 
-        from flows.registry import Registry
-        from flows.stores import client_for
+        from gpt_observatory.flows.registry import Registry
+        from gpt_observatory.flows.stores import client_for
 
         model = f"{prefix}-{uuid.uuid4().hex[:8]}"
         registry = Registry(client_for(self.uri), model)
@@ -161,8 +160,8 @@ class ModelFactory:
         if name not in self._logged:
             import mlflow
 
-            from flows import pyfunc
-            from flows.stores import client_for, experiment_id, use
+            from gpt_observatory.flows import pyfunc
+            from gpt_observatory.flows.stores import client_for, experiment_id, use
 
             use(self.uri)
             experiment = experiment_id(client_for(self.uri), "flows-tests")

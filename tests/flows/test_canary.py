@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from flows.stores import client_for
-from telemetry import names
+from gpt_observatory.flows.stores import client_for
+from gpt_observatory.telemetry import names
 from tests import components
 from tests.flows.canary_support import Load, ask, bootstrap_champion, gateway, register, serving
 from tests.flows.conftest import in_thread
@@ -57,7 +57,7 @@ class Rig:
         return {"tracking_uri": self.mlflow, "retry_delay_s": 0.5, "lease_settle_s": 0.1, "progress": False}
 
     def aliases(self) -> tuple[str | None, str | None]:
-        from flows.registry import CHALLENGER, CHAMPION, Registry
+        from gpt_observatory.flows.registry import CHALLENGER, CHAMPION, Registry
 
         registry = Registry(client_for(self.mlflow), self.model)
         return registry.alias(CHAMPION), registry.alias(CHALLENGER)
@@ -86,21 +86,20 @@ def rig(tmp_path_factory, mlflow_server, prefect_server) -> Rig:
 
 @pytest.fixture
 def memory(rig):
-    import telemetry
-
+    from gpt_observatory import telemetry
     return telemetry.configure("canary-tests", traces_exporter=["memory"], metrics_exporter=["memory"],
                                logs_exporter=["memory"], gpu_enabled=False)
 
 
 def run_canary(rig: Rig, version: str, window_s: float, **live: Any):
-    from flows.canary import canary
+    from gpt_observatory.flows.canary import canary
 
     return canary(model_name=rig.model, version=version, prometheus_url=rig.prometheus, window_s=window_s,
                   canary_settings={**LIVE, **live}, overrides=rig.overrides())
 
 
 def recorded(rig: Rig, version: str) -> Any:
-    from flows import history
+    from gpt_observatory.flows import history
 
     return [d for d in history.read(client_for(rig.mlflow), rig.model) if d.version == version][-1]
 
@@ -111,8 +110,8 @@ def decisions_counted(handle: Any, decision: str) -> float:
 
 
 def test_invalid_gate_settings_fail_before_any_registry_change(rig):
-    from flows.canary import canary
-    from telemetry import ConfigError
+    from gpt_observatory.flows.canary import canary
+    from gpt_observatory.telemetry import ConfigError
 
     with pytest.raises(ConfigError, match=r"max_error_rate.*OBSERVATORY_CANARY_MAX_ERROR_RATE"):
         canary(model_name=rig.model, version="1", canary_settings={"max_error_rate": 2}, overrides=rig.overrides())
@@ -123,7 +122,7 @@ def test_too_little_traffic_is_inconclusive_never_a_promotion(rig, memory):
     v2 = rig.register()
     from typer.testing import CliRunner
 
-    from observatory.commands.pipeline import app
+    from gpt_observatory.commands.pipeline import app
 
     pairs = {**LIVE, **rig.overrides(), "on_inconclusive": "extend", "max_extensions": 1}
     args = ["canary", "--model", rig.model, "--version", v2, "--prometheus-url", rig.prometheus, "--window", "2",
@@ -200,8 +199,8 @@ def test_a_good_challenger_is_promoted_without_a_failed_request(rig, memory):
 
 
 def test_a_promoted_version_that_degrades_is_rolled_back_by_the_guard(rig, memory):
-    from flows.canary import guard
-    from flows.registry import PREVIOUS, Registry
+    from gpt_observatory.flows.canary import guard
+    from gpt_observatory.flows.registry import PREVIOUS, Registry
 
     champion, _ = rig.aliases()
     assert champion == rig.versions[-1] and Registry(client_for(rig.mlflow), rig.model).alias(PREVIOUS) == "1"

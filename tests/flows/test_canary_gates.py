@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flows.canary_gates import judge_canary, judge_guard
-from flows.canary_settings import load_canary_settings
-from flows.live import LiveFigures
+from gpt_observatory.flows.canary_gates import judge_canary, judge_guard
+from gpt_observatory.flows.canary_settings import load_canary_settings
+from gpt_observatory.flows.live import LiveFigures
 
 GATES = load_canary_settings(min_requests=50).gates()
 HEALTHY = LiveFigures(requests=200, errors=0, p95_duration_s=0.10, p95_ttft_s=0.02, tokens_per_s=500)

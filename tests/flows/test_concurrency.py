@@ -7,15 +7,15 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from flows.stores import client_for
+from gpt_observatory.flows.stores import client_for
 from tests.flows.conftest import ModelFactory, in_thread
 
 
 def test_two_concurrent_promotions_end_with_one_champion_and_both_decisions(pg_models: ModelFactory) -> None:
-    from flows import history
-    from flows.flows import promote
-    from flows.lease import LEASE_TAG
-    from flows.registry import Registry
+    from gpt_observatory.flows import history
+    from gpt_observatory.flows.flows import promote
+    from gpt_observatory.flows.lease import LEASE_TAG
+    from gpt_observatory.flows.registry import Registry
 
     model, (weak, mid, strong) = pg_models.new_model("weak", "mid", "strong", prefix="race")
     overrides = pg_models.overrides()
@@ -43,7 +43,7 @@ def test_registry_lease_admits_one_holder_at_a_time(pg_models: ModelFactory) -> 
     Four writers start at one barrier on a model without the tag: their first writes race on the
     store's unique key (one insert wins, the others fail), and the losers must wait, not crash.
     """
-    from flows import lease
+    from gpt_observatory.flows import lease
 
     model, _ = pg_models.new_model("weak", prefix="lease")
     client = client_for(pg_models.uri)

@@ -10,8 +10,8 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from flows.stores import client_for
-from telemetry import names
+from gpt_observatory.flows.stores import client_for
+from gpt_observatory.telemetry import names
 from tests import components
 from tests.flows.conftest import FAST, PrefectServer, subprocess_env
 
@@ -53,7 +53,7 @@ def test_deploy_all_then_a_worker_runs_the_pipeline(prefect_server: PrefectServe
         deployments = {d.name: d for d in client.read_deployments()}
     assert run.state is not None and run.state.is_completed(), run.state
     assert {"pipeline", "promote", "rollback"} <= set(deployments)
-    assert deployments["pipeline"].schedules and deployments["pipeline"].entrypoint == "flows/flows.py:pipeline"
+    assert deployments["pipeline"].schedules and deployments["pipeline"].entrypoint == "gpt_observatory.flows.flows.pipeline"
 
     store = client_for(f"sqlite:///{state / 'mlflow.db'}")
     champion = store.get_model_version_by_alias("tiny-gpt", "champion")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flows.gates import EvalSummary, judge
-from flows.settings import load_settings
+from gpt_observatory.flows.gates import EvalSummary, judge
+from gpt_observatory.flows.settings import load_settings
 
 GATES = load_settings().gates()
 

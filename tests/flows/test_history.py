@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flows.history import Decision, champion_line, decisions_of, previous_champion, read, record
-from flows.stores import client_for
+from gpt_observatory.flows.history import Decision, champion_line, decisions_of, previous_champion, read, record
+from gpt_observatory.flows.stores import client_for
 
 
 def decision(kind: str, version: str, before: str | None) -> Decision:

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from flows.gpt import ByteTokenizer, generate
-from flows.stores import use
-from flows.training import TrainParams, load_corpus, torch_threads, train
+from gpt_observatory.flows.gpt import ByteTokenizer, generate
+from gpt_observatory.flows.stores import use
+from gpt_observatory.flows.training import TrainParams, load_corpus, torch_threads, train
 
 
 def test_tokens_are_utf8_bytes() -> None:
@@ -78,7 +78,7 @@ def test_pyfunc_refuses_bad_input(served) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (NVIDIA driver + CUDA build of torch)")
 def test_trains_and_serves_on_cuda_when_present() -> None:
-    from flows.pyfunc import load_model
+    from gpt_observatory.flows.pyfunc import load_model
 
     result = train(TrainParams(steps=20), load_corpus(), progress=False)
     assert result.device == "cuda" and result.heldout_loss < 5.0

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from flows.stores import client_for
+from gpt_observatory.flows.stores import client_for
 from tests import components
 from tests.flows.conftest import ModelFactory, in_thread
 
@@ -17,10 +17,10 @@ from tests.flows.conftest import ModelFactory, in_thread
 def test_mlflow_stopped_mid_promotion_fails_after_retries_and_keeps_champion(
     variants, prefect_server, tmp_path, monkeypatch
 ) -> None:
-    from flows import history
-    from flows.errors import RegistryUnavailable
-    from flows.flows import promote
-    from flows.lease import LEASE_TAG
+    from gpt_observatory.flows import history
+    from gpt_observatory.flows.errors import RegistryUnavailable
+    from gpt_observatory.flows.flows import promote
+    from gpt_observatory.flows.lease import LEASE_TAG
 
     # MLflow's own HTTP retries would stretch this to minutes; the flow's task retries remain.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from flows.stores import client_for
-from telemetry import names
+from gpt_observatory.flows.stores import client_for
+from gpt_observatory.telemetry import names
 from tests.flows.conftest import ModelFactory, memory_telemetry
 
 
@@ -26,7 +26,7 @@ class Runs:
 
 @pytest.fixture(scope="module")
 def runs(pg_models: ModelFactory) -> Runs:
-    from flows.flows import pipeline
+    from gpt_observatory.flows.flows import pipeline
 
     model = f"pg-{uuid.uuid4().hex[:8]}"
     overrides = pg_models.overrides(steps=20)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from flows.stores import client_for
+from gpt_observatory.flows.stores import client_for
 from tests.flows.conftest import ModelFactory
 
 
@@ -31,8 +31,8 @@ class Scenario:
 
 @pytest.fixture(scope="module")
 def scenario(pg_models: ModelFactory) -> Scenario:
-    from flows.flows import promote
-    from flows.registry import Registry
+    from gpt_observatory.flows.flows import promote
+    from gpt_observatory.flows.registry import Registry
 
     model, versions = pg_models.new_model("weak", "strong", "mid", prefix="promo")
     overrides = pg_models.overrides()
@@ -58,7 +58,7 @@ def test_better_challenger_takes_champion_and_previous_stays_reachable(scenario:
 def test_failing_gate_leaves_champion_unchanged_and_records_why(scenario: Scenario, pg_models: ModelFactory) -> None:
     from prefect.artifacts import Artifact
 
-    from flows import history
+    from gpt_observatory.flows import history
 
     third = scenario.decisions[2]
     assert third.decision == "rejected"
@@ -75,7 +75,7 @@ def test_failing_gate_leaves_champion_unchanged_and_records_why(scenario: Scenar
 
 
 def test_history_command_lists_every_decision(scenario: Scenario, pg_models: ModelFactory, monkeypatch) -> None:
-    from observatory.commands.pipeline import app
+    from gpt_observatory.commands.pipeline import app
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", pg_models.uri)
     listed = CliRunner().invoke(app, ["history", "--model", scenario.model, "--json"])
@@ -117,9 +117,9 @@ def test_mlflow_ui_shows_champion_on_the_right_version(
 
 
 def test_rollback_restores_the_previous_champion(scenario: Scenario, pg_models: ModelFactory) -> None:
-    from flows import history
-    from flows.flows import rollback
-    from flows.registry import Registry
+    from gpt_observatory.flows import history
+    from gpt_observatory.flows.flows import rollback
+    from gpt_observatory.flows.registry import Registry
 
     decision = rollback(model_name=scenario.model, reason="test", overrides=scenario.overrides)
     client = client_for(pg_models.uri)

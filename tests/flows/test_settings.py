@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from flows.settings import load_settings
-from flows.stores import client_for
-from telemetry import ConfigError
+from gpt_observatory.flows.settings import load_settings
+from gpt_observatory.flows.stores import client_for
+from gpt_observatory.telemetry import ConfigError
 
 
 def test_defaults_and_sources(monkeypatch, tmp_path) -> None:
@@ -45,7 +45,7 @@ def test_unknown_and_inconsistent_settings_are_refused() -> None:
 
 
 def test_invalid_gate_fails_the_pipeline_before_any_registry_change(pg_models, monkeypatch) -> None:
-    from flows.flows import pipeline, promote
+    from gpt_observatory.flows.flows import pipeline, promote
 
     model = f"invalid-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("OBSERVATORY_PIPELINE_MAX_LATENCY_REGRESSION", "-1")

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import mlflow
 
-from observatory._demo_telemetry import Scrape
-from telemetry import names
+from gpt_observatory.demo.readback import Scrape
+from gpt_observatory.telemetry import names
 from tests import components
 
 SLOW_PYFUNC = Path(__file__).with_name("slow_pyfunc.py")
@@ -65,14 +65,14 @@ def register_slow_model(uri: str, name: str, label: str, delay_s: float, artifac
 
 
 def set_champion(uri: str, name: str, version: str) -> None:
-    from flows.registry import CHAMPION, Registry
-    from flows.stores import client_for
+    from gpt_observatory.flows.registry import CHAMPION, Registry
+    from gpt_observatory.flows.stores import client_for
 
     Registry(client_for(uri), name).set_alias(CHAMPION, version)
 
 
 def api_key(path: Path, tenant: str = "acme") -> str:
-    from serving_hooks.apikeys import ApiKeyStore
+    from gpt_observatory.serving_hooks.apikeys import ApiKeyStore
 
     key, _ = ApiKeyStore(path).create(tenant, ["inference"])
     return key

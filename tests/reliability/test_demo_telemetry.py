@@ -8,7 +8,7 @@ import base64
 import json
 import re
 
-from observatory._demo_client import PROMPTS
+from gpt_observatory.demo.client import PROMPTS
 
 JWT = re.compile(r"eyJ[\w-]{5,}\.[\w-]{5,}\.[\w-]*")
 API_KEY = re.compile(r"obs_[0-9a-f]{12}_[\w-]{20,}")

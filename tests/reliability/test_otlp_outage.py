@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from observatory._demo_telemetry import rank_quantile
-from telemetry import names
+from gpt_observatory.demo.readback import rank_quantile
+from gpt_observatory.telemetry import names
 from tests.components import free_port, wait_for
 from tests.reliability.support import Result, call, start_gateway
 from tests.telemetry.conftest import OtlpReceiver

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from telemetry import names
+from gpt_observatory.telemetry import names
 from tests.components import wait_for
 from tests.reliability.support import Load, call, last_counter, server_spans_by_trace, start_gateway
 

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from serving_hooks.idp import DevIdP
+from gpt_observatory.serving_hooks.idp import DevIdP
 
 AUDIENCE = "observatory"
 CLIENT = ("svc-client", "svc-client-secret", "acme", ("inference", "admin"))
@@ -75,8 +75,7 @@ def otel() -> Iterator[Otel]:
 def memory_telemetry():
     """The global telemetry pipeline on the ``memory`` backend (spans readable as soon as they end);
     per test, since the root conftest shuts telemetry down after each test. Build apps after it."""
-    import telemetry
-
+    from gpt_observatory import telemetry
     return telemetry.configure(
         "observatory-gateway-tests", traces_exporter=["memory"], metrics_exporter=["memory"],
         logs_exporter=["memory"], gpu_enabled=False,
@@ -99,7 +98,7 @@ class KeyRing:
 
 @pytest.fixture(scope="module")
 def keyring(tmp_path_factory) -> KeyRing:
-    from serving_hooks.apikeys import ApiKeyStore
+    from gpt_observatory.serving_hooks.apikeys import ApiKeyStore
 
     path = tmp_path_factory.mktemp("keys") / "api-keys.json"
     store = ApiKeyStore(path)

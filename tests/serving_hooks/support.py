@@ -51,7 +51,7 @@ def serve(app: Any, timeout: float = 30.0, lifespan: str = "on") -> Iterator[Ser
 def settle(handle: Any, timeout: float = 5.0) -> None:
     """Wait until the gateway has finished every request (its span and metrics are recorded just
     after the last byte is sent, so a fast client can look before they are)."""
-    from telemetry import names
+    from gpt_observatory.telemetry import names
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

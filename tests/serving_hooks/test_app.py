@@ -17,13 +17,13 @@ import openai
 import pytest
 from opentelemetry.trace import SpanKind
 
-from serving_hooks.app import build_hooks, create_app
-from serving_hooks.auth import Authenticator, AuthSettings
-from serving_hooks.backends.base import ModelRouter
-from serving_hooks.backends.inprocess import InProcessBackend
-from serving_hooks.inference import ModelInfo
-from serving_hooks.settings import load
-from telemetry import names
+from gpt_observatory.serving_hooks.app import build_hooks, create_app
+from gpt_observatory.serving_hooks.auth import Authenticator, AuthSettings
+from gpt_observatory.serving_hooks.backends.base import ModelRouter
+from gpt_observatory.serving_hooks.backends.inprocess import InProcessBackend
+from gpt_observatory.serving_hooks.inference import ModelInfo
+from gpt_observatory.serving_hooks.settings import load
+from gpt_observatory.telemetry import names
 from tests.components import free_port, start_process, stop_process, wait_http
 from tests.serving_hooks.conftest import AUDIENCE
 from tests.serving_hooks.echo_model import EchoModel
@@ -142,8 +142,7 @@ def test_without_the_gateway_the_app_reads_validates_and_answers_itself(keyring)
 
 
 def test_health_readiness_and_metrics(memory_telemetry, dev_idp, keyring):
-    import telemetry
-
+    from gpt_observatory import telemetry
     handle = telemetry.configure(
         "observatory-gateway-tests", traces_exporter=["memory"], metrics_exporter=["memory", "prometheus"],
         logs_exporter=["memory"], prometheus_serve=False, gpu_enabled=False,
@@ -172,7 +171,7 @@ def test_sigterm_lets_requests_in_flight_finish_and_flushes_telemetry(tmp_path, 
     state = tmp_path / "state"
     log = tmp_path / "serve.log"
     proc = start_process(
-        [sys.executable, "-m", "observatory.commands.serve", "--backend", "upstream", "--upstream-url",
+        [sys.executable, "-m", "gpt_observatory.commands.serve", "--backend", "upstream", "--upstream-url",
          upstream_peer.url, "--port", str(port), "--api-keys-file", str(keyring.path)],
         log, env={"OBSERVATORY_STATE_DIR": str(state), "PYTHONPATH": str(REPO)}, cwd=tmp_path,
     )

@@ -19,10 +19,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from opentelemetry.trace import SpanKind, StatusCode
 
-from serving_hooks.auth import Authenticator, AuthError, AuthSettings, Principal
-from serving_hooks.idp import JWKS_PATH, DevIdP
-from telemetry import names
-from telemetry.settings import ConfigError
+from gpt_observatory.serving_hooks.auth import Authenticator, AuthError, AuthSettings, Principal
+from gpt_observatory.serving_hooks.idp import JWKS_PATH, DevIdP
+from gpt_observatory.telemetry import names
+from gpt_observatory.telemetry.settings import ConfigError
 from tests.components import free_port
 from tests.serving_hooks.conftest import AUDIENCE
 
@@ -418,8 +418,7 @@ def test_each_verification_records_a_span_a_count_and_a_duration(auth, dev_idp, 
 
 
 def test_through_the_project_telemetry_pipeline_nothing_secret_is_exported(dev_idp, tmp_path):
-    import telemetry
-
+    from gpt_observatory import telemetry
     handle = telemetry.configure(
         "auth-test", traces_exporter=["memory"], metrics_exporter=["memory"], logs_exporter=["memory"],
         state_dir=str(tmp_path),

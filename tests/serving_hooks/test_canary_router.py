@@ -8,15 +8,15 @@ import uuid
 import httpx
 import pytest
 
-from serving_hooks._openai import ChatCompletionRequest
-from serving_hooks.app import build_hooks, create_app
-from serving_hooks.backends.base import Call
-from serving_hooks.backends.canary import CanaryPolicy, CanaryRouter, bucket
-from serving_hooks.backends.inprocess import InProcessBackend
-from serving_hooks.context import RequestContext
-from serving_hooks.inference import ModelInfo
-from serving_hooks.settings import load
-from telemetry import names
+from gpt_observatory.serving_hooks._openai import ChatCompletionRequest
+from gpt_observatory.serving_hooks.app import build_hooks, create_app
+from gpt_observatory.serving_hooks.backends.base import Call
+from gpt_observatory.serving_hooks.backends.canary import CanaryPolicy, CanaryRouter, bucket
+from gpt_observatory.serving_hooks.backends.inprocess import InProcessBackend
+from gpt_observatory.serving_hooks.context import RequestContext
+from gpt_observatory.serving_hooks.inference import ModelInfo
+from gpt_observatory.serving_hooks.settings import load
+from gpt_observatory.telemetry import names
 from tests.serving_hooks.echo_model import EchoModel
 from tests.serving_hooks.support import serve, settle
 

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from serving_hooks.auth import Authenticator, AuthSettings
-from serving_hooks.gateway import GatewayConfig, GatewayMiddleware, request_context
-from telemetry import names
+from gpt_observatory.serving_hooks.auth import Authenticator, AuthSettings
+from gpt_observatory.serving_hooks.gateway import GatewayConfig, GatewayMiddleware, request_context
+from gpt_observatory.telemetry import names
 from tests.serving_hooks.support import by_name, point_value, serve, settle, spans_of
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

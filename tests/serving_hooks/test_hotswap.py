@@ -14,11 +14,11 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from serving_hooks.app import build_hooks, create_app
-from serving_hooks.backends.base import ModelRouter
-from serving_hooks.backends.mlflow import MlflowBackend
-from serving_hooks.settings import load
-from telemetry import names
+from gpt_observatory.serving_hooks.app import build_hooks, create_app
+from gpt_observatory.serving_hooks.backends.base import ModelRouter
+from gpt_observatory.serving_hooks.backends.mlflow import MlflowBackend
+from gpt_observatory.serving_hooks.settings import load
+from gpt_observatory.telemetry import names
 from tests.components import free_port, wait_for
 from tests.serving_hooks.support import serve, settle
 
@@ -140,7 +140,7 @@ def test_the_reference_model_is_served_streaming_and_not(memory_telemetry, mlflo
     """The flows area's TinyGPT pyfunc (random weights: the interface matters here, not the text)."""
     import openai
 
-    from flows import gpt, pyfunc
+    from gpt_observatory.flows import gpt, pyfunc
 
     name = f"tiny-gpt-{uuid.uuid4().hex[:8]}"
     mlflow.set_tracking_uri(mlflow_server.url)

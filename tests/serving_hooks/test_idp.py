@@ -12,9 +12,9 @@ import jwt
 import pytest
 from typer.testing import CliRunner
 
-from observatory.commands.idp import app as idp_app
-from serving_hooks.auth import Authenticator, AuthSettings
-from serving_hooks.idp import DevIdP
+from gpt_observatory.commands.idp import app as idp_app
+from gpt_observatory.serving_hooks.auth import Authenticator, AuthSettings
+from gpt_observatory.serving_hooks.idp import DevIdP
 from tests.components import free_port, start_process, stop_process, wait_http
 from tests.serving_hooks.conftest import AUDIENCE, CLIENT
 
@@ -88,7 +88,7 @@ def test_commands_serve_rotate_and_token(tmp_path):
     port = free_port()
     state = tmp_path / "state"
     log = tmp_path / "idp.log"
-    serve = [sys.executable, "-c", "from observatory.commands.idp import app; app()", "serve", "--port", str(port),
+    serve = [sys.executable, "-c", "from gpt_observatory.commands.idp import app; app()", "serve", "--port", str(port),
              "--state-dir", str(state), "--client", "demo:s3cret:acme:inference"]
     proc = start_process(serve, log)
     try:

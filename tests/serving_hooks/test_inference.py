@@ -9,8 +9,8 @@ import time
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from serving_hooks.inference import GenAIHooks, GenAIRequest, GenerationStats, ModelInfo
-from telemetry import names
+from gpt_observatory.serving_hooks.inference import GenAIHooks, GenAIRequest, GenerationStats, ModelInfo
+from gpt_observatory.telemetry import names
 
 INFO = ModelInfo("tiny-gpt", "7", "champion", "champion")
 SECRET_PROMPT = "the launch code is 0000"

@@ -12,9 +12,9 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from observatory.commands.keys import app as keys_app
-from serving_hooks.apikeys import ApiKeyStore
-from serving_hooks.auth import Authenticator, AuthError, AuthSettings, Principal
+from gpt_observatory.commands.keys import app as keys_app
+from gpt_observatory.serving_hooks.apikeys import ApiKeyStore
+from gpt_observatory.serving_hooks.auth import Authenticator, AuthError, AuthSettings, Principal
 
 runner = CliRunner()
 

@@ -9,9 +9,9 @@ import openai
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from serving_hooks.app import create_app
-from serving_hooks.settings import load
-from telemetry import names
+from gpt_observatory.serving_hooks.app import create_app
+from gpt_observatory.serving_hooks.settings import load
+from gpt_observatory.telemetry import names
 from tests.components import free_port
 from tests.serving_hooks.support import (
     assert_no_secrets,

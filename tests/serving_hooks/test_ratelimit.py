@@ -13,13 +13,13 @@ import httpx
 import pytest
 import redis
 
-from serving_hooks.app import build_hooks, create_app
-from serving_hooks.backends.base import ModelRouter
-from serving_hooks.backends.inprocess import InProcessBackend
-from serving_hooks.inference import ModelInfo
-from serving_hooks.ratelimit import RateLimiter
-from serving_hooks.settings import load
-from telemetry import names
+from gpt_observatory.serving_hooks.app import build_hooks, create_app
+from gpt_observatory.serving_hooks.backends.base import ModelRouter
+from gpt_observatory.serving_hooks.backends.inprocess import InProcessBackend
+from gpt_observatory.serving_hooks.inference import ModelInfo
+from gpt_observatory.serving_hooks.ratelimit import RateLimiter
+from gpt_observatory.serving_hooks.settings import load
+from gpt_observatory.telemetry import names
 from tests.components import free_port, start_process, stop_process, wait_http
 from tests.serving_hooks.echo_model import EchoModel
 from tests.serving_hooks.support import assert_no_secrets, point_value, serve, settle
@@ -109,7 +109,7 @@ def replicas(tmp_path, redis_url, keyring, upstream_peer):
             port = free_port()
             log = tmp_path / f"gateway-{i}.log"
             procs.append(start_process([
-                sys.executable, "-m", "observatory.commands.serve", "--backend", "upstream",
+                sys.executable, "-m", "gpt_observatory.commands.serve", "--backend", "upstream",
                 "--upstream-url", upstream_peer.url, "--port", str(port), "--api-keys-file", str(keyring.path),
                 "--redis-url", redis_url, "--rpm", "20", "--no-metrics-endpoint",
             ], log, env=env, cwd=tmp_path))

@@ -8,11 +8,11 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from serving_hooks.app import build_hooks, create_app
-from serving_hooks.backends.base import ModelRouter
-from serving_hooks.backends.inprocess import InProcessBackend
-from serving_hooks.inference import ModelInfo
-from serving_hooks.settings import load
+from gpt_observatory.serving_hooks.app import build_hooks, create_app
+from gpt_observatory.serving_hooks.backends.base import ModelRouter
+from gpt_observatory.serving_hooks.backends.inprocess import InProcessBackend
+from gpt_observatory.serving_hooks.inference import ModelInfo
+from gpt_observatory.serving_hooks.settings import load
 from tests.serving_hooks.echo_model import EchoModel
 from tests.serving_hooks.support import serve
 

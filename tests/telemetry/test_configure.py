@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from opentelemetry import metrics, trace
 
-import telemetry
-from telemetry import names
+from gpt_observatory import telemetry
+from gpt_observatory.telemetry import names
 
 MEMORY = {"traces_exporter": ["memory"], "metrics_exporter": ["memory"], "logs_exporter": ["memory"]}
 

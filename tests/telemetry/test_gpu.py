@@ -27,12 +27,19 @@ from opentelemetry.sdk.metrics.export import Gauge, InMemoryMetricReader, Sum
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from telemetry import names
-from telemetry._dcgm import DcgmCollector, dcgm_families
-from telemetry._gpu_series import GpuInstruments, clock_event_reasons, otel_points
-from telemetry._nvml import Reading, build_sample, read
-from telemetry.gpu import NO_DRIVER, GpuCollector, GpuInfo, GpuSample, ProcessMemory, start_from_settings
-from telemetry.settings import Settings
+from gpt_observatory.telemetry import names
+from gpt_observatory.telemetry._dcgm import DcgmCollector, dcgm_families
+from gpt_observatory.telemetry._gpu_series import GpuInstruments, clock_event_reasons, otel_points
+from gpt_observatory.telemetry._nvml import Reading, build_sample, read
+from gpt_observatory.telemetry.gpu import (
+    NO_DRIVER,
+    GpuCollector,
+    GpuInfo,
+    GpuSample,
+    ProcessMemory,
+    start_from_settings,
+)
+from gpt_observatory.telemetry.settings import Settings
 from tests import components
 
 GIB = 1 << 30
@@ -115,7 +122,7 @@ def test_without_a_driver_the_collector_says_so_and_exports_nothing():
 @no_driver_only
 def test_configure_logs_one_line_and_publishes_no_gpu_series(tmp_path):
     script = (
-        "import json, telemetry\n"
+        "import json\nfrom gpt_observatory import telemetry\n"
         "kw = dict(metrics_exporter=['memory'], traces_exporter=['memory'], logs_exporter=['memory'],\n"
         "          console_logs=True)\n"
         "telemetry.configure('gpu-a', **kw)\n"
@@ -143,7 +150,7 @@ def test_observatory_gpu_says_no_driver_and_exits_0():
 
     from typer.testing import CliRunner
 
-    from observatory.commands.gpu import app
+    from gpt_observatory.commands.gpu import app
 
     shown = CliRunner().invoke(app, ["--once"])
     assert shown.exit_code == 0 and NO_DRIVER in shown.output
@@ -424,8 +431,7 @@ def test_matmul_load_shows_up_within_2s_with_this_process_and_its_memory(collect
 @pytest.mark.gpu
 @needs_driver
 def test_prometheus_endpoint_shows_otel_and_dcgm_series(tmp_path):
-    import telemetry
-
+    from gpt_observatory import telemetry
     port = components.free_port()
     handle = telemetry.configure(
         "gpu-endpoint", metrics_exporter=["prometheus"], traces_exporter=["none"], logs_exporter=["none"],

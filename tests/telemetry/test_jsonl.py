@@ -8,8 +8,8 @@ import logging
 from loguru import logger
 from opentelemetry import metrics, trace
 
-import telemetry
-from telemetry import names
+from gpt_observatory import telemetry
+from gpt_observatory.telemetry import names
 
 
 def _read(path):

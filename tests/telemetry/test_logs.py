@@ -7,7 +7,7 @@ import logging
 from loguru import logger
 from opentelemetry import trace
 
-import telemetry
+from gpt_observatory import telemetry
 
 MEMORY = {"traces_exporter": ["memory"], "metrics_exporter": ["none"], "logs_exporter": ["memory"]}
 

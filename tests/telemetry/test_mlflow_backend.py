@@ -7,8 +7,8 @@ import mlflow
 import pytest
 from opentelemetry import trace
 
-import telemetry
-from telemetry.backends.mlflow import EXPERIMENT_HEADER
+from gpt_observatory import telemetry
+from gpt_observatory.telemetry.backends.mlflow import EXPERIMENT_HEADER
 from tests.components import wait_for
 
 

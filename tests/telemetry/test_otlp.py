@@ -8,8 +8,8 @@ import time
 from loguru import logger
 from opentelemetry import metrics, trace
 
-import telemetry
-from telemetry import names
+from gpt_observatory import telemetry
+from gpt_observatory.telemetry import names
 from tests.components import free_port, wait_for
 from tests.telemetry.conftest import OtlpReceiver
 

@@ -6,8 +6,8 @@ import urllib.request
 
 from opentelemetry import metrics
 
-import telemetry
-from telemetry import names
+from gpt_observatory import telemetry
+from gpt_observatory.telemetry import names
 from tests import components
 from tests.components import query_prometheus, wait_for
 

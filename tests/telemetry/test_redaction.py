@@ -9,8 +9,8 @@ import pytest
 from loguru import logger
 from opentelemetry import metrics, trace
 
-import telemetry
-from telemetry.redact import MASK, Redactor
+from gpt_observatory import telemetry
+from gpt_observatory.telemetry.redact import MASK, Redactor
 
 JWT = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJhbGljZSIsInRlbmFudCI6ImFjbWUifQ.c2lnbmF0dXJlLWJ5dGVz"
 API_KEY = "obs_Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MA"

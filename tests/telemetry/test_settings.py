@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import telemetry
-from telemetry.settings import ConfigError, load
+from gpt_observatory import telemetry
+from gpt_observatory.telemetry.settings import ConfigError, load
 
 
 def test_explicit_beats_otel_beats_observatory_beats_toml_beats_default(monkeypatch, tmp_path):

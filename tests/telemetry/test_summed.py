@@ -7,9 +7,9 @@ import uuid
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-import telemetry
-from telemetry.names import Metric
-from telemetry.summed import SummedCounter
+from gpt_observatory import telemetry
+from gpt_observatory.telemetry.names import Metric
+from gpt_observatory.telemetry.summed import SummedCounter
 
 
 def _metric(kind: str = "counter") -> Metric:

@@ -23,8 +23,8 @@ def export(
     ] = None,
 ) -> None:
     """Write every artefact as the code builds it."""
-    from dashboards.artefacts import ROOT
-    from dashboards.artefacts import export as write
+    from gpt_observatory.dashboards.artefacts import ROOT
+    from gpt_observatory.dashboards.artefacts import export as write
 
     for path in write(out or ROOT):
         typer.echo(str(path))
@@ -45,8 +45,8 @@ def check(
     Every metric and label a panel, variable or rule reads must exist, every query must parse, the
     committed files must equal what the code builds and the Collector config must be consistent;
     exit 1 naming each problem (dashboard, panel, metric)."""
-    from dashboards.artefacts import ROOT
-    from dashboards.check import run
+    from gpt_observatory.dashboards.artefacts import ROOT
+    from gpt_observatory.dashboards.check import run
 
     findings = run(root or ROOT, promtool=None if no_promtool else promtool)
     for finding in findings:
@@ -70,7 +70,7 @@ def verify(
 
     Exit 1 when a query that should have data has none; queries waiting for an event that was not
     expected (a GPU, a rate limit, ...) are listed, not failed."""
-    from dashboards.verify import evaluate, live_queries, report
+    from gpt_observatory.dashboards.verify import evaluate, live_queries, report
 
     outcomes = evaluate(prometheus, live_queries())
     failures = report(outcomes, set(expect or ()), json_out)

@@ -15,5 +15,5 @@ def SUBCOMMANDS() -> Iterator[tuple[str, typer.Typer]]:
     from importlib.util import find_spec
 
     for name in _GROUPS:
-        if find_spec(f"observatory.commands.{name}") is not None:
-            yield name, import_module(f"observatory.commands.{name}").app
+        if find_spec(f"gpt_observatory.commands.{name}") is not None:
+            yield name, import_module(f"gpt_observatory.commands.{name}").app

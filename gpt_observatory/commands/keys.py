@@ -23,8 +23,8 @@ FileOption = Annotated[
 
 
 def _store(path: Path | None):  # -> ApiKeyStore (imported lazily)
-    from serving_hooks.apikeys import ApiKeyStore
-    from telemetry.settings import state_dir
+    from gpt_observatory.serving_hooks.apikeys import ApiKeyStore
+    from gpt_observatory.telemetry.settings import state_dir
 
     try:
         return ApiKeyStore(path or state_dir() / "api-keys.json")

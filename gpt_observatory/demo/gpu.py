@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import telemetry
+from gpt_observatory import telemetry
 
 
 class GpuProbe:
@@ -19,7 +19,7 @@ class GpuProbe:
     def __init__(self) -> None:
         from opentelemetry.metrics import NoOpMeterProvider
 
-        from telemetry.gpu import GpuCollector
+        from gpt_observatory.telemetry.gpu import GpuCollector
 
         handle = telemetry.current()
         found = [e for e in (handle.extras if handle else ()) if isinstance(e, GpuCollector)]

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from observatory._demo_telemetry import (
+from gpt_observatory.demo.readback import (
     Scrape,
     bucket_quantile,
     duration_ms,
@@ -22,7 +22,7 @@ from observatory._demo_telemetry import (
     shared_trace,
     span_key,
 )
-from telemetry import names
+from gpt_observatory.telemetry import names
 
 OUTCOMES = {"200": "ok", "401": "unauthenticated", "403": "forbidden", "429": "rate_limited"}
 

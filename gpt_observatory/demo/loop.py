@@ -21,13 +21,16 @@ from typing import Any
 
 from rich.console import Console
 
-import telemetry
-from observatory import _demo_canary, _demo_client, _demo_pipeline, _demo_stack
-from observatory._demo_stack import MODEL, SCOPE, Gateway
-from observatory._demo_summary import build, dumps, render
-from observatory._demo_telemetry import SERVICE_INSTANCE_ID, Scrape, instance_of, is_api_server_span, wait_for_spans
-from telemetry import names
-from telemetry.backends.jsonl import telemetry_dir
+from gpt_observatory import telemetry
+from gpt_observatory.demo import canary as _demo_canary
+from gpt_observatory.demo import client as _demo_client
+from gpt_observatory.demo import pipeline as _demo_pipeline
+from gpt_observatory.demo import stack as _demo_stack
+from gpt_observatory.demo.readback import SERVICE_INSTANCE_ID, Scrape, instance_of, is_api_server_span, wait_for_spans
+from gpt_observatory.demo.stack import MODEL, SCOPE, Gateway
+from gpt_observatory.demo.summary import build, dumps, render
+from gpt_observatory.telemetry import names
+from gpt_observatory.telemetry.backends.jsonl import telemetry_dir
 
 CANARY_SHARE = 0.5  # of requests to the challenger while the live canary runs
 
@@ -109,7 +112,7 @@ def _run(json_out: str | None, keep_serving: bool) -> dict[str, Any]:
     step = _Steps(console)
     console.rule("[bold]Observatory demo")
     console.print(f"state folder: {state}  (delete it to start over)")
-    from serving_hooks.idp import DevIdP
+    from gpt_observatory.serving_hooks.idp import DevIdP
 
     gateway: Gateway | None = None
     with ExitStack() as cleanup:
@@ -158,7 +161,7 @@ def _run(json_out: str | None, keep_serving: bool) -> dict[str, Any]:
             with step("gateway follows the champion alias") as s:
                 ready = gateway.wait_serving(verdict.champion)
                 s.note = f"serving v{ready['model']['version']}"
-            from observatory._demo_gpu import GpuProbe
+            from gpt_observatory.demo.gpu import GpuProbe
 
             gpu = GpuProbe()
             with step("scripted client: good, streaming, unauthenticated, forged, over-limit") as s:

@@ -46,8 +46,8 @@ class Verdict:
 
 
 def tracking_uri(model: str) -> str:
-    from flows.settings import load_settings
-    from flows.stores import tracking_uri as uri_for
+    from gpt_observatory.flows.settings import load_settings
+    from gpt_observatory.flows.stores import tracking_uri as uri_for
 
     return uri_for(load_settings(model_name=model))
 
@@ -65,8 +65,8 @@ def no_heartbeats() -> Iterator[None]:
 def prepare_store(model: str) -> str:
     """Create the MLflow store now (a fresh SQLite store migrates its schema), before the gateway
     opens it too; returns its URI."""
-    from flows.settings import load_settings
-    from flows.stores import connect
+    from gpt_observatory.flows.settings import load_settings
+    from gpt_observatory.flows.stores import connect
 
     client = connect(load_settings(model_name=model))
     client.search_registered_models(max_results=1)
@@ -103,9 +103,9 @@ def start_prefect() -> Callable[[], None]:
 
 
 def current_champion(model: str) -> str | None:
-    from flows.registry import CHAMPION, Registry
-    from flows.settings import load_settings
-    from flows.stores import connect
+    from gpt_observatory.flows.registry import CHAMPION, Registry
+    from gpt_observatory.flows.settings import load_settings
+    from gpt_observatory.flows.stores import connect
 
     registry = Registry(connect(load_settings(model_name=model)), model)
     return registry.alias(CHAMPION) if registry.exists() else None
@@ -116,7 +116,7 @@ def first_champion(model: str) -> Champion:
     existing = current_champion(model)
     if existing is not None:
         return Champion(existing, False, f"the state folder already has {model} v{existing} as champion")
-    from flows.flows import pipeline
+    from gpt_observatory.flows.flows import pipeline
 
     with no_heartbeats():
         result = pipeline(model_name=model, overrides={**QUIET, "steps": V1_STEPS})
@@ -125,9 +125,9 @@ def first_champion(model: str) -> Champion:
 
 def train_challenger(model: str) -> Challenger:
     """Train v2 (``V2_STEPS``), register it (``challenger``) and evaluate it offline."""
-    from flows.flows import evaluate, register, train
-    from flows.registry import Registry
-    from flows.stores import client_for
+    from gpt_observatory.flows.flows import evaluate, register, train
+    from gpt_observatory.flows.registry import Registry
+    from gpt_observatory.flows.stores import client_for
 
     overrides = {**QUIET, "steps": V2_STEPS}
     with no_heartbeats():
@@ -146,7 +146,7 @@ def judge_live(prometheus_url: str, challenger: Challenger) -> Verdict:
     """The ``canary`` flow (issue 7) while live traffic runs: the gateway routes a share of requests
     to the challenger, Prometheus scrapes both sides, the flow promotes, rejects or finds the
     evidence inconclusive (then the champion stays)."""
-    from observatory._demo_canary import run_canary
+    from gpt_observatory.demo.canary import run_canary
 
     with no_heartbeats():
         outcome = run_canary(prometheus_url, challenger.version)
@@ -157,7 +157,7 @@ def judge_live(prometheus_url: str, challenger: Challenger) -> Verdict:
 
 def judge_offline(model: str, challenger: Challenger, why: str) -> Verdict:
     """The ``promote`` flow: offline gates against the champion, measured side by side."""
-    from flows.flows import promote
+    from gpt_observatory.flows.flows import promote
 
     with no_heartbeats():
         decision = promote(model_name=model, version=challenger.version, overrides=QUIET)

@@ -72,7 +72,7 @@ def prepare_environment(state: Path) -> None:
 
 def make_credentials(state: Path, issuer: str) -> tuple[Credentials, Path]:
     """Fresh API keys (only hashes on disk) and an OAuth client secret; returns them and the key file."""
-    from serving_hooks.apikeys import ApiKeyStore
+    from gpt_observatory.serving_hooks.apikeys import ApiKeyStore
 
     keys_file = state / "demo" / "api-keys.json"
     keys_file.unlink(missing_ok=True)  # one demo run, one set of keys
@@ -103,7 +103,7 @@ def _observatory_command() -> list[str]:
     if script.exists():
         return [str(script)]
     found = shutil.which("observatory")
-    return [found] if found else [sys.executable, "-c", "from observatory.cli import main; main()"]
+    return [found] if found else [sys.executable, "-c", "from gpt_observatory.cli import main; main()"]
 
 
 @dataclass

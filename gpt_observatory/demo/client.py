@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from observatory._demo_stack import MODEL, REQUESTS_PER_MINUTE, SCOPE, Credentials
+from gpt_observatory.demo.stack import MODEL, REQUESTS_PER_MINUTE, SCOPE, Credentials
 
 # Prompt text must never reach telemetry (content capture is off); the reliability suite scans for these.
 PROMPTS: tuple[str, ...] = (

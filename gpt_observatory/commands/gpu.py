@@ -13,7 +13,7 @@ import typer
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from telemetry.gpu import GpuCollector, GpuSample
+    from gpt_observatory.telemetry.gpu import GpuCollector, GpuSample
 
 app = typer.Typer(help="GPU telemetry from NVML: a live table, or one JSON snapshot with --once --json.")
 
@@ -32,7 +32,7 @@ def gpu(
     from opentelemetry.metrics import NoOpMeterProvider
     from rich.console import Console
 
-    from telemetry.gpu import GpuCollector
+    from gpt_observatory.telemetry.gpu import GpuCollector
 
     console = Console()
     # A private collector: the view reads its snapshot and exports nothing.
@@ -77,7 +77,7 @@ def _follow(collector: GpuCollector, console: Any, as_json: bool, interval: floa
 
 def sample_dict(sample: GpuSample) -> dict[str, Any]:
     """A sample as JSON-ready data, in NVML's units (the field names say which), plus decoded reasons."""
-    from telemetry._gpu_series import clock_event_reasons
+    from gpt_observatory.telemetry._gpu_series import clock_event_reasons
 
     data = dataclasses.asdict(sample)
     reasons = sample.clock_event_reasons
@@ -97,7 +97,7 @@ def _document(collector: GpuCollector, samples: list[GpuSample]) -> dict[str, An
 def _table(samples: list[GpuSample]) -> Table:
     from rich.table import Table
 
-    from telemetry._gpu_series import clock_event_reasons
+    from gpt_observatory.telemetry._gpu_series import clock_event_reasons
 
     table = Table(title=f"GPUs  {time.strftime('%H:%M:%S')}", title_justify="left")
     for column in ("GPU", "Name", "Util", "Mem BW", "Memory", "Power", "Temp", "SM / Mem clock", "Clock events"):

@@ -121,10 +121,10 @@ def serve(
 
     import uvicorn
 
-    import telemetry
-    from serving_hooks.app import create_app
-    from serving_hooks.settings import load
-    from telemetry.settings import ConfigError
+    from gpt_observatory import telemetry
+    from gpt_observatory.serving_hooks.app import create_app
+    from gpt_observatory.serving_hooks.settings import load
+    from gpt_observatory.telemetry.settings import ConfigError
 
     try:
         settings = load(

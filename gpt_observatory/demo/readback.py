@@ -18,7 +18,7 @@ from typing import Any
 
 from opentelemetry.semconv.attributes.service_attributes import SERVICE_INSTANCE_ID
 
-from telemetry import names
+from gpt_observatory.telemetry import names
 
 
 def label(attribute: str) -> str:

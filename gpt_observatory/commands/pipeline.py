@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 if TYPE_CHECKING:
-    from flows.history import Decision
+    from gpt_observatory.flows.history import Decision
 
 app = typer.Typer(help="MLOps pipeline: train → register → evaluate → promote, rollback, decision history.")
 
@@ -44,8 +44,8 @@ def _run(fn: Any, **kwargs: Any) -> Any:
     print a failure as one line and exit non-zero."""
     from rich.console import Console
 
-    import telemetry
-    from telemetry import ConfigError
+    from gpt_observatory import telemetry
+    from gpt_observatory.telemetry import ConfigError
 
     handle = telemetry.configure()
     try:
@@ -85,7 +85,7 @@ def run(
     from rich.console import Console
 
     _embedded_prefect()
-    from flows.flows import pipeline
+    from gpt_observatory.flows.flows import pipeline
 
     result = _run(pipeline, model_name=model, overrides=_overrides(settings))
     if as_json:
@@ -105,7 +105,7 @@ def promote(
 ) -> None:
     """Judge a version against the champion through the gates; move 'champion' if it passes."""
     _embedded_prefect()
-    from flows.flows import promote as promote_flow
+    from gpt_observatory.flows.flows import promote as promote_flow
 
     decision = _run(promote_flow, model_name=model, version=version, overrides=_overrides(settings))
     _print_decision(decision, as_json)
@@ -120,7 +120,7 @@ def rollback(
 ) -> None:
     """Point 'champion' back at the previous champion and record the decision."""
     _embedded_prefect()
-    from flows.flows import rollback as rollback_flow
+    from gpt_observatory.flows.flows import rollback as rollback_flow
 
     decision = _run(rollback_flow, model_name=model, to_version=to_version, reason=reason)
     _print_decision(decision, as_json)
@@ -138,10 +138,10 @@ def history(
     from rich.console import Console
     from rich.table import Table
 
-    from flows import history as records
-    from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
-    from flows.settings import load_settings
-    from flows.stores import connect
+    from gpt_observatory.flows import history as records
+    from gpt_observatory.flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
+    from gpt_observatory.flows.settings import load_settings
+    from gpt_observatory.flows.stores import connect
 
     settings = load_settings(model_name=model)
     client = connect(settings)
@@ -174,7 +174,7 @@ CANARY_SET_HELP = ("Override a canary setting (min_requests, max_error_rate, max
 
 def _split(pairs: list[str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``--set`` pairs as (canary settings, pipeline overrides), by the key's owner."""
-    from flows.canary_settings import CanarySettings
+    from gpt_observatory.flows.canary_settings import CanarySettings
 
     given = _overrides(pairs)
     live = {k: v for k, v in given.items() if k in CanarySettings.model_fields}
@@ -198,7 +198,7 @@ def canary(
     A promotion is then guarded for guard_duration_s (rolled back on an SLO breach)."""
     from rich.console import Console
 
-    from flows.canary import canary as canary_flow
+    from gpt_observatory.flows.canary import canary as canary_flow
 
     live, overrides = _split(settings)
     out = _run(canary_flow, model_name=model, version=version, prometheus_url=prometheus_url, window_s=window,
@@ -230,7 +230,7 @@ def guard(
 
     from rich.console import Console
 
-    from flows.canary import guard as guard_flow
+    from gpt_observatory.flows.canary import guard as guard_flow
 
     live, overrides = _split(settings)
     out = _run(guard_flow, model_name=model, version=version, prometheus_url=prometheus_url, duration_s=duration,

@@ -19,13 +19,13 @@ def demo(
     keep_serving: bool = typer.Option(False, "--keep-serving", help="Leave the gateway up after the summary."),
 ) -> None:
     """Run the end-to-end demo on embedded defaults (no server to start by hand)."""
-    from observatory.demo import run
+    from gpt_observatory.demo.loop import run
 
     run(json_out=json_out, keep_serving=keep_serving)
 
 
 def _register() -> None:
-    from observatory.commands import SUBCOMMANDS
+    from gpt_observatory.commands import SUBCOMMANDS
 
     for name, sub in SUBCOMMANDS():
         app.add_typer(sub, name=name)

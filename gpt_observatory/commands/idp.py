@@ -21,7 +21,7 @@ StateDirOption = Annotated[
 
 
 def _idp_dir(state_dir: Path | None) -> Path:
-    from telemetry.settings import state_dir as default_state_dir
+    from gpt_observatory.telemetry.settings import state_dir as default_state_dir
 
     return state_dir or default_state_dir()
 
@@ -46,7 +46,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve discovery, JWKS and /token until interrupted."""
-    from serving_hooks.idp import DevIdP
+    from gpt_observatory.serving_hooks.idp import DevIdP
 
     try:
         idp = DevIdP(_idp_dir(state_dir), host=host, port=port, audience=audience, token_ttl=token_ttl)
@@ -77,7 +77,7 @@ def rotate(
     ] = None,
 ) -> None:
     """Sign with a new key from now on; a running IdP picks it up from the state folder."""
-    from serving_hooks.idp import DevIdP
+    from gpt_observatory.serving_hooks.idp import DevIdP
 
     idp = DevIdP(_idp_dir(state_dir))
     idp.load_or_create_keys()
@@ -99,7 +99,7 @@ def token(
     """Get an access token by client credentials; it is printed as the last line of stdout."""
     import httpx
 
-    from serving_hooks._jwks import DISCOVERY_PATH
+    from gpt_observatory.serving_hooks._jwks import DISCOVERY_PATH
 
     if issuer is None:
         path = _idp_dir(state_dir) / "idp" / "issuer"

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from observatory._demo_stack import MODEL, REQUESTS_PER_MINUTE, SCOPE, free_port
+from gpt_observatory.demo.stack import MODEL, REQUESTS_PER_MINUTE, SCOPE, free_port
 
 WINDOW_S = 6.0  # one analysis window; the flow looks every STEP_S and may extend it once
 STEP_S = 2.0
@@ -37,7 +37,7 @@ CANARY_SETTINGS: dict[str, Any] = {
 
 def unavailable() -> str | None:
     """Why the live canary cannot run here (None: it can)."""
-    if find_spec("flows.canary") is None or not hasattr(import_module("flows.canary"), "canary"):
+    if find_spec("gpt_observatory.flows.canary") is None or not hasattr(import_module("gpt_observatory.flows.canary"), "canary"):
         return "this checkout has no canary flow"
     if shutil.which("prometheus") is None:
         return "no prometheus binary on PATH (the canary flow reads Prometheus)"
@@ -114,7 +114,7 @@ class LiveTraffic:
     def _run(self, worker: int) -> None:
         import openai
 
-        from observatory._demo_client import PROMPTS
+        from gpt_observatory.demo.client import PROMPTS
 
         per_tenant = REQUESTS_PER_MINUTE - 1
         n = 0
@@ -143,6 +143,6 @@ class LiveTraffic:
 
 def run_canary(prometheus_url: str, version: str) -> Any:
     """The canary flow on ``version`` (the challenger); returns its outcome."""
-    canary = import_module("flows.canary").canary
+    canary = import_module("gpt_observatory.flows.canary").canary
     return canary(model_name=MODEL, version=version, prometheus_url=prometheus_url, window_s=WINDOW_S,
                   step_s=STEP_S, canary_settings=CANARY_SETTINGS, overrides={"progress": False})
