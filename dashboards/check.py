@@ -91,7 +91,7 @@ def known_labels() -> frozenset[str]:
     """Labels of the project's attributes (the dotted string constants of the names module) and Prometheus's."""
     from gpt_observatory.telemetry import names
 
-    attributes = {promql.label(v) for v in vars(names).values() if isinstance(v, str) and "." in v}
+    attributes = {names.prometheus_label(v) for v in vars(names).values() if isinstance(v, str) and "." in v}
     return frozenset(attributes) | frozenset(names.DCGM_LABELS) | frozenset(names.DCGM_MIG_LABELS) | s.PROMETHEUS_LABELS
 
 

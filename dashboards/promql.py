@@ -142,11 +142,6 @@ def instant(expr: str, variables: dict[str, str] | None = None) -> str:
     return re.sub(r"\$\{([^}]+)\}|\$([A-Za-z_][A-Za-z0-9_]*)", sub, expr)
 
 
-def label(attribute: str) -> str:
-    """The Prometheus label an OpenTelemetry attribute key becomes (``http.route`` -> ``http_route``)."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", attribute)
-
-
 def label_values(query: str) -> tuple[str, str] | None:
     """``(series selector, label)`` of a Grafana ``label_values(selector, label)`` variable query."""
     m = _LABEL_VALUES.match(query)

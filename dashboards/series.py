@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from gpt_observatory.dashboards.promql import label
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.names import Metric, prometheus_series
+from gpt_observatory.telemetry.names import prometheus_label as label
 
 
 def total(metric: Metric) -> str:

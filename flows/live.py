@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass
 
 from gpt_observatory.telemetry import names
-from gpt_observatory.telemetry.names import prometheus_series
+from gpt_observatory.telemetry.names import prometheus_label, prometheus_series
 
-_VERSION = re.sub(r"[^A-Za-z0-9_]", "_", names.MODEL_VERSION)
-_ROLE = re.sub(r"[^A-Za-z0-9_]", "_", names.MODEL_ROLE)
-_MODEL = re.sub(r"[^A-Za-z0-9_]", "_", names.GEN_AI_REQUEST_MODEL)
-_ERROR = re.sub(r"[^A-Za-z0-9_]", "_", names.ERROR_TYPE)
+_VERSION = prometheus_label(names.MODEL_VERSION)
+_ROLE = prometheus_label(names.MODEL_ROLE)
+_MODEL = prometheus_label(names.GEN_AI_REQUEST_MODEL)
+_ERROR = prometheus_label(names.ERROR_TYPE)
 
 
 class PrometheusError(RuntimeError):

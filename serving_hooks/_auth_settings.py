@@ -5,13 +5,13 @@ An invalid value raises :class:`telemetry.settings.ConfigError` naming the key."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from gpt_observatory.serving_hooks._jwks import check_secure_url
-from gpt_observatory.telemetry.settings import TableSettings
+from gpt_observatory.telemetry.settings import TableSettings, split_commas
 
 ALLOWED_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 ENV_PREFIX = "OBSERVATORY_AUTH_"
@@ -28,7 +28,7 @@ class AuthSettings(TableSettings):
 
     issuer: str | None = Field(None, description="OIDC issuer URL; JWTs are refused when unset.")
     audience: str | None = Field(None, description="Required `aud` of JWTs (required with an issuer).")
-    algorithms: Annotated[tuple[Literal["RS256", "ES256", "EdDSA"], ...], NoDecode] = Field(
+    algorithms: Annotated[tuple[Literal["RS256", "ES256", "EdDSA"], ...], NoDecode, BeforeValidator(split_commas)] = Field(
         ALLOWED_ALGORITHMS, description="Accepted JWT algorithms, comma-separated; a subset of RS256, ES256, EdDSA."
     )
     leeway_s: float = Field(30.0, ge=0, le=300, description="Clock skew tolerated on exp/nbf/iat, seconds.")
@@ -49,11 +49,6 @@ class AuthSettings(TableSettings):
         SecretStr(DEFAULT_SUBJECT_SALT), description="HMAC key for subject hashes; set a secret one in production."
     )
     http_timeout_s: float = Field(5.0, gt=0, description="Timeout of discovery and JWKS requests, seconds.")
-
-    @field_validator("algorithms", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
 
     @field_validator("algorithms")
     @classmethod

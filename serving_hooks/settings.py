@@ -5,12 +5,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
 
-from gpt_observatory.telemetry.settings import TableSettings
+from gpt_observatory.telemetry.settings import CommaList, TableSettings
 
 Backend = Literal["mlflow", "upstream"]
 RateLimitStrategy = Literal["fixed-window", "moving-window", "sliding-window-counter"]
@@ -44,7 +44,7 @@ class ServeSettings(TableSettings):
     # Canary routing (mlflow backend; serving_hooks.backends.canary). The challenger gets traffic only
     # while its alias exists: deleting the alias (what the canary flow does on a decision) is share 0.
     canary_share: float = Field(0.0, ge=0.0, le=1.0)  # share of requests for the challenger alias
-    canary_tenants: Annotated[list[str], NoDecode] = []  # tenants always served by the challenger
+    canary_tenants: CommaList = []  # tenants always served by the challenger
     canary_sticky: CanarySticky = "none"  # per request, or hash of the tenant / the OpenAI `user` field
     challenger_alias: str = "challenger"
 
@@ -68,13 +68,6 @@ class ServeSettings(TableSettings):
     rate_limit_namespace: str = "observatory"  # key prefix in the shared storage
     max_request_bytes: int = Field(1 << 20, ge=1)
     capture_content: bool | None = None  # None: the telemetry setting decides
-
-    @field_validator("canary_tenants", mode="before")
-    @classmethod
-    def _comma_separated(cls, value: Any) -> Any:
-        if isinstance(value, str):  # OBSERVATORY_SERVE_CANARY_TENANTS=acme,globex
-            return [t.strip() for t in value.split(",") if t.strip()]
-        return value
 
     @model_validator(mode="after")
     def _backend_needs(self) -> ServeSettings:

@@ -56,16 +56,28 @@ _PROM_UNITS: Final = {
 }
 
 
+_PROM_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def prometheus_label(attribute: str) -> str:
+    """The Prometheus label name an OTel attribute becomes (``gen_ai.request.model`` → ``gen_ai_request_model``)."""
+    return _PROM_INVALID.sub("_", attribute)
+
+
+def _prometheus_metric(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_:]", "_", text)  # metric names may also hold ':'
+
+
 def prometheus_name(metric: Metric) -> str:
     """Prometheus family name of ``metric`` as the OTel Prometheus exporter writes it.
 
     Counters get ``_total`` on the sample; histograms ``_bucket``/``_sum``/``_count``.
     """
-    base = re.sub(r"[^a-zA-Z0-9_:]", "_", metric.name)
+    base = _prometheus_metric(metric.name)
     unit = metric.unit
     if (unit.startswith("{") and unit.endswith("}")) or unit == "1":
         unit = ""
-    suffix = _PROM_UNITS.get(unit, re.sub(r"[^a-zA-Z0-9_:]", "_", unit))
+    suffix = _PROM_UNITS.get(unit, _prometheus_metric(unit))
     if suffix and not base.endswith("_" + suffix):
         base = f"{base}_{suffix}"
     return base

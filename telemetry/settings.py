@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 Sampler = Literal[
@@ -48,6 +48,15 @@ OTEL_ENV: dict[str, str] = {
 _EXPORTER_FIELDS = ("traces_exporter", "metrics_exporter", "logs_exporter")
 
 
+def split_commas(value: Any) -> Any:
+    """``"a, b,,c"`` → ``["a", "b", "c"]``: how every list setting reads from a variable; other values pass."""
+    return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(split_commas)]
+"""A list setting written ``a,b,c`` in a variable (pydantic-settings' JSON decoding switched off)."""
+
+
 class ConfigError(ValueError):
     """A setting is invalid; the message names the key and how to fix it."""
 
@@ -66,9 +75,9 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".observatory")
 
     # Backends per signal. Empty = not named anywhere (the embedded default applies).
-    traces_exporter: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    metrics_exporter: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    logs_exporter: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    traces_exporter: CommaList = Field(default_factory=list)
+    metrics_exporter: CommaList = Field(default_factory=list)
+    logs_exporter: CommaList = Field(default_factory=list)
 
     otlp_endpoint: str | None = None
     otlp_traces_endpoint: str | None = None
@@ -102,26 +111,19 @@ class Settings(BaseSettings):
     console_format: Literal["human", "json"] = "human"
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     capture_content: bool = False
-    redact_extra_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    redact_extra_keys: CommaList = Field(default_factory=list)
 
     gpu_enabled: bool = True
     gpu_interval_s: float = Field(1.0, gt=0)
     gpu_slow_interval_s: float = Field(10.0, gt=0)
     gpu_dcgm_names: bool = False
 
-    @field_validator(*_EXPORTER_FIELDS, "redact_extra_keys", mode="before")
-    @classmethod
-    def _split_list(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [p.strip() for p in v.split(",") if p.strip()]
-        return v
-
     @field_validator("resource_attributes", "otlp_headers", mode="before")
     @classmethod
     def _split_pairs(cls, v: Any) -> Any:
         if isinstance(v, str):
             pairs = {}
-            for item in filter(None, (p.strip() for p in v.split(","))):
+            for item in split_commas(v):
                 key, sep, value = item.partition("=")
                 if not sep or not key.strip():
                     raise ValueError(f"expected key=value pairs separated by commas, got {item!r}")

@@ -19,11 +19,7 @@ from typing import Any
 from opentelemetry.semconv.attributes.service_attributes import SERVICE_INSTANCE_ID
 
 from gpt_observatory.telemetry import names
-
-
-def label(attribute: str) -> str:
-    """The Prometheus label an OTel attribute becomes."""
-    return re.sub(r"[^a-zA-Z0-9_]", "_", attribute)
+from gpt_observatory.telemetry.names import prometheus_label as label
 
 
 # --------------------------------------------------------------------------- spans (jsonl)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpt_observatory.dashboards.promql import boolify, instant, label, references
+from gpt_observatory.dashboards.promql import boolify, instant, references
+from gpt_observatory.telemetry.names import prometheus_label as label
 
 
 def test_metric_names_are_told_from_functions_keywords_labels_and_durations():
