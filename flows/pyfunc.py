@@ -25,10 +25,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from gpt_observatory.flows import gpt
-
-DEFAULT_MAX_TOKENS = 32
-DEFAULT_TEMPERATURE = 0.8
-MAX_TOKENS_LIMIT = 4096
+from gpt_observatory.generation import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, MAX_TOKENS_LIMIT
 
 SIGNATURE = ModelSignature(
     inputs=Schema(

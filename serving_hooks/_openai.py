@@ -10,7 +10,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_TOKENS_LIMIT = 4096
+from gpt_observatory.generation import MAX_TOKENS_LIMIT
 
 
 class StreamOptions(BaseModel):

@@ -17,6 +17,7 @@ from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
+from gpt_observatory.generation import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
 from gpt_observatory.serving_hooks import _errors
 from gpt_observatory.serving_hooks._openai import (
     ChatCompletionRequest,
@@ -29,9 +30,6 @@ from gpt_observatory.serving_hooks._openai import response_body as build_respons
 from gpt_observatory.serving_hooks.backends._threads import iterate_in_thread
 from gpt_observatory.serving_hooks.backends.base import Call, ModelBackend, Readiness
 from gpt_observatory.serving_hooks.inference import GenAIHooks, GenAIRequest, GenerationStats, ModelInfo
-
-DEFAULT_MAX_TOKENS = 32
-DEFAULT_TEMPERATURE = 0.8
 
 
 @dataclass(frozen=True, slots=True)
