@@ -1,6 +1,8 @@
-"""The ``observatory`` command line."""
+"""The ``observatory`` command line: one module a subcommand under ``gpt_observatory.commands``."""
 
 from __future__ import annotations
+
+import sys
 
 import typer
 
@@ -13,17 +15,6 @@ app = typer.Typer(
 )
 
 
-@app.command()
-def demo(
-    json_out: str = typer.Option(None, "--json", help="Also write the summary as JSON to this path."),
-    keep_serving: bool = typer.Option(False, "--keep-serving", help="Leave the gateway up after the summary."),
-) -> None:
-    """Run the end-to-end demo on embedded defaults (no server to start by hand)."""
-    from gpt_observatory.demo.loop import run
-
-    run(json_out=json_out, keep_serving=keep_serving)
-
-
 def _register() -> None:
     from gpt_observatory.commands import SUBCOMMANDS
 
@@ -32,5 +23,16 @@ def _register() -> None:
 
 
 def main() -> None:
+    from gpt_observatory.extras import MissingExtra, missing_extra
+
     _register()
-    app()
+    try:
+        app()
+    except MissingExtra as e:
+        print(f"observatory: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except ModuleNotFoundError as e:
+        if (hint := missing_extra(e)) is None:
+            raise
+        print(f"observatory: {hint}", file=sys.stderr)
+        raise SystemExit(1) from None
