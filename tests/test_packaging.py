@@ -4,6 +4,7 @@ is a one-line error that names it."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -58,10 +59,21 @@ def test_relative_imports_resolve_inside_the_project(tmp_path):
         f"{NAMESPACE}.telemetry.names", f"{NAMESPACE}.flows.gates"]
 
 
+def _tracked(*paths: str) -> list[str]:
+    listed = subprocess.run(["git", "ls-files", "-z", "--", *paths], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout.split("\0")
+    return [f for f in listed if f and (REPO / f).is_file()]  # not those deleted in the working tree
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
-    out = tmp_path_factory.mktemp("wheel")
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO)],
+    # Built from a copy of the tracked files: setuptools reuses ./build, where a module since
+    # moved or deleted would linger and ship.
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    for file in _tracked():
+        (source / file).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / file, source / file)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     [built] = out.glob("*.whl")
@@ -80,12 +92,8 @@ def test_the_wheel_names_one_top_level_package(wheel):
 
 
 def test_the_wheel_holds_every_tracked_shipped_file_at_its_namespace_path(wheel):
-    tracked = subprocess.run(["git", "ls-files", "-z", "--", *PACKAGE_DIR.values()], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout.split("\0")
     expected = set()
-    for file in filter(None, tracked):
-        if not (REPO / file).is_file():
-            continue  # deleted in the working tree
+    for file in _tracked(*PACKAGE_DIR.values()):
         package, folder = max(((p, f) for p, f in PACKAGE_DIR.items() if file.startswith(f + "/")),
                               key=lambda item: len(item[1]))
         expected.add("/".join([*package.split("."), file.removeprefix(folder + "/")]))
