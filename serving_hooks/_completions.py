@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
+from starlette.types import Receive, Scope, Send
 
 from gpt_observatory.serving_hooks import _errors
 from gpt_observatory.serving_hooks._errors import ApiError
 from gpt_observatory.serving_hooks._openai import ChatCompletionRequest, CompletionRequest
 from gpt_observatory.serving_hooks.backends.base import Call, ModelRouter
 from gpt_observatory.serving_hooks.context import request_context
-from gpt_observatory.serving_hooks.gateway import ClientGone, Receive, Scope, Send, parse_object, read_body
+from gpt_observatory.serving_hooks.gateway import ClientGone, parse_object, read_body
 from gpt_observatory.telemetry import names
 
 if TYPE_CHECKING:

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-
-Send = Any  # ASGI send callable
+from starlette.types import Send
 
 
 @dataclass(slots=True)
@@ -76,12 +75,15 @@ def rate_limited(kind: str, retry_after: int) -> ApiError:
     )
 
 
-def unauthenticated(status: int, reason: str, www_authenticate: str) -> ApiError:
-    """401/403 from the authenticator's short ``reason`` (never the credential itself)."""
+def unauthenticated(status: int, reason: str, detail: str, www_authenticate: str) -> ApiError:
+    """401/403 from the authenticator's short ``reason`` and its ``detail``, the hint on what to fix
+    (``serving_hooks.auth.AuthError``: written without the credential, so never echoing it)."""
     header = [(b"www-authenticate", www_authenticate.encode())]
     if status == 403:
-        return ApiError(403, f"forbidden: {reason}", "permission_error", reason, "forbidden", header)
-    return ApiError(401, f"authentication failed: {reason}", "authentication_error", reason, "auth", header)
+        return ApiError(403, f"forbidden: {reason}: {detail}", "permission_error", reason, "forbidden", header)
+    return ApiError(
+        401, f"authentication failed: {reason}: {detail}", "authentication_error", reason, "auth", header
+    )
 
 
 def model_not_found(model: str) -> ApiError:

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request
 from loguru import logger
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp
 
 from gpt_observatory import telemetry
 from gpt_observatory.serving_hooks import _completions as completions
@@ -33,7 +34,7 @@ from gpt_observatory.serving_hooks._errors import ApiError
 from gpt_observatory.serving_hooks._openai import ErrorBody, ModelList
 from gpt_observatory.serving_hooks.backends.base import ModelBackend, ModelRouter
 from gpt_observatory.serving_hooks.context import request_context
-from gpt_observatory.serving_hooks.gateway import ASGIApp, Authenticate, GatewayConfig, GatewayMiddleware, no_scopes
+from gpt_observatory.serving_hooks.gateway import Authenticate, GatewayConfig, GatewayMiddleware, no_scopes
 from gpt_observatory.serving_hooks.inference import GenAIHooks
 from gpt_observatory.serving_hooks.ratelimit import RateLimiter
 from gpt_observatory.serving_hooks.settings import ServeSettings

@@ -61,7 +61,9 @@ class Principal:
 
 
 class AuthError(Exception):
-    """A refused credential: ``status`` 401 or 403, ``reason`` one of ``names.AUTH_OUTCOMES``."""
+    """A refused credential: ``status`` 401 or 403, ``reason`` one of ``names.AUTH_OUTCOMES``, ``detail``
+    what to fix. The gateway sends ``reason`` and ``detail`` to the caller in the error body, so
+    ``detail`` is written from fixed text and settings, never from the credential."""
 
     def __init__(
         self, status: int, reason: str, method: Method, detail: str, *,

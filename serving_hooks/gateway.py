@@ -15,7 +15,7 @@ it; the read is bounded by ``max_request_bytes`` either way.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ import orjson
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gpt_observatory.serving_hooks import _errors
 from gpt_observatory.serving_hooks._errors import ApiError
@@ -30,12 +31,6 @@ from gpt_observatory.serving_hooks.context import STATE_KEY, RequestContext, pro
 from gpt_observatory.serving_hooks.ratelimit import RateLimiter
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.summed import SummedCounter
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 __all__ = ["Authenticate", "GatewayConfig", "GatewayMiddleware", "RequestContext", "no_scopes", "request_context"]
 
@@ -169,7 +164,9 @@ class GatewayMiddleware:
                 )
             except self._auth_error as e:
                 refusal: Any = e  # serving_hooks.auth.AuthError
-                raise _errors.unauthenticated(refusal.status, refusal.reason, refusal.www_authenticate) from None
+                raise _errors.unauthenticated(
+                    refusal.status, refusal.reason, refusal.detail, refusal.www_authenticate
+                ) from None
             ctx.tenant = ctx.principal.tenant
         if self.limiter is None:
             return receive, None

@@ -5,6 +5,7 @@ metering of the tokens the app reports, and streaming that stays streaming."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 
@@ -189,3 +190,29 @@ def test_auth_refusals_stop_at_the_gateway(memory_telemetry, app, keyring):
     assert point_value(rejected, **{names.REJECTION_REASON: "forbidden"}) == 1
     requests = memory_telemetry.memory.metrics()[names.GATEWAY_REQUESTS.name]
     assert point_value(requests, **{names.TENANT: "acme", names.HTTP_RESPONSE_STATUS_CODE: 200}) == 1
+
+
+def test_a_refusal_says_what_to_fix_and_never_echoes_the_credential(app, keyring):
+    auth = Authenticator(AuthSettings(api_keys_file=keyring.path, model_scopes={"tiny-gpt": ("inference",)}))
+    config = GatewayConfig(routes=ROUTES, scopes_for=auth.scopes_for)
+    basic = base64.b64encode(b"alice:secret").decode()
+    forged = "obs_000000000000_" + "A" * 43
+    jwt_like = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+    cases = [  # (Authorization, status, code, the hint the body must carry, the credential it must not)
+        (f"Basic {basic}", 401, "malformed", "use the Bearer scheme", basic),
+        (f"Bearer {forged}", 401, "unknown_key", "API key is not known", forged),
+        (f"Bearer {jwt_like}", 401, "unknown_key", "this gateway accepts no JWTs", jwt_like),
+        (f"Bearer {keyring.globex}", 403, "insufficient_scope", "credential lacks scope(s): inference", keyring.globex),
+    ]
+    with serve(GatewayMiddleware(app, config, authenticator=auth), lifespan="off") as gw:
+        answers = [httpx.post(gw.url + "/v1/echo", json={"model": "tiny-gpt"}, headers={"authorization": header})
+                   for header, *_ in cases]
+
+    for answer, (_, status, code, hint, credential) in zip(answers, cases, strict=True):
+        error = answer.json()["error"]
+        assert (answer.status_code, error["code"]) == (status, code)
+        refused = "authentication failed" if status == 401 else "forbidden"
+        assert error["message"].startswith(f"{refused}: {code}: {hint}"), error
+        for text in (answer.text, answer.headers["www-authenticate"]):
+            assert credential not in text and credential[-20:] not in text
+    assert app.calls == 0
