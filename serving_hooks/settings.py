@@ -20,54 +20,92 @@ CanarySticky = Literal["none", "tenant", "session"]
 class ServeSettings(TableSettings):
     """Everything ``observatory serve`` and :func:`serving_hooks.app.create_app` read.
 
-    Field ``x`` is ``OBSERVATORY_SERVE_X`` in the environment and ``x`` in ``[serve]`` of
-    ``observatory.toml``.
+    Field ``x`` is ``OBSERVATORY_SERVE_X`` in the environment, ``x`` in ``[serve]`` of
+    ``observatory.toml`` and ``--x`` (dashes for underscores) of ``observatory serve``, which builds
+    its options from these fields and their descriptions.
     """
 
     model_config = SettingsConfigDict(env_prefix="OBSERVATORY_SERVE_", extra="forbid", validate_default=True)
     toml_table = "serve"
 
     # Model backend.
-    backend: Backend = "mlflow"
-    model: str = "tiny-gpt"  # registered model name (mlflow) or the default model id (upstream)
-    alias: str = "champion"
-    tracking_uri: str | None = None  # MLflow; None: MLFLOW_TRACKING_URI or MLflow's default
-    poll_interval_s: float = Field(10.0, gt=0)
-    workers: int = Field(8, ge=1, le=256)  # threads running in-process generation
-    upstream_url: str | None = None
-    upstream_api_key: SecretStr | None = None  # sent upstream; never the caller's credential
-    upstream_provider: str = "openai"  # gen_ai.provider.name of the upstream
-    upstream_connect_timeout_s: float = Field(5.0, gt=0)
-    upstream_timeout_s: float = Field(60.0, gt=0)  # max wait for headers / between streamed bytes
-    upstream_max_connections: int = Field(256, ge=1)
+    backend: Backend = Field(
+        "mlflow", description="Model backend: 'mlflow' (serve models:/MODEL@ALIAS in process) or 'upstream' "
+                              "(proxy an OpenAI-compatible server)."
+    )
+    model: str = Field(
+        "tiny-gpt", description="Registered MLflow model to serve (mlflow backend); the default model id (upstream)."
+    )
+    alias: str = Field("champion", description="Registry alias to serve and follow (hot-swap).")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking/registry URI; unset: MLFLOW_TRACKING_URI or MLflow's default."
+    )
+    poll_interval_s: float = Field(10.0, gt=0, description="Seconds between checks of the alias for a new version.")
+    workers: int = Field(8, ge=1, le=256, description="Threads running in-process generation (mlflow backend).")
+    upstream_url: str | None = Field(
+        None, description="OpenAI base URL of the upstream server, e.g. http://127.0.0.1:8001/v1 (upstream backend)."
+    )
+    upstream_api_key: SecretStr | None = Field(
+        None, description="Key sent to the upstream; never the caller's credential, never exported."
+    )
+    upstream_provider: str = Field("openai", description="gen_ai.provider.name of the upstream.")
+    upstream_connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to connect to the upstream.")
+    upstream_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds to wait for the upstream's answer or its next streamed bytes before a 504."
+    )
+    upstream_max_connections: int = Field(256, ge=1, description="Size of the upstream connection pool.")
 
     # Canary routing (mlflow backend; serving_hooks.backends.canary). The challenger gets traffic only
     # while its alias exists: deleting the alias (what the canary flow does on a decision) is share 0.
-    canary_share: float = Field(0.0, ge=0.0, le=1.0)  # share of requests for the challenger alias
-    canary_tenants: CommaList = []  # tenants always served by the challenger
-    canary_sticky: CanarySticky = "none"  # per request, or hash of the tenant / the OpenAI `user` field
-    challenger_alias: str = "challenger"
+    canary_share: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of requests (0..1) served by the challenger alias while it exists "
+                                         "(mlflow backend); deleting the alias sets it back to 0 at the next poll."
+    )
+    canary_tenants: CommaList = Field([], description="Tenants always served by the challenger while it exists.")
+    canary_sticky: CanarySticky = Field(
+        "none", description="Keep callers on one side of the canary: 'none' (draw per request), 'tenant', or "
+                            "'session' (the OpenAI 'user' field)."
+    )
+    challenger_alias: str = Field("challenger", description="Registry alias of the canary's challenger.")
 
     # Listener.
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    graceful_timeout_s: float = Field(30.0, ge=0)
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    graceful_timeout_s: float = Field(30.0, ge=0, description="Seconds requests in flight may take to finish on shutdown.")
 
     # Authentication (serving_hooks.auth.Authenticator; its other settings are OBSERVATORY_AUTH_*).
-    oidc_issuer: str | None = None
-    audience: str | None = None
-    api_keys_file: Path | None = None
-    allow_anonymous: bool = False  # serve without any credential check (development only)
+    oidc_issuer: str | None = Field(
+        None, description="OIDC issuer URL whose JWKS verify bearer JWTs (discovery at "
+                          "/.well-known/openid-configuration)."
+    )
+    audience: str | None = Field(None, description="Required 'aud' of JWTs (with the OIDC issuer).")
+    api_keys_file: Path | None = Field(
+        None, description="JSON file of hashed API keys (made by 'observatory keys create')."
+    )
+    allow_anonymous: bool = Field(
+        False, description="Serve without authentication when none is configured (development only)."
+    )
 
     # Gateway limits.
-    redis_url: str | None = None  # shared rate-limit state for replicas; None: in memory
-    rate_limit_by: Literal["tenant", "subject"] = "tenant"
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1)
-    rate_limit_strategy: RateLimitStrategy = "fixed-window"
-    rate_limit_namespace: str = "observatory"  # key prefix in the shared storage
-    max_request_bytes: int = Field(1 << 20, ge=1)
-    capture_content: bool | None = None  # None: the telemetry setting decides
+    redis_url: str | None = Field(
+        None, description="Redis URL holding rate-limit state shared by gateway replicas, e.g. "
+                          "redis://127.0.0.1:6379/0; unset: in memory (per process)."
+    )
+    rate_limit_by: Literal["tenant", "subject"] = Field(
+        "tenant", description="Key rate limits by 'tenant' or by 'subject' (one API key or JWT subject)."
+    )
+    requests_per_minute: int | None = Field(
+        None, ge=1, description="Requests per minute allowed per tenant (or subject); unset: unlimited."
+    )
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="Tokens (input + output) per minute allowed per tenant (or subject); unset: unlimited."
+    )
+    rate_limit_strategy: RateLimitStrategy = Field("fixed-window", description="Rate-limit window ('limits' strategy).")
+    rate_limit_namespace: str = Field("observatory", description="Key prefix of rate-limit state in shared storage.")
+    max_request_bytes: int = Field(1 << 20, ge=1, description="Largest request body accepted; larger ones get 413.")
+    capture_content: bool | None = Field(
+        None, description="Record prompt and completion text on GenAI spans; unset: the telemetry setting (off)."
+    )
 
     @model_validator(mode="after")
     def _backend_needs(self) -> ServeSettings:

@@ -1,17 +1,37 @@
 """``observatory serve``: run the reference gateway (OpenAI-compatible API with every hook on).
 
-Each option overrides ``OBSERVATORY_SERVE_<OPTION>`` and ``[serve]`` of ``observatory.toml``;
-authentication details beyond these options are ``OBSERVATORY_AUTH_*`` (see ``serving_hooks.auth``).
-SIGTERM or Ctrl-C stops accepting connections, lets requests in flight finish (up to
-``--graceful-timeout``), closes the model backend and flushes telemetry.
+The options are the fields of :class:`~gpt_observatory.serving_hooks.settings.ServeSettings`,
+built from the model: ``--upstream-url`` sets ``upstream_url``, with the field's type, choices and
+description, so a new setting is a new option. An option given overrides
+``OBSERVATORY_SERVE_<FIELD>`` and ``[serve]`` of ``observatory.toml``, which override the defaults.
+Secrets (``upstream_api_key``) are no options: a command line is visible to every user of the
+machine. Authentication details beyond these options are ``OBSERVATORY_AUTH_*`` (see
+``serving_hooks.auth``). SIGTERM or Ctrl-C stops accepting connections, lets requests in flight
+finish (up to ``--graceful-timeout-s``), closes the model backend and flushes telemetry.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, get_args, get_origin
 
 import typer
+from pydantic import BaseModel, SecretStr
+from pydantic.fields import FieldInfo
+
+from gpt_observatory.serving_hooks.settings import ServeSettings
+
+# The spellings these options had before they were named after their settings; still accepted.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "poll_interval_s": ("--poll-interval",),
+    "workers": ("--generation-threads",),
+    "canary_tenants": ("--canary-tenant",),
+    "upstream_timeout_s": ("--upstream-timeout",),
+    "graceful_timeout_s": ("--graceful-timeout",),
+    "requests_per_minute": ("--rpm",),
+    "tokens_per_minute": ("--tpm",),
+}
 
 app = typer.Typer(
     help="Run the reference gateway: OpenAI-compatible API, auth, rate limits, metering and GenAI telemetry.",
@@ -19,100 +39,65 @@ app = typer.Typer(
 )
 
 
-@app.callback(invoke_without_command=True)
+def setting_options(
+    settings: type[BaseModel], aliases: Mapping[str, tuple[str, ...]] | None = None
+) -> list[inspect.Parameter]:
+    """One keyword parameter with a typer option per field of ``settings`` (secrets left out), each
+    defaulting to ``None``: "not given", so the environment, the config file or the default decides."""
+    aliases = aliases or {}
+    options = (_option(name, field, aliases.get(name, ())) for name, field in settings.model_fields.items())
+    return [option for option in options if option is not None]
+
+
+def _option(name: str, field: FieldInfo, aliases: tuple[str, ...]) -> inspect.Parameter | None:
+    kind = _without_none(field.annotation)
+    if kind is SecretStr:
+        return None
+    flag = "--" + name.replace("_", "-")
+    help_text = field.description or ""
+    metavar = None
+    if get_origin(kind) is list:
+        help_text += " Repeatable."
+        metavar = f"<{get_args(kind)[0].__name__}>"
+    default = field.get_default(call_default_factory=True)
+    if default is not None and default != []:
+        shown = ("on" if default else "off") if kind is bool else f"{default:g}" if kind is float else default
+        help_text += f" Default: {shown}."
+    decls = (f"{flag}/--no-{flag[2:]}",) if kind is bool else (flag, *aliases)
+    option = typer.Option(*decls, help=help_text.strip(), show_default=False, metavar=metavar)
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, option]
+    )
+
+
+def _without_none(annotation: Any) -> Any:
+    """``X | None`` -> ``X``; anything else as it is."""
+    args = [arg for arg in get_args(annotation) if arg is not type(None)]
+    return args[0] if len(args) == 1 and type(None) in get_args(annotation) else annotation
+
+
+def _given(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options given on the command line (typer hands an empty list for a repeatable one not given)."""
+    return {k: v for k, v in options.items() if v is not None and not (isinstance(v, list | tuple) and not v)}
+
+
+def with_options(fn: Callable[..., Any], options: list[inspect.Parameter]) -> Callable[..., Any]:
+    """``fn`` (taking ``**options``) as typer sees it: ``options`` first, then its own parameters."""
+    signature = inspect.signature(fn, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    fn.__signature__ = signature.replace(parameters=[*options, *own])  # type: ignore[attr-defined]
+    return fn
+
+
 def serve(
-    backend: Annotated[
-        str | None,
-        typer.Option(help="Model backend: 'mlflow' (serve models:/MODEL@champion in process) or 'upstream' "
-                          "(proxy an OpenAI-compatible server). Default: mlflow."),
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="Registered MLflow model to serve (mlflow backend). Default: tiny-gpt.")
-    ] = None,
-    alias: Annotated[str | None, typer.Option(help="Registry alias to serve and follow. Default: champion.")] = None,
-    tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking/registry URI. Default: MLFLOW_TRACKING_URI or MLflow's default.")
-    ] = None,
-    poll_interval: Annotated[
-        float | None,
-        typer.Option(help="Seconds between checks of the alias for a new version (hot-swap). Default: 10."),
-    ] = None,
-    generation_threads: Annotated[
-        int | None, typer.Option(help="Threads running in-process generation (mlflow backend). Default: 8.")
-    ] = None,
-    canary_share: Annotated[
-        float | None,
-        typer.Option(help="Share of requests (0..1) served by the 'challenger' alias while it exists (mlflow "
-                          "backend); deleting the alias sets it back to 0 at the next poll. Default: 0."),
-    ] = None,
-    canary_tenant: Annotated[
-        list[str] | None,
-        typer.Option(metavar="TENANT", help="A tenant always served by the challenger while it exists (repeatable).")
-    ] = None,
-    canary_sticky: Annotated[
-        str | None,
-        typer.Option(help="Keep callers on one side of the canary: 'none' (draw per request), 'tenant', or "
-                          "'session' (the OpenAI 'user' field). Default: none."),
-    ] = None,
-    challenger_alias: Annotated[
-        str | None, typer.Option(help="Registry alias of the canary's challenger. Default: challenger.")
-    ] = None,
-    upstream_url: Annotated[
-        str | None,
-        typer.Option(help="OpenAI base URL of the upstream server, e.g. http://127.0.0.1:8001/v1 (upstream backend)."),
-    ] = None,
-    upstream_timeout: Annotated[
-        float | None,
-        typer.Option(help="Seconds to wait for the upstream's answer or its next streamed bytes before a 504. "
-                          "Default: 60."),
-    ] = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on. Default: 127.0.0.1.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on. Default: 8000.")] = None,
-    oidc_issuer: Annotated[
-        str | None, typer.Option(help="OIDC issuer URL whose JWKS verify bearer JWTs (discovery at "
-                                      "/.well-known/openid-configuration).")
-    ] = None,
-    audience: Annotated[str | None, typer.Option(help="Required 'aud' of JWTs (with --oidc-issuer).")] = None,
-    api_keys_file: Annotated[
-        Path | None, typer.Option(help="JSON file of hashed API keys (made by 'observatory keys create').")
-    ] = None,
-    allow_anonymous: Annotated[
-        bool, typer.Option(help="Serve without authentication when none is configured (development only).")
-    ] = False,
-    redis_url: Annotated[
-        str | None,
-        typer.Option(help="Redis URL holding rate-limit state shared by gateway replicas, e.g. "
-                          "redis://127.0.0.1:6379/0. Default: in memory (per process)."),
-    ] = None,
-    requests_per_minute: Annotated[
-        int | None,
-        typer.Option("--rpm", help="Requests per minute allowed per tenant (or subject). Default: unlimited."),
-    ] = None,
-    tokens_per_minute: Annotated[
-        int | None,
-        typer.Option("--tpm", help="Tokens (input + output) per minute allowed per tenant (or subject). "
-                                   "Default: unlimited."),
-    ] = None,
-    rate_limit_by: Annotated[
-        str | None, typer.Option(help="Key rate limits by 'tenant' or by 'subject' (one API key or JWT subject).")
-    ] = None,
-    max_request_bytes: Annotated[
-        int | None, typer.Option(help="Largest request body accepted; larger ones get 413. Default: 1 MiB.")
-    ] = None,
-    capture_content: Annotated[
-        bool | None,
-        typer.Option("--capture-content/--no-capture-content",
-                     help="Record prompt and completion text on GenAI spans. Default: the telemetry setting (off)."),
-    ] = None,
+    *,
     metrics_endpoint: Annotated[
         bool, typer.Option(help="Serve Prometheus metrics on this app's /metrics (adds the prometheus backend).")
     ] = True,
-    graceful_timeout: Annotated[
-        float | None, typer.Option(help="Seconds requests in flight may take to finish on shutdown. Default: 30.")
-    ] = None,
     service_name: Annotated[
         str, typer.Option(help="service.name of this process's telemetry (OTEL_SERVICE_NAME wins when set).")
     ] = "observatory-gateway",
+    **options: Any,
 ) -> None:
     """Serve the OpenAI-compatible API until SIGTERM/Ctrl-C."""
     import gc
@@ -127,16 +112,7 @@ def serve(
     from gpt_observatory.telemetry.settings import ConfigError
 
     try:
-        settings = load(
-            backend=backend, model=model, alias=alias, tracking_uri=tracking_uri, poll_interval_s=poll_interval,
-            workers=generation_threads, canary_share=canary_share, canary_tenants=canary_tenant or None,
-            canary_sticky=canary_sticky, challenger_alias=challenger_alias, upstream_url=upstream_url,
-            upstream_timeout_s=upstream_timeout, host=host,
-            port=port, oidc_issuer=oidc_issuer, audience=audience, api_keys_file=api_keys_file,
-            allow_anonymous=allow_anonymous or None, redis_url=redis_url, requests_per_minute=requests_per_minute,
-            tokens_per_minute=tokens_per_minute, rate_limit_by=rate_limit_by, max_request_bytes=max_request_bytes,
-            capture_content=capture_content, graceful_timeout_s=graceful_timeout,
-        )
+        settings = load(**_given(options))
         overrides: dict = {}
         if metrics_endpoint:
             chosen = telemetry.settings.load().exporters("metrics")
@@ -171,6 +147,9 @@ def serve(
             pass
     finally:
         handle.shutdown()
+
+
+app.callback(invoke_without_command=True)(with_options(serve, setting_options(ServeSettings, ALIASES)))
 
 
 class _Stop(Exception):

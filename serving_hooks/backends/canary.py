@@ -17,13 +17,14 @@ import random
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, get_args
 
 from gpt_observatory.serving_hooks.backends.base import Call, ModelBackend, ModelRouter
 from gpt_observatory.serving_hooks.backends.inprocess import InProcessBackend
+from gpt_observatory.serving_hooks.settings import CanarySticky
 from gpt_observatory.telemetry import names
 
-Sticky = Literal["none", "tenant", "session"]
+_STICKY: tuple[str, ...] = get_args(CanarySticky)
 _SCALE = float(1 << 32)
 
 
@@ -38,16 +39,16 @@ class CanaryPolicy:
 
     share: float = 0.0
     tenants: frozenset[str] = frozenset()
-    sticky: Sticky = "none"
+    sticky: CanarySticky = "none"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.share <= 1.0:
             raise ValueError(f"canary share must be within 0..1, got {self.share}")
-        if self.sticky not in ("none", "tenant", "session"):
-            raise ValueError(f"canary sticky must be 'none', 'tenant' or 'session', got {self.sticky!r}")
+        if self.sticky not in _STICKY:
+            raise ValueError(f"canary sticky must be one of {', '.join(map(repr, _STICKY))}, got {self.sticky!r}")
 
     @classmethod
-    def of(cls, share: float, tenants: Iterable[str] = (), sticky: Sticky = "none") -> CanaryPolicy:
+    def of(cls, share: float, tenants: Iterable[str] = (), sticky: CanarySticky = "none") -> CanaryPolicy:
         return cls(share, frozenset(tenants), sticky)
 
 
