@@ -1,7 +1,7 @@
 """GenAI instrumentation around one generation call, streaming or not.
 
-Model code reports what happened with plain values (:meth:`Generation.first_token`,
-:meth:`Generation.token`, and a :class:`GenerationStats` at the end); these hooks alone turn them
+Model code reports what happened with plain values (:meth:`Generation.token` as each token is
+sent, and a :class:`GenerationStats` at the end); these hooks alone turn them
 into the span ``{gen_ai.operation.name} {gen_ai.request.model}``, the GenAI metrics and the usage
 the gateway meters (the split vLLM keeps between its engine stats and its metric loggers).
 
@@ -15,11 +15,8 @@ synchronisation per request.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -117,34 +114,8 @@ class GenAIHooks:
     def generation(
         self, request: GenAIRequest, model: ModelInfo | None = None, usage_sink: UsageSink | None = None
     ) -> Generation:
-        """A context manager (``with`` or ``async with``) around one generation call."""
+        """A context manager around one generation call (or call :meth:`Generation.end` when it finishes)."""
         return Generation(self, request, model, usage_sink)
-
-    def instrument(self, operation: str, model: str, info: ModelInfo | None = None) -> Callable:
-        """Decorate a function (sync or async) that returns :class:`GenerationStats`."""
-
-        def decorate(fn: Callable) -> Callable:
-            if inspect.iscoroutinefunction(fn):
-
-                @functools.wraps(fn)
-                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                    async with self.generation(GenAIRequest(operation, model), info) as gen:
-                        stats = await fn(*args, **kwargs)
-                        gen.record(stats)
-                        return stats
-
-                return async_wrapper
-
-            @functools.wraps(fn)
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                with self.generation(GenAIRequest(operation, model), info) as gen:
-                    stats = fn(*args, **kwargs)
-                    gen.record(stats)
-                    return stats
-
-            return wrapper
-
-        return decorate
 
 
 class Generation:
@@ -165,11 +136,6 @@ class Generation:
         self._start = time.perf_counter()
 
     # -- called by model code -------------------------------------------------------------
-    def first_token(self) -> None:
-        """Mark the first token (or chunk) as produced now; later calls are ignored."""
-        if self._first is None:
-            self._first = time.perf_counter()
-
     def token(self, n: int = 1) -> None:
         """Count ``n`` output tokens (chunks, as a client) produced now."""
         if self._first is None:
@@ -198,12 +164,6 @@ class Generation:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        self.end(exc)
-
-    async def __aenter__(self) -> Generation:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         self.end(exc)
 
     def end(self, exc: BaseException | None = None) -> None:

@@ -106,12 +106,8 @@ class UpstreamBackend(ModelBackend):
         try:
             try:
                 resp = await self._http.post(url, data=body, headers=headers)
-            except TimeoutError:
-                gen.fail("timeout")
-                raise _errors.upstream_timeout(self.timeout_s) from None
-            except aiohttp.ClientError as e:
-                gen.fail(type(e).__qualname__)
-                raise _errors.upstream_failed(f"{type(e).__name__} calling {self.base_url}") from None
+            except (TimeoutError, aiohttp.ClientError) as e:
+                raise self._failed(gen, e, f"calling {self.base_url}") from None
             if resp.status != 200:
                 response = await self._not_ok(resp, gen)
                 gen.end()
@@ -131,6 +127,14 @@ class UpstreamBackend(ModelBackend):
         if self._session is None:
             raise _errors.not_ready("the upstream client is not started")
         return self._session
+
+    def _failed(self, gen: Generation, error: TimeoutError | aiohttp.ClientError, doing: str) -> _errors.ApiError:
+        """The answer to an upstream timeout (504) or connection failure (502); marks ``gen`` failed."""
+        if isinstance(error, TimeoutError):  # before ClientError: aiohttp's timeouts are both
+            gen.fail("timeout")
+            return _errors.upstream_timeout(self.timeout_s)
+        gen.fail(type(error).__qualname__)
+        return _errors.upstream_failed(f"{type(error).__name__} {doing}")
 
     def _headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
@@ -155,12 +159,8 @@ class UpstreamBackend(ModelBackend):
     async def _complete(self, resp: aiohttp.ClientResponse, gen: Generation) -> Response:
         try:
             data = await resp.read()
-        except TimeoutError:
-            gen.fail("timeout")
-            raise _errors.upstream_timeout(self.timeout_s) from None
-        except aiohttp.ClientError as e:
-            gen.fail(type(e).__qualname__)
-            raise _errors.upstream_failed(f"{type(e).__name__} reading the answer") from None
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise self._failed(gen, e, "reading the answer") from None
         finally:
             resp.release()
         try:

@@ -140,7 +140,7 @@ def test_the_reference_model_is_served_streaming_and_not(memory_telemetry, mlflo
     """The flows area's TinyGPT pyfunc (random weights: the interface matters here, not the text)."""
     import openai
 
-    from gpt_observatory.flows import gpt, pyfunc
+    from gpt_observatory.flows.model import gpt, pyfunc
 
     name = f"tiny-gpt-{uuid.uuid4().hex[:8]}"
     mlflow.set_tracking_uri(mlflow_server.url)

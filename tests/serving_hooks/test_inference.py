@@ -132,18 +132,24 @@ def test_a_failure_marks_the_span_and_the_duration(handle):
     assert last_span(handle, "chat broken-upstream").attributes[names.ERROR_TYPE] == "timeout"
 
 
-def test_the_decorator_wraps_sync_and_async_generation(handle):
+def test_a_generation_records_what_sync_and_async_model_code_hands_it(handle):
+    """As the backends do: ``with hooks.generation(...)`` around the call, in plain and in async code."""
     hooks = GenAIHooks("server")
 
-    @hooks.instrument("text_completion", "decorated", INFO)
     def generate(prompt: str) -> GenerationStats:
-        return GenerationStats(len(prompt), 3, ("stop",))
+        with hooks.generation(GenAIRequest("text_completion", "plain"), INFO) as gen:
+            stats = GenerationStats(len(prompt), 3, ("stop",))
+            gen.record(stats)
+        return stats
 
-    @hooks.instrument("text_completion", "decorated-async", INFO)
     async def agenerate(prompt: str) -> GenerationStats:
-        return GenerationStats(len(prompt), 5, ("stop",))
+        with hooks.generation(GenAIRequest("text_completion", "in-async"), INFO) as gen:
+            await asyncio.sleep(0)
+            stats = GenerationStats(len(prompt), 5, ("stop",))
+            gen.record(stats)
+        return stats
 
     assert generate("hello").output_tokens == 3
     assert asyncio.run(agenerate("hi")).output_tokens == 5
-    assert last_span(handle, "text_completion decorated").attributes[names.GEN_AI_USAGE_INPUT_TOKENS] == 5
-    assert last_span(handle, "text_completion decorated-async").attributes[names.GEN_AI_USAGE_OUTPUT_TOKENS] == 5
+    assert last_span(handle, "text_completion plain").attributes[names.GEN_AI_USAGE_INPUT_TOKENS] == 5
+    assert last_span(handle, "text_completion in-async").attributes[names.GEN_AI_USAGE_OUTPUT_TOKENS] == 5
