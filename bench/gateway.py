@@ -135,7 +135,7 @@ def model_tokens_per_second(rounds: int, generations: int = 10, max_tokens: int 
     import torch
 
     from gpt_observatory import telemetry
-    from gpt_observatory.flows import gpt, pyfunc
+    from gpt_observatory.flows.model import gpt, pyfunc
     from gpt_observatory.serving_hooks.inference import GenAIHooks, GenAIRequest, GenerationStats, ModelInfo
 
     telemetry.configure("bench-model", gpu_enabled=False, console_logs=False)

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def embedded_pipeline(state: Path) -> dict[str, Any]:
     """Figure 1: the whole pipeline twice on the embedded defaults of ``state``."""
-    from gpt_observatory.flows.flows import pipeline
+    from gpt_observatory.flows.pipeline import pipeline
 
     started = time.perf_counter()
     cold = pipeline()
@@ -45,20 +45,19 @@ def embedded_pipeline(state: Path) -> dict[str, Any]:
 def train_and_log(uri: str, steps: int) -> tuple[str, str, str | None, Any]:
     """A logged model outside the measured part: (run id, model URI, logged model id, lineage)."""
     from gpt_observatory.flows import tasks
-    from gpt_observatory.flows.lineage import Lineage, code_version
-    from gpt_observatory.flows.settings import load_settings
+    from gpt_observatory.flows.context import RunContext
     from gpt_observatory.flows.stores import client_for, experiment_id
 
-    settings = load_settings(steps=steps, progress=False, tracking_uri=uri)
-    result = tasks.fit.fn(settings.train_params(), False, settings.torch_threads)
-    lineage = Lineage(result.data_hash, code_version(), settings.train_params())
+    context = RunContext.start(None, {"steps": steps, "progress": False, "tracking_uri": uri})
+    settings, lineage = context.settings, context.lineage
+    result = tasks.fit.fn(settings.train_params(), context.corpus, False, settings.torch_threads)
     experiment = experiment_id(client_for(uri), settings.experiment)
     run_id = tasks.start_training_run.fn(uri, experiment, lineage, "bench")
     model_uri, model_id = tasks.log_trained_model.fn(uri, run_id, result)
     return run_id, model_uri, model_id, lineage
 
 
-def direct(uri: str, name: str, logged: tuple, settings: Any) -> dict[str, float]:
+def direct(uri: str, name: str, logged: tuple, context: Any) -> dict[str, float]:
     """register → evaluate → promote with the flows' task functions, called without Prefect."""
     import dataclasses
 
@@ -67,16 +66,17 @@ def direct(uri: str, name: str, logged: tuple, settings: Any) -> dict[str, float
     from gpt_observatory.flows.registry import CHALLENGER, CHAMPION
     from gpt_observatory.flows.stores import client_for
 
+    settings = context.settings
     run_id, source, model_id, lineage = logged
     t0 = time.perf_counter()
     version = tasks.register_version.fn(uri, name, source, run_id, model_id, lineage).version
     t1 = time.perf_counter()
     experiment = tasks.ensure_experiment.fn(uri, settings.experiment)
-    evaluation = tasks.evaluate_version.fn(uri, name, version, settings)
+    evaluation = tasks.evaluate_version.fn(uri, name, version, settings, context.corpus)
     tasks.log_evaluation.fn(uri, experiment, name, version, evaluation)
     t2 = time.perf_counter()
     token = tasks.acquire_lease.fn(uri, name, f"bench-{uuid.uuid4().hex[:8]}", settings)
-    try:
+    with lease.held(client_for(uri), name, token):
         champion = tasks.read_alias.fn(uri, name, CHAMPION)
         challenger = tasks.read_eval.fn(uri, name, version)
         incumbent = tasks.read_eval.fn(uri, name, champion) if champion else None
@@ -93,8 +93,6 @@ def direct(uri: str, name: str, logged: tuple, settings: Any) -> dict[str, float
             figures=result.figures,
         )
         tasks.record_decision.fn(uri, decision)
-    finally:
-        lease.release(client_for(uri), name, token)
     assert tasks.read_alias.fn(uri, name, CHALLENGER) in (None, version)
     t3 = time.perf_counter()
     return {"register": t1 - t0, "evaluate": t2 - t1, "promote": t3 - t2}
@@ -106,21 +104,24 @@ def with_flows(uri: str, name: str, logged: tuple, overrides: dict[str, Any]) ->
     from prefect import flow
 
     from gpt_observatory.flows._flowkit import in_process_subflows
-    from gpt_observatory.flows.flows import evaluate, promote, register
+    from gpt_observatory.flows.context import RunContext
+    from gpt_observatory.flows.lifecycle import evaluate, register
+    from gpt_observatory.flows.promotion import promote
 
     run_id, source, model_id, lineage = logged
     timing: dict[str, float] = {}
 
     @flow(name="register-evaluate-promote")
     def stages() -> None:
+        context = RunContext.start(name, overrides)
         t0 = time.perf_counter()
         with in_process_subflows():
             version = register(run_id=run_id, model_uri=source, model_id=model_id, lineage=lineage.to_dict(),
-                               model_name=name, overrides=overrides).version
+                               context=context).version
             t1 = time.perf_counter()
-            evaluate(version=version, model_name=name, overrides=overrides)
+            evaluate(version=version, context=context)
             t2 = time.perf_counter()
-            promote(model_name=name, version=version, overrides=overrides)
+            promote(version=version, context=context)
         timing.update(register=t1 - t0, evaluate=t2 - t1, promote=time.perf_counter() - t2)
 
     started = time.perf_counter()
@@ -133,13 +134,11 @@ def flow_overhead(state: Path, reps: int) -> dict[str, Any]:
     """Figure 2: median seconds of register+evaluate+promote (first version, then a challenger)."""
     from prefect import flow
 
-    from gpt_observatory.flows.settings import load_settings
-    from gpt_observatory.flows.stores import connect
+    from gpt_observatory.flows.context import RunContext
 
     uri = f"sqlite:///{state / 'overhead.db'}"
     overrides = {"tracking_uri": uri, "progress": False}
-    settings = load_settings(**overrides)
-    connect(settings)
+    context = RunContext.start(None, overrides)
     first, second = train_and_log(uri, 60), train_and_log(uri, 200)
 
     @flow(name="warm-up")
@@ -155,7 +154,7 @@ def flow_overhead(state: Path, reps: int) -> dict[str, Any]:
             total = 0.0
             for logged in (first, second):
                 if kind == "direct":
-                    timing = direct(uri, name, logged, settings)
+                    timing = direct(uri, name, logged, context)
                 else:
                     timing = with_flows(uri, name, logged, overrides)
                 total += sum(timing.values())

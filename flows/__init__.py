@@ -1,6 +1,14 @@
 """The reference model and its MLOps flows: train → register → evaluate → promote, rollback.
 
-Nothing heavy is imported until used: ``import flows`` loads neither torch nor Prefect.
+Nothing heavy is imported until used: importing ``gpt_observatory.flows`` loads neither torch
+nor Prefect.
+
+- ``model/``: the reference model (``gpt``, ``training``, ``evaluation``, ``pyfunc``, ``data/``);
+- flows: ``pipeline`` (the lifecycle once), ``lifecycle`` (train, register, evaluate),
+  ``promotion`` (promote, rollback), ``canary`` (canary, guard); their tasks in ``tasks``;
+- around them: ``context`` (what one run shares), ``settings``, ``gates`` (offline and live),
+  ``decisions`` (locks and records of a champion decision), ``lease``, ``registry``, ``history``,
+  ``lineage``, ``live`` (Prometheus figures), ``stores``, ``instruments``, ``errors``.
 """
 
 from __future__ import annotations
@@ -8,23 +16,24 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+# The ``pipeline`` and ``canary`` flows are not re-exported: their modules have the same names,
+# and an imported submodule is what the package attribute holds.
 _EXPORTS = {
-    "pipeline": "gpt_observatory.flows.flows",
-    "train": "gpt_observatory.flows.flows",
-    "register": "gpt_observatory.flows.flows",
-    "evaluate": "gpt_observatory.flows.flows",
-    "promote": "gpt_observatory.flows.flows",
-    "rollback": "gpt_observatory.flows.flows",
-    "canary": "gpt_observatory.flows.canary",
+    "PipelineResult": "gpt_observatory.flows.pipeline",
+    "train": "gpt_observatory.flows.lifecycle",
+    "register": "gpt_observatory.flows.lifecycle",
+    "evaluate": "gpt_observatory.flows.lifecycle",
+    "promote": "gpt_observatory.flows.promotion",
+    "rollback": "gpt_observatory.flows.promotion",
     "guard": "gpt_observatory.flows.canary",
-    "CanarySettings": "gpt_observatory.flows.canary_settings",
-    "PipelineResult": "gpt_observatory.flows.flows",
+    "RunContext": "gpt_observatory.flows.context",
+    "CanarySettings": "gpt_observatory.flows.settings",
     "PipelineSettings": "gpt_observatory.flows.settings",
     "load_settings": "gpt_observatory.flows.settings",
     "Decision": "gpt_observatory.flows.history",
-    "TinyGPTModel": "gpt_observatory.flows.pyfunc",
-    "TinyGPT": "gpt_observatory.flows.gpt",
-    "ByteTokenizer": "gpt_observatory.flows.gpt",
+    "TinyGPTModel": "gpt_observatory.flows.model.pyfunc",
+    "TinyGPT": "gpt_observatory.flows.model.gpt",
+    "ByteTokenizer": "gpt_observatory.flows.model.gpt",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -33,5 +42,5 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'flows' has no attribute {name!r}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(import_module(module), name)

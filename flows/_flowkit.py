@@ -1,4 +1,4 @@
-"""What every flow does around its body: settings, telemetry, task calls with retries."""
+"""What every flow does around its body: telemetry, task calls with retries, Prefect artifacts."""
 
 from __future__ import annotations
 
@@ -6,28 +6,14 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from loguru import logger
 
 from gpt_observatory.flows import instruments as inst
+from gpt_observatory.flows.context import RunContext
 from gpt_observatory.flows.errors import RegistryUnavailable, is_transient
-from gpt_observatory.flows.lineage import Lineage, code_version
-from gpt_observatory.flows.settings import PipelineSettings, load_settings
 from gpt_observatory.flows.tasks import options
-from gpt_observatory.flows.training import load_corpus
-
-T = TypeVar("T")
-
-
-def settings_for(model_name: str | None, overrides: dict[str, Any] | None) -> PipelineSettings:
-    """Validated settings (raises ``ConfigError`` naming the key before anything else runs)."""
-    return load_settings(**{**(overrides or {}), "model_name": model_name})
-
-
-def lineage_for(settings: PipelineSettings) -> Lineage:
-    corpus = load_corpus(heldout_fraction=settings.heldout_fraction)
-    return Lineage(data_hash=corpus.data_hash, code_version=code_version(), params=settings.train_params())
 
 
 @contextmanager
@@ -60,14 +46,14 @@ def in_process_subflows() -> Iterator[None]:
         yield
 
 
-def call(task: Any, settings: PipelineSettings, uri: str, action: str, *args: Any) -> Any:
-    """Run a Prefect task with the configured retries; when they are spent on a transient MLflow
-    error, raise :class:`RegistryUnavailable` saying what was being done."""
+def call(task: Any, context: RunContext, action: str, *args: Any) -> Any:
+    """Run a Prefect task with the run's configured retries; when they are spent on a transient
+    MLflow error, raise :class:`RegistryUnavailable` saying what was being done."""
     try:
-        return task.with_options(**options(settings))(*args)
+        return task.with_options(**options(context.settings))(*args)
     except Exception as e:
         if is_transient(e):
-            raise RegistryUnavailable(uri, action, settings.retries + 1, e) from e
+            raise RegistryUnavailable(context.tracking_uri, action, context.settings.retries + 1, e) from e
         raise
 
 

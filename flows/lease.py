@@ -6,6 +6,9 @@ for writers that bypass Prefect (two processes on the library API, two Prefect s
 write the lease, wait ``settle_s``, read it back, and go ahead only if it is still ours. A
 writer that raced us in that window overwrote the tag and wins; we retry. It is a timing
 guard (the window must exceed one registry round trip), not a consensus protocol.
+
+:func:`acquire` runs as a Prefect task (retried on transient MLflow errors); :func:`held` keeps
+what it took for the decision and releases it.
 """
 
 from __future__ import annotations
@@ -87,15 +90,12 @@ def release(client: MlflowClient, model: str, token: str) -> None:
 
 
 @contextmanager
-def registry_lease(
-    client: MlflowClient, model: str, holder: str, ttl_s: float, settle_s: float, timeout_s: float
-) -> Iterator[str]:
-    """Hold the alias lease of ``model`` for the body of the ``with``."""
-    token = acquire(client, model, holder, ttl_s, settle_s, timeout_s)
+def held(client: MlflowClient, model: str, token: str) -> Iterator[None]:
+    """Keep the lease ``token`` (from :func:`acquire`) for the body of the ``with``, then release it."""
     try:
-        yield token
+        yield
     finally:
         try:
             release(client, model, token)
-        except Exception as e:  # the lease expires by itself; never mask the body's outcome
-            logger.warning("could not release the registry lease on {}: {}", model, e)
+        except Exception as e:  # it expires after its TTL; never mask the body's outcome
+            logger.warning("registry lease on {} not released ({}); it expires by itself", model, e)

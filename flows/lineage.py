@@ -12,16 +12,17 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from gpt_observatory.flows.training import TrainParams
+from gpt_observatory.flows.model.training import TrainParams
 
-# The modules whose source decides the trained weights and how they are served.
+# The modules of the model package whose source decides the trained weights and how they are served.
+CODE_PACKAGE = "gpt_observatory.flows.model"
 CODE_MODULES = ("gpt.py", "training.py", "pyfunc.py")
 
 
 def code_version() -> str:
     """A content hash of the model, training and serving code (independent of git)."""
     digest = hashlib.sha256()
-    package = resources.files("flows")
+    package = resources.files(CODE_PACKAGE)
     for name in CODE_MODULES:
         digest.update(name.encode())
         digest.update((package / name).read_bytes())

@@ -1,4 +1,4 @@
-"""Prefect tasks: one MLflow step each, retried on transient errors.
+"""Every Prefect task of the flows: one MLflow (or Prometheus) step each, retried on transient errors.
 
 Tasks take the tracking URI and run ids as arguments: MLflow's active run is thread-local
 and Prefect may run a task on another thread, so nothing relies on ambient MLflow state.
@@ -17,9 +17,11 @@ from prefect.cache_policies import NO_CACHE
 
 from gpt_observatory.flows import history, lease
 from gpt_observatory.flows.errors import retry_transient
-from gpt_observatory.flows.evaluation import Evaluation
 from gpt_observatory.flows.gates import EvalSummary
 from gpt_observatory.flows.lineage import Lineage
+from gpt_observatory.flows.live import LiveFigures, LiveQueries, Prometheus, PrometheusError, Side
+from gpt_observatory.flows.model.evaluation import Evaluation
+from gpt_observatory.flows.model.training import Corpus, TrainParams, TrainResult, torch_threads, train
 from gpt_observatory.flows.registry import (
     CHALLENGER,
     CHAMPION,
@@ -32,17 +34,16 @@ from gpt_observatory.flows.registry import (
     Registration,
     Registry,
 )
-from gpt_observatory.flows.settings import PipelineSettings
+from gpt_observatory.flows.settings import CanarySettings, PipelineSettings
 from gpt_observatory.flows.stores import client_for, experiment_id, use
-from gpt_observatory.flows.training import TrainParams, TrainResult, load_corpus, torch_threads, train
 
 _MLFLOW = {"retry_condition_fn": retry_transient, "cache_policy": NO_CACHE, "retries": 3, "retry_delay_seconds": 2}
 
 
 @task(name="fit", cache_policy=NO_CACHE)
-def fit(params: TrainParams, progress: bool, threads: int) -> TrainResult:
+def fit(params: TrainParams, corpus: Corpus, progress: bool, threads: int) -> TrainResult:
     with torch_threads(threads):
-        return train(params, load_corpus(heldout_fraction=params.heldout_fraction), progress=progress)
+        return train(params, corpus, progress=progress)
 
 
 @task(name="ensure-experiment", **_MLFLOW)
@@ -67,7 +68,7 @@ def start_training_run(uri: str, experiment: str, lineage: Lineage, model_name: 
 @task(name="log-model", **_MLFLOW)
 def log_trained_model(uri: str, run_id: str, result: TrainResult) -> tuple[str, str | None]:
     """Log metrics and the pyfunc into ``run_id``; return (model URI, logged model id)."""
-    from gpt_observatory.flows import pyfunc
+    from gpt_observatory.flows.model import pyfunc
 
     use(uri)
     with mlflow.start_run(run_id=run_id):
@@ -107,15 +108,15 @@ def read_eval(uri: str, name: str, version: str) -> EvalSummary | None:
 
 
 @task(name="evaluate-version", **_MLFLOW)
-def evaluate_version(uri: str, name: str, version: str, settings: PipelineSettings) -> Evaluation:
-    from gpt_observatory.flows.evaluation import evaluate
+def evaluate_version(uri: str, name: str, version: str, settings: PipelineSettings, corpus: Corpus) -> Evaluation:
+    from gpt_observatory.flows.model.evaluation import evaluate
 
     use(uri)
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     with torch_threads(settings.torch_threads):
         return evaluate(
             model,
-            load_corpus(heldout_fraction=settings.heldout_fraction),
+            corpus,
             settings.heldout_fraction,
             settings.eval_latency_samples,
             settings.eval_max_tokens,
@@ -127,7 +128,7 @@ def evaluate_version(uri: str, name: str, version: str, settings: PipelineSettin
 def compare_latency(uri: str, name: str, versions: list[str], settings: PipelineSettings) -> list[tuple[float, float]]:
     """(p50, p95) of each version, measured side by side now (stored figures may come from a
     quieter or busier moment of the machine)."""
-    from gpt_observatory.flows.evaluation import latency_figures, measure_latency
+    from gpt_observatory.flows.model.evaluation import latency_figures, measure_latency
 
     use(uri)
     models = [mlflow.pyfunc.load_model(f"models:/{name}/{v}") for v in versions]
@@ -181,6 +182,35 @@ def read_history(uri: str, name: str) -> list[history.Decision]:
 @task(name="record-decision", **_MLFLOW)
 def record_decision(uri: str, decision: history.Decision) -> None:
     history.record(client_for(uri), decision)
+
+
+# ------------------------------------------------------------------ canary and guard
+@task(name="read-live-figures", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1,
+      retry_condition_fn=lambda task, run, state: _is_prometheus_error(state))
+def read_live(live: CanarySettings, model: str, window_s: float, sides: list[Side]) -> dict[Side, LiveFigures]:
+    queries = LiveQueries(Prometheus(live.prometheus_url, live.query_timeout_s), model, live.selector)
+    return queries.figures(window_s, sides)
+
+
+def _is_prometheus_error(state: Any) -> bool:
+    try:
+        state.result(raise_on_failure=True)
+    except PrometheusError:
+        return True
+    except BaseException:  # anything else is not worth a retry
+        return False
+    return False
+
+
+@task(name="set-challenger", **_MLFLOW)
+def set_challenger(uri: str, name: str, version: str) -> None:
+    Registry(client_for(uri), name).set_alias(CHALLENGER, version)
+
+
+@task(name="end-canary", **_MLFLOW)
+def end_canary(uri: str, name: str, version: str) -> None:
+    """Delete the ``challenger`` alias if it still names ``version``: gateways route it nothing."""
+    Registry(client_for(uri), name).clear_alias(CHALLENGER, only_if=version)
 
 
 def options(settings: PipelineSettings) -> dict[str, Any]:

@@ -29,8 +29,7 @@ def test_every_setting_and_variable_is_documented():
 
 
 def test_serving_pipeline_and_canary_settings_are_documented():
-    from gpt_observatory.flows.canary_settings import CanarySettings
-    from gpt_observatory.flows.settings import PipelineSettings
+    from gpt_observatory.flows.settings import CanarySettings, PipelineSettings
     from gpt_observatory.serving_hooks._auth_settings import AuthSettings
     from gpt_observatory.serving_hooks.settings import ServeSettings
 

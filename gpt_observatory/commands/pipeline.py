@@ -85,7 +85,7 @@ def run(
     from rich.console import Console
 
     _embedded_prefect()
-    from gpt_observatory.flows.flows import pipeline
+    from gpt_observatory.flows.pipeline import pipeline
 
     result = _run(pipeline, model_name=model, overrides=_overrides(settings))
     if as_json:
@@ -105,7 +105,7 @@ def promote(
 ) -> None:
     """Judge a version against the champion through the gates; move 'champion' if it passes."""
     _embedded_prefect()
-    from gpt_observatory.flows.flows import promote as promote_flow
+    from gpt_observatory.flows.promotion import promote as promote_flow
 
     decision = _run(promote_flow, model_name=model, version=version, overrides=_overrides(settings))
     _print_decision(decision, as_json)
@@ -120,7 +120,7 @@ def rollback(
 ) -> None:
     """Point 'champion' back at the previous champion and record the decision."""
     _embedded_prefect()
-    from gpt_observatory.flows.flows import rollback as rollback_flow
+    from gpt_observatory.flows.promotion import rollback as rollback_flow
 
     decision = _run(rollback_flow, model_name=model, to_version=to_version, reason=reason)
     _print_decision(decision, as_json)
@@ -169,12 +169,13 @@ def history(
 
 
 CANARY_SET_HELP = ("Override a canary setting (min_requests, max_error_rate, max_p95_duration_s, on_inconclusive, "
-                   "guard_duration_s, ...; see flows.canary_settings) or a pipeline setting, as KEY=VALUE (repeatable).")
+                   "guard_duration_s, ...; see CanarySettings in gpt_observatory.flows.settings) or a pipeline "
+                   "setting, as KEY=VALUE (repeatable).")
 
 
 def _split(pairs: list[str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``--set`` pairs as (canary settings, pipeline overrides), by the key's owner."""
-    from gpt_observatory.flows.canary_settings import CanarySettings
+    from gpt_observatory.flows.settings import CanarySettings
 
     given = _overrides(pairs)
     live = {k: v for k, v in given.items() if k in CanarySettings.model_fields}

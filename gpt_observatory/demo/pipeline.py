@@ -45,13 +45,6 @@ class Verdict:
     judged_by: str  # "canary on live traffic (Prometheus)" | "offline gates (why)"
 
 
-def tracking_uri(model: str) -> str:
-    from gpt_observatory.flows.settings import load_settings
-    from gpt_observatory.flows.stores import tracking_uri as uri_for
-
-    return uri_for(load_settings(model_name=model))
-
-
 @contextmanager
 def no_heartbeats() -> Iterator[None]:
     """Flow runs without Prefect's heartbeat thread: the demo's flows run in this one short-lived
@@ -116,7 +109,7 @@ def first_champion(model: str) -> Champion:
     existing = current_champion(model)
     if existing is not None:
         return Champion(existing, False, f"the state folder already has {model} v{existing} as champion")
-    from gpt_observatory.flows.flows import pipeline
+    from gpt_observatory.flows.pipeline import pipeline
 
     with no_heartbeats():
         result = pipeline(model_name=model, overrides={**QUIET, "steps": V1_STEPS})
@@ -125,19 +118,20 @@ def first_champion(model: str) -> Champion:
 
 def train_challenger(model: str) -> Challenger:
     """Train v2 (``V2_STEPS``), register it (``challenger``) and evaluate it offline."""
-    from gpt_observatory.flows.flows import evaluate, register, train
+    from gpt_observatory.flows.context import RunContext
+    from gpt_observatory.flows.lifecycle import evaluate, register, train
     from gpt_observatory.flows.registry import Registry
     from gpt_observatory.flows.stores import client_for
 
-    overrides = {**QUIET, "steps": V2_STEPS}
+    context = RunContext.start(model, {**QUIET, "steps": V2_STEPS})  # one context for the three flows
     with no_heartbeats():
-        trained = train(model_name=model, overrides=overrides)
+        trained = train(context=context)
         registration = register(run_id=trained.run_id, model_uri=trained.model_uri, model_id=trained.model_id,
-                                lineage=trained.lineage.to_dict(), model_name=model, overrides=overrides)
+                                lineage=trained.lineage.to_dict(), context=context)
         if registration.created:
-            summary = evaluate(version=registration.version, model_name=model, overrides=overrides)
+            summary = evaluate(version=registration.version, context=context)
         else:
-            summary = Registry(client_for(tracking_uri(model)), model).load_eval(registration.version)
+            summary = Registry(client_for(context.tracking_uri), model).load_eval(registration.version)
     return Challenger(registration.version, registration.created,
                       summary.heldout_loss if summary else None, summary.latency_p95_s if summary else None)
 
@@ -157,7 +151,7 @@ def judge_live(prometheus_url: str, challenger: Challenger) -> Verdict:
 
 def judge_offline(model: str, challenger: Challenger, why: str) -> Verdict:
     """The ``promote`` flow: offline gates against the champion, measured side by side."""
-    from gpt_observatory.flows.flows import promote
+    from gpt_observatory.flows.promotion import promote
 
     with no_heartbeats():
         decision = promote(model_name=model, version=challenger.version, overrides=QUIET)

@@ -111,15 +111,15 @@ def pg_mlflow(tmp_path_factory, postgres_url) -> Iterator[components.Service]:
 @dataclass(frozen=True)
 class Variant:
     steps: int
-    result: Any  # flows.training.TrainResult
-    lineage: Any  # flows.lineage.Lineage
+    result: Any  # gpt_observatory.flows.model.training.TrainResult
+    lineage: Any  # gpt_observatory.flows.lineage.Lineage
 
 
 @pytest.fixture(scope="session")
 def variants() -> dict[str, Variant]:
     """The reference model trained at three step counts (weak < mid < strong), once."""
     from gpt_observatory.flows.lineage import Lineage, code_version
-    from gpt_observatory.flows.training import TrainParams, load_corpus, torch_threads, train
+    from gpt_observatory.flows.model.training import TrainParams, load_corpus, torch_threads, train
 
     corpus = load_corpus()
     out = {}
@@ -160,7 +160,7 @@ class ModelFactory:
         if name not in self._logged:
             import mlflow
 
-            from gpt_observatory.flows import pyfunc
+            from gpt_observatory.flows.model import pyfunc
             from gpt_observatory.flows.stores import client_for, experiment_id, use
 
             use(self.uri)

@@ -53,7 +53,7 @@ def test_deploy_all_then_a_worker_runs_the_pipeline(prefect_server: PrefectServe
         deployments = {d.name: d for d in client.read_deployments()}
     assert run.state is not None and run.state.is_completed(), run.state
     assert {"pipeline", "promote", "rollback"} <= set(deployments)
-    assert deployments["pipeline"].schedules and deployments["pipeline"].entrypoint == "gpt_observatory.flows.flows.pipeline"
+    assert deployments["pipeline"].schedules and deployments["pipeline"].entrypoint == "gpt_observatory.flows.pipeline.pipeline"
 
     store = client_for(f"sqlite:///{state / 'mlflow.db'}")
     champion = store.get_model_version_by_alias("tiny-gpt", "champion")

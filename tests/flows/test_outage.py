@@ -19,8 +19,8 @@ def test_mlflow_stopped_mid_promotion_fails_after_retries_and_keeps_champion(
 ) -> None:
     from gpt_observatory.flows import history
     from gpt_observatory.flows.errors import RegistryUnavailable
-    from gpt_observatory.flows.flows import promote
     from gpt_observatory.flows.lease import LEASE_TAG
+    from gpt_observatory.flows.promotion import promote
 
     # MLflow's own HTTP retries would stretch this to minutes; the flow's task retries remain.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -31,7 +31,7 @@ class Scenario:
 
 @pytest.fixture(scope="module")
 def scenario(pg_models: ModelFactory) -> Scenario:
-    from gpt_observatory.flows.flows import promote
+    from gpt_observatory.flows.promotion import promote
     from gpt_observatory.flows.registry import Registry
 
     model, versions = pg_models.new_model("weak", "strong", "mid", prefix="promo")
@@ -118,7 +118,7 @@ def test_mlflow_ui_shows_champion_on_the_right_version(
 
 def test_rollback_restores_the_previous_champion(scenario: Scenario, pg_models: ModelFactory) -> None:
     from gpt_observatory.flows import history
-    from gpt_observatory.flows.flows import rollback
+    from gpt_observatory.flows.promotion import rollback
     from gpt_observatory.flows.registry import Registry
 
     decision = rollback(model_name=scenario.model, reason="test", overrides=scenario.overrides)

@@ -45,7 +45,8 @@ def test_unknown_and_inconsistent_settings_are_refused() -> None:
 
 
 def test_invalid_gate_fails_the_pipeline_before_any_registry_change(pg_models, monkeypatch) -> None:
-    from gpt_observatory.flows.flows import pipeline, promote
+    from gpt_observatory.flows.pipeline import pipeline
+    from gpt_observatory.flows.promotion import promote
 
     model = f"invalid-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("OBSERVATORY_PIPELINE_MAX_LATENCY_REGRESSION", "-1")

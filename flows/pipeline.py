@@ -1,9 +1,11 @@
-"""The Prefect flows of the model lifecycle, and ``pipeline`` composing them.
+"""The ``pipeline`` flow: the model lifecycle once, as subflows of one run.
 
-Deployment entrypoints (``prefect.yaml``): ``flows/flows.py:pipeline``, ``flows/flows.py:promote``,
-``flows/flows.py:rollback``.
+    train ─► register ─► evaluate ─► promote        (lifecycle.py, then promotion.py)
 
-    train ─► register ─► evaluate ─► promote        rollback
+Settings are validated, the store connected and the corpus read and hashed once, in the
+:class:`~gpt_observatory.flows.context.RunContext` that every subflow takes.
+
+Deployment entrypoint (``prefect.yaml``): ``gpt_observatory.flows.pipeline.pipeline``.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from loguru import logger
 from prefect import flow
 
 from gpt_observatory.flows import tasks
-from gpt_observatory.flows._flowkit import call, in_process_subflows, lineage_for, observed, settings_for
-from gpt_observatory.flows.model_flows import evaluate, register, train
-from gpt_observatory.flows.promotion import promote, rollback
+from gpt_observatory.flows._flowkit import call, in_process_subflows, observed
+from gpt_observatory.flows.context import RunContext
+from gpt_observatory.flows.lifecycle import evaluate, register, train
+from gpt_observatory.flows.promotion import promote
 from gpt_observatory.flows.registry import CHAMPION
-from gpt_observatory.flows.stores import connect
 
-__all__ = ["PipelineResult", "evaluate", "pipeline", "promote", "register", "rollback", "train"]
+__all__ = ["PipelineResult", "pipeline"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,25 +47,23 @@ def pipeline(model_name: str | None = None, overrides: dict[str, Any] | None = N
     """Train, register, evaluate and promote once; a re-run with the same data, code and params
     trains and registers nothing and only re-decides a version that is not yet the champion."""
     with observed("pipeline"):
-        settings = settings_for(model_name, overrides)  # invalid settings stop here, before the registry
-        name = settings.model_name
-        uri = connect(settings).tracking_uri
-        lineage = lineage_for(settings)
-        version = call(tasks.find_version, settings, uri, "looking up the fingerprint", uri, name, lineage.fingerprint)
+        context = RunContext.start(model_name, overrides)  # invalid settings stop here, before the registry
+        name, uri = context.model_name, context.tracking_uri
+        fingerprint = context.lineage.fingerprint
+        version = call(tasks.find_version, context, "looking up the fingerprint", uri, name, fingerprint)
         registered = False
         with in_process_subflows():
             if version is None:
-                trained = train(model_name=name, overrides=overrides)
+                trained = train(context=context)
                 registration = register(run_id=trained.run_id, model_uri=trained.model_uri,
                                         model_id=trained.model_id, lineage=trained.lineage.to_dict(),
-                                        model_name=name, overrides=overrides)
+                                        context=context)
                 version, registered = registration.version, registration.created
                 if registered:
-                    evaluate(version=version, model_name=name, overrides=overrides)
+                    evaluate(version=version, context=context)
             else:
-                logger.info("{} v{} already holds fingerprint {}: skipping training", name, version,
-                            lineage.fingerprint)
-            decision = promote(model_name=name, version=version, overrides=overrides)
+                logger.info("{} v{} already holds fingerprint {}: skipping training", name, version, fingerprint)
+            decision = promote(version=version, context=context)
         champion = decision.champion if decision else version
         result = PipelineResult(
             model=name,

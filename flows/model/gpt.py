@@ -1,7 +1,7 @@
 """The reference model: a tiny byte-level decoder-only transformer and its tokenizer.
 
-Self-contained on purpose (torch only): :mod:`flows.pyfunc` pickles this module by value
-into the MLflow model, so a client that loads ``models:/tiny-gpt@champion`` needs torch,
+Self-contained on purpose (torch only): :mod:`.pyfunc` pickles this module by value into the
+MLflow model, so a client that loads ``models:/tiny-gpt@champion`` needs torch,
 not this package.
 """
 

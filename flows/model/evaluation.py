@@ -11,15 +11,14 @@ import json
 import statistics
 import time
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import torch
 from torch.nn import functional as F
 
-from gpt_observatory.flows import gpt
 from gpt_observatory.flows.gates import EvalSummary
-from gpt_observatory.flows.training import Corpus
+from gpt_observatory.flows.model import gpt
+from gpt_observatory.flows.model.training import Corpus, data_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +36,7 @@ class Evaluation:
 
 
 def golden_prompts() -> list[GoldenPrompt]:
-    raw = (resources.files("flows") / "data" / "golden.json").read_text()
+    raw = data_file("golden.json").read_text()
     return [GoldenPrompt(**item) for item in json.loads(raw)]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from gpt_observatory.flows.gpt import EOT, ByteTokenizer, GPTConfig, TinyGPT, mean_loss
+from gpt_observatory.flows.model.gpt import EOT, ByteTokenizer, GPTConfig, TinyGPT, mean_loss
 
 DOCUMENT_SEPARATOR = "\f\n"
 """A form feed on its own line separates documents in a corpus file."""
@@ -68,8 +68,13 @@ class TrainResult:
     device: str
 
 
+def data_file(name: str) -> Path:
+    """A file shipped in the model's ``data/`` folder (package data)."""
+    return Path(str(resources.files("gpt_observatory.flows.model") / "data" / name))
+
+
 def default_corpus_path() -> Path:
-    return Path(str(resources.files("flows") / "data" / "corpus.txt"))
+    return data_file("corpus.txt")
 
 
 def data_hash(raw: bytes) -> str:
@@ -77,7 +82,7 @@ def data_hash(raw: bytes) -> str:
 
 
 def load_corpus(path: Path | None = None, heldout_fraction: float = 0.1) -> Corpus:
-    """Read a corpus file; documents end with :data:`~flows.gpt.EOT`; the tail is held out."""
+    """Read a corpus file; documents end with :data:`~gpt_observatory.flows.model.gpt.EOT`; the tail is held out."""
     raw = (path or default_corpus_path()).read_bytes()
     tokenizer = ByteTokenizer()
     stream: list[int] = []

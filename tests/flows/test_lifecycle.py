@@ -1,10 +1,13 @@
 """The whole pipeline against a real MLflow server on PostgreSQL: it registers and promotes,
-a second identical run registers nothing, and one run is one trace."""
+a second identical run registers nothing, one run is one trace, and its subflows share the
+settings, store and corpus of the run."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,20 +25,45 @@ class Runs:
     second: Any
     spans: list[Any]
     metrics: dict[str, list[Any]]
+    first_run_did: dict[str, int]  # settings validations, store connections, corpus reads
+
+
+@contextmanager
+def counting() -> Iterator[dict[str, int]]:
+    """Count settings validations, store connections and corpus reads while the body runs."""
+    from gpt_observatory.flows import stores
+    from gpt_observatory.flows.model import training
+    from gpt_observatory.flows.settings import PipelineSettings
+
+    counts = {"settings": 0, "store": 0, "corpus": 0}
+
+    def counted(key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            counts[key] += 1
+            return fn(*args, **kwargs)
+        return call
+
+    load = PipelineSettings.load.__func__
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PipelineSettings, "load", classmethod(counted("settings", load)))
+        mp.setattr(stores, "tracking_uri", counted("store", stores.tracking_uri))
+        mp.setattr(training, "default_corpus_path", counted("corpus", training.default_corpus_path))
+        yield counts
 
 
 @pytest.fixture(scope="module")
 def runs(pg_models: ModelFactory) -> Runs:
-    from gpt_observatory.flows.flows import pipeline
+    from gpt_observatory.flows.pipeline import pipeline
 
     model = f"pg-{uuid.uuid4().hex[:8]}"
     overrides = pg_models.overrides(steps=20)
     handle = memory_telemetry()
-    first = pipeline(model_name=model, overrides=overrides)
+    with counting() as first_run_did:
+        first = pipeline(model_name=model, overrides=overrides)
     spans = handle.memory.spans()
     metrics = handle.memory.metrics()
     second = pipeline(model_name=model, overrides=overrides)
-    return Runs(model, first, second, spans, metrics)
+    return Runs(model, first, second, spans, metrics, first_run_did)
 
 
 def test_pipeline_registers_and_promotes_with_lineage(runs: Runs, pg_mlflow) -> None:
@@ -85,3 +113,9 @@ def test_pipeline_counts_decisions_and_registrations(runs: Runs) -> None:
     assert value(names.PIPELINE_DECISIONS, **{names.PIPELINE_DECISION: "promoted", names.MODEL_NAME: runs.model}) == 1
     assert value(names.PIPELINE_REGISTRATIONS, **{names.MODEL_NAME: runs.model}) == 1
     assert value(names.EVAL_LOSS, **{names.MODEL_NAME: runs.model}) > 0
+
+
+def test_one_run_validates_settings_connects_the_store_and_reads_the_corpus_once(runs: Runs) -> None:
+    """Train, register, evaluate and promote take the pipeline's context instead of their own."""
+    assert runs.first.registered and runs.first.decision == "promoted"  # every subflow ran
+    assert runs.first_run_did == {"settings": 1, "store": 1, "corpus": 1}

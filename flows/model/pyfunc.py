@@ -24,7 +24,7 @@ import torch
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from gpt_observatory.flows import gpt
+from gpt_observatory.flows.model import gpt
 from gpt_observatory.generation import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, MAX_TOKENS_LIMIT
 
 SIGNATURE = ModelSignature(
@@ -87,7 +87,7 @@ def _rows(model_input: Any) -> list[Mapping[str, Any]]:
 
 
 class TinyGPTModel(mlflow.pyfunc.PythonModel):
-    """Serves :class:`flows.gpt.TinyGPT` weights logged as artifacts."""
+    """Serves :class:`~gpt_observatory.flows.model.gpt.TinyGPT` weights logged as artifacts."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         artifacts = context.artifacts
@@ -97,7 +97,7 @@ class TinyGPTModel(mlflow.pyfunc.PythonModel):
         threads = int((context.model_config or {}).get("torch_threads") or 0)
         if threads and self.device == "cpu":
             # Process-wide, chosen by the model's config (load_model(..., model_config=...) overrides):
-            # a model this small runs fastest on one thread, see flows.training.torch_threads.
+            # a model this small runs fastest on one thread, see training.torch_threads.
             torch.set_num_threads(threads)
         model = gpt.TinyGPT(config)
         model.load_state_dict(torch.load(artifacts["weights"], map_location="cpu", weights_only=True))
@@ -166,8 +166,8 @@ def pip_requirements() -> list[str]:
 def log_model(model: gpt.TinyGPT, name: str = "model", **kwargs: Any) -> mlflow.models.model.ModelInfo:
     """Log ``model`` in the active MLflow run as a self-contained pyfunc.
 
-    This module and :mod:`flows.gpt` are pickled by value, so loading needs torch and
-    MLflow but not the ``flows`` package.
+    This module and :mod:`~gpt_observatory.flows.model.gpt` are pickled by value, so loading
+    needs torch and MLflow but not the ``gpt_observatory`` package.
     """
     import cloudpickle
 
