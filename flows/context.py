@@ -7,9 +7,11 @@ instead of parsing settings and connecting again. A flow started on its own make
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
+
+from pydantic import SecretStr
 
 from gpt_observatory.flows.lineage import Lineage, code_version
 from gpt_observatory.flows.model.evaluation import eval_data_id, golden_prompts
@@ -22,12 +24,13 @@ from gpt_observatory.flows.stores import connect
 class RunContext:
     """One run's settings and store; its corpus and what is derived from it, computed once.
 
-    Only the fields travel as a subflow's recorded parameters (the settings and the tracking URI);
-    the corpus stays in this process.
+    Only the fields travel as a subflow's recorded parameters: the settings, and the tracking URI
+    masked (a ``SecretStr``: Prefect records ``**********``, never credentials inside the URI); the
+    corpus stays in this process.
     """
 
     settings: PipelineSettings
-    tracking_uri: str
+    store_uri: SecretStr = field(repr=False)
     canary: CanarySettings | None = None  # the canary and guard flows' settings
 
     @classmethod
@@ -41,7 +44,11 @@ class RunContext:
         """
         settings = load_settings(**{**(overrides or {}), "model_name": model_name})
         live = load_canary_settings(**canary) if canary is not None else None
-        return cls(settings, connect(settings).tracking_uri, live)
+        return cls(settings, SecretStr(connect(settings).tracking_uri), live)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.store_uri.get_secret_value()
 
     @property
     def model_name(self) -> str:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_serializer, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from gpt_observatory.flows.model.training import TrainParams
+from gpt_observatory.telemetry.redact import without_credentials
 from gpt_observatory.telemetry.settings import TableSettings
 
 PIPELINE_ENV_PREFIX = "OBSERVATORY_PIPELINE_"
@@ -81,6 +82,11 @@ class PipelineSettings(TableSettings):
     lease_ttl_s: float = Field(300.0, ge=60, le=86_400, description="Registry lease lifetime (crash safety).")
     lease_settle_s: float = Field(0.5, ge=0, le=60, description="Pause before a registry lease is trusted.")
     progress: bool = Field(True, description="Show a training progress bar.")
+
+    @field_serializer("tracking_uri")
+    def _recorded_without_credentials(self, uri: str | None) -> str | None:
+        # Prefect records a flow's parameters (these settings travel as one): never the URI's password.
+        return None if uri is None else without_credentials(uri)
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> PipelineSettings:

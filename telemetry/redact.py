@@ -31,6 +31,14 @@ _SECRET_VALUE = re.compile(
 )
 
 
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]*)@")
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with any ``user:password@`` removed (``postgresql://u:pw@db/x`` → ``postgresql://db/x``)."""
+    return _URL_USERINFO.sub(r"\g<scheme>", url)
+
+
 _SCALARS = frozenset({int, float, bool})
 
 

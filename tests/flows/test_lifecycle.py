@@ -119,3 +119,23 @@ def test_one_run_validates_settings_connects_the_store_and_reads_the_corpus_once
     """Train, register, evaluate and promote take the pipeline's context instead of their own."""
     assert runs.first.registered and runs.first.decision == "promoted"  # every subflow ran
     assert runs.first_run_did == {"settings": 1, "store": 1, "corpus": 1}
+
+
+def test_subflows_record_the_shared_context_with_the_store_uri_masked(runs: Runs) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        recorded = [run.parameters["context"] for run in client.read_flow_runs() if "context" in run.parameters]
+
+    assert recorded, "no subflow run took the pipeline's context"
+    assert {context["store_uri"] for context in recorded} == {"**********"}
+
+
+def test_recorded_settings_never_carry_the_tracking_uris_password() -> None:
+    from gpt_observatory.flows.settings import load_settings
+
+    settings = load_settings(tracking_uri="postgresql://mlflow:hunter2@db:5432/mlflow")
+
+    assert settings.tracking_uri == "postgresql://mlflow:hunter2@db:5432/mlflow"  # used as given
+    assert settings.model_dump(mode="json")["tracking_uri"] == "postgresql://db:5432/mlflow"
+    assert "hunter2" not in settings.model_dump_json()
