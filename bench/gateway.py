@@ -312,7 +312,7 @@ def main() -> None:
         port = free_port()
         cmd = [sys.executable, "-m", "gpt_observatory.commands.serve", "--backend", "upstream", "--upstream-url",
                upstream, "--port", str(port), "--api-keys-file", str(work / "keys.json"),
-               "--rpm", str(10**9), "--tpm", str(10**12)]
+               "--requests-per-minute", str(10**9), "--tokens-per-minute", str(10**12)]
         with process(cmd, f"http://127.0.0.1:{port}/healthz", env):
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             script = lua(PROXY_CHAT, key, work)

@@ -37,3 +37,12 @@ def test_serving_pipeline_and_canary_settings_are_documented():
                         (PipelineSettings, "OBSERVATORY_PIPELINE_"), (CanarySettings, "OBSERVATORY_CANARY_")):
         for field in cls.model_fields:
             assert f"{prefix}{field.upper()}" in README, (cls.__name__, field)
+
+
+def test_the_layout_table_names_files_that_exist():
+    section = README[README.index("### Where things live"):]
+    table = [line for line in section.splitlines() if line.startswith("| ") and "`" in line.split("|")[2]]
+    paths = {p for line in table for p in re.findall(r"`([\w./-]+/[\w./-]*|[\w-]+\.(?:py|yaml|md))`", line.split("|")[2])}
+    assert len(paths) > 30
+    root = Path(__file__).resolve().parent.parent
+    assert sorted(p for p in paths if not (root / p).exists()) == []

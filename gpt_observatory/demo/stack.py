@@ -193,9 +193,9 @@ def start_gateway(
     cmd = [
         *_observatory_command(), "serve",
         "--backend", "mlflow", "--model", MODEL, "--tracking-uri", tracking_uri,
-        "--poll-interval", str(POLL_INTERVAL_S), "--host", "127.0.0.1", "--port", str(port),
+        "--poll-interval-s", str(POLL_INTERVAL_S), "--host", "127.0.0.1", "--port", str(port),
         "--oidc-issuer", creds.issuer, "--audience", AUDIENCE, "--api-keys-file", str(keys_file),
-        "--rpm", str(REQUESTS_PER_MINUTE), "--graceful-timeout", "20",
+        "--requests-per-minute", str(REQUESTS_PER_MINUTE), "--graceful-timeout-s", "20",
         *(["--canary-share", str(canary_share)] if canary_share else []),
     ]
     with open(log, "ab") as fh:
