@@ -13,8 +13,7 @@ nor Prefect.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from gpt_observatory._lazy import exports
 
 # The ``pipeline`` and ``canary`` flows are not re-exported: their modules have the same names,
 # and an imported submodule is what the package attribute holds.
@@ -38,9 +37,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(module), name)
+__getattr__ = exports(__name__, _EXPORTS)

@@ -7,8 +7,7 @@ aiohttp or MLflow until asked for).
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from gpt_observatory._lazy import exports
 
 _WHERE = {
     "GatewayMiddleware": "gpt_observatory.serving_hooks.gateway",
@@ -33,11 +32,4 @@ _WHERE = {
 
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'serving_hooks' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = exports(__name__, _WHERE)
