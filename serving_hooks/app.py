@@ -146,7 +146,7 @@ def build_backend(settings: ServeSettings, hooks: GenAIHooks) -> ModelBackend:
 
     return MlflowBackend(
         hooks, settings.model, alias=settings.alias, tracking_uri=settings.tracking_uri,
-        poll_interval_s=settings.poll_interval_s, workers=settings.workers,
+        poll_interval_s=settings.poll_interval_s, workers=settings.generation_threads,
     )
 
 
@@ -160,7 +160,7 @@ def build_router(settings: ServeSettings, hooks: GenAIHooks) -> ModelRouter:
 
     challenger = MlflowBackend(
         hooks, settings.model, alias=settings.challenger_alias, role=names.MODEL_ROLE_CHALLENGER,
-        tracking_uri=settings.tracking_uri, poll_interval_s=settings.poll_interval_s, workers=settings.workers,
+        tracking_uri=settings.tracking_uri, poll_interval_s=settings.poll_interval_s, workers=settings.generation_threads,
         optional=True,
     )
     policy = CanaryPolicy.of(settings.canary_share, settings.canary_tenants, settings.canary_sticky)

@@ -41,7 +41,8 @@ class ServeSettings(TableSettings):
         None, description="MLflow tracking/registry URI; unset: MLFLOW_TRACKING_URI or MLflow's default."
     )
     poll_interval_s: float = Field(10.0, gt=0, description="Seconds between checks of the alias for a new version.")
-    workers: int = Field(8, ge=1, le=256, description="Threads running in-process generation (mlflow backend).")
+    # Named apart from the gateway processes a fleet runs (DESIGN: `--workers N`).
+    generation_threads: int = Field(8, ge=1, le=256, description="Threads running in-process generation (mlflow backend).")
     upstream_url: str | None = Field(
         None, description="OpenAI base URL of the upstream server, e.g. http://127.0.0.1:8001/v1 (upstream backend)."
     )

@@ -25,7 +25,6 @@ from gpt_observatory.serving_hooks.settings import ServeSettings
 # The spellings these options had before they were named after their settings; still accepted.
 ALIASES: dict[str, tuple[str, ...]] = {
     "poll_interval_s": ("--poll-interval",),
-    "workers": ("--generation-threads",),
     "canary_tenants": ("--canary-tenant",),
     "upstream_timeout_s": ("--upstream-timeout",),
     "graceful_timeout_s": ("--graceful-timeout",),

@@ -37,7 +37,7 @@ def test_every_setting_but_a_secret_is_an_option_named_like_it():
 
 @pytest.mark.parametrize(("old", "setting"), [
     ("--rpm", "requests_per_minute"), ("--tpm", "tokens_per_minute"), ("--poll-interval", "poll_interval_s"),
-    ("--generation-threads", "workers"), ("--canary-tenant", "canary_tenants"),
+    ("--canary-tenant", "canary_tenants"),
     ("--upstream-timeout", "upstream_timeout_s"), ("--graceful-timeout", "graceful_timeout_s"),
 ])
 def test_the_old_spellings_still_set_their_settings(old, setting):
@@ -75,12 +75,12 @@ def test_an_option_given_wins_over_the_environment_which_wins_over_the_default(l
 
     from_env = loaded()
     assert (from_env.requests_per_minute, from_env.canary_tenants, from_env.allow_anonymous) == (9, ["x", "y"], True)
-    assert from_env.workers == 8 and from_env.canary_sticky == "none"  # defaults
+    assert from_env.generation_threads == 8 and from_env.canary_sticky == "none"  # defaults
 
     given = loaded("--rpm", "11", "--canary-tenant", "a", "--canary-tenant", "b", "--no-allow-anonymous",
                    "--generation-threads", "3", "--canary-sticky", "tenant", "--poll-interval-s", "0.5")
     assert (given.requests_per_minute, given.canary_tenants, given.allow_anonymous) == (11, ["a", "b"], False)
-    assert (given.workers, given.canary_sticky, given.poll_interval_s) == (3, "tenant", 0.5)
+    assert (given.generation_threads, given.canary_sticky, given.poll_interval_s) == (3, "tenant", 0.5)
 
 
 def test_a_bad_value_is_refused_naming_the_option():
