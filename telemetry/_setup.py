@@ -1,4 +1,5 @@
-"""``configure()``: build the tracer, meter and logger providers from settings and set them global."""
+"""``configure()``: build the tracer, meter and logger providers from settings and put them behind
+the process's global ones (``_globals``: set once, swapped at each ``configure()``/``shutdown()``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
-from opentelemetry import _logs, metrics, trace
+from opentelemetry import metrics, trace
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, ExemplarFilter, MeterProvider
@@ -18,9 +19,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace import sampling as _sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.util._once import Once
 
-from gpt_observatory.telemetry import __version__, backends, names, summed
+from gpt_observatory.telemetry import __version__, _globals, backends, names, summed
 from gpt_observatory.telemetry._health import (
     CountingLogProcessor,
     CountingSpanProcessor,
@@ -97,6 +97,9 @@ class Telemetry:
             if self.closed:
                 return
             self.closed = True
+            live = _current is self
+            if live:  # what the global tracers and instruments record from now on goes nowhere
+                _globals.swap(None, None, None)
             for extra in self.extras:
                 extra.stop()
             if self._bridge:
@@ -104,7 +107,8 @@ class Telemetry:
             for provider in (self.tracer_provider, self.logger_provider, self.meter_provider):
                 if provider is not None:
                     provider.shutdown()
-            if _current is self:
+            if live:  # after the final collection above: the next pipeline counts afresh
+                summed.restart(_globals.meter_provider)
                 _current = None
 
 
@@ -146,8 +150,10 @@ def configure(service_name: str | None = None, **overrides: Any) -> Telemetry:
 
 
 def shutdown() -> None:
-    """Flush and close the live pipeline, if any."""
+    """Flush and close the live pipeline, if any. Counts kept for the global providers start
+    from zero either way: the next ``configure()`` reports only what happens after this."""
     _shutdown_current()
+    summed.restart(_globals.meter_provider)
 
 
 def _shutdown_current() -> None:
@@ -252,7 +258,6 @@ def _build(settings: Settings) -> Telemetry:
         meter_provider = MeterProvider(
             resource=resource, metric_readers=readers, exemplar_filter=_exemplar_filter(chosen["metrics"])
         )
-        summed.attach(meter_provider)  # counters made before configure() report here too
 
     console = settings.console_logs if settings.console_logs is not None else not settings.logs_exporter
     handle = Telemetry(
@@ -284,25 +289,16 @@ def _exemplar_filter(metric_backends: list[str]) -> ExemplarFilter | None:
     return AlwaysOffExemplarFilter() if set(metric_backends) <= _NO_EXEMPLARS else None
 
 
-def _reset_globals() -> None:
-    # OTel's API lets a global provider be set once per process; reconfiguring (tests, a CLI that
-    # switches backends) needs the same reset OTel's own test utilities perform.
-    trace._TRACER_PROVIDER_SET_ONCE = Once()
-    trace._TRACER_PROVIDER = None
-    metrics._internal._METER_PROVIDER_SET_ONCE = Once()
-    metrics._internal._METER_PROVIDER = None
-    _logs._internal._LOGGER_PROVIDER_SET_ONCE = Once()
-    _logs._internal._LOGGER_PROVIDER = None
-
-
 def _install_globals(handle: Telemetry) -> None:
-    _reset_globals()
-    if handle.tracer_provider is not None:
-        trace.set_tracer_provider(handle.tracer_provider)
-    if handle.meter_provider is not None:
-        metrics.set_meter_provider(handle.meter_provider)
-    if handle.logger_provider is not None:
-        _logs.set_logger_provider(handle.logger_provider)
+    taken = _globals.install()
+    if taken:
+        logger.warning(
+            "other code set the global OpenTelemetry provider for {} before telemetry.configure(); "
+            "OpenTelemetry keeps the first one, so what uses the global API does not reach this "
+            "pipeline: call telemetry.configure() before that code runs",
+            ", ".join(taken),
+        )
+    _globals.swap(handle.tracer_provider, handle.meter_provider, handle.logger_provider)
     if handle._bridge is not None:
         handle._bridge.install()
     _start_gpu(handle)

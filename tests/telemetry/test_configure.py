@@ -12,8 +12,8 @@ MEMORY = {"traces_exporter": ["memory"], "metrics_exporter": ["memory"], "logs_e
 
 def test_configure_sets_global_providers_and_resource():
     handle = telemetry.configure("svc-a", service_version="1.2.3", environment="staging", **MEMORY)
-    assert trace.get_tracer_provider() is handle.tracer_provider
-    assert metrics.get_meter_provider() is handle.meter_provider
+    assert trace.get_tracer_provider().behind is handle.tracer_provider
+    assert metrics.get_meter_provider().behind is handle.meter_provider
     with trace.get_tracer("t").start_as_current_span("work"):
         pass
     (span,) = handle.memory.spans()
@@ -30,7 +30,7 @@ def test_configure_is_idempotent_and_reconfigures_on_new_settings():
     assert telemetry.configure("svc", **MEMORY) is first
     second = telemetry.configure("svc-b", **MEMORY)
     assert second is not first and first.closed
-    assert trace.get_tracer_provider() is second.tracer_provider
+    assert trace.get_tracer_provider().behind is second.tracer_provider
 
 
 def test_none_switches_a_signal_off():

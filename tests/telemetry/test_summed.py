@@ -96,3 +96,26 @@ def test_an_up_down_counter_goes_down_and_series_beyond_the_cap_overflow():
         frozenset({("otel.metric.overflow", True)}): 2,
     }
     provider.shutdown()
+
+
+def test_a_counter_made_before_configure_follows_a_reconfiguration_which_counts_afresh():
+    metric = _metric()
+    early = SummedCounter.of("tests", metric)
+    first = telemetry.configure("summed-a", metrics_exporter=["memory"], traces_exporter=["none"],
+                                logs_exporter=["none"], gpu_enabled=False)
+    early.add(2, {"k": "v"})
+    assert [p.value for p in first.memory.metrics()[metric.name]] == [2]
+    second = telemetry.configure("summed-b", metrics_exporter=["memory"], traces_exporter=["none"],
+                                 logs_exporter=["none"], gpu_enabled=False)
+    early.add(5, {"k": "v"})
+    assert [p.value for p in second.memory.metrics()[metric.name]] == [5]  # its observable, registered again
+
+
+def test_a_provider_of_the_callers_own_reports_only_its_own_counters():
+    metric = _metric()
+    SummedCounter.of("tests", metric).add(7, {"outcome": "ok"})  # the global provider's (no pipeline now)
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    SummedCounter.of("tests", metric, provider=provider).add(1, {"outcome": "bad_signature"})
+    assert _points(reader, metric.name) == {frozenset({("outcome", "bad_signature")}): 1}
+    provider.shutdown()
