@@ -2,7 +2,13 @@
 through Observatory's API vs the bare OpenTelemetry SDK doing the same, side by side.
 
 Both export to JSON-lines files in a temp folder with the same batch settings; console output
-is off in both. Rounds alternate A/B so machine noise hits both alike. Prints the ratio.
+is off in both. Rounds alternate so machine noise hits all alike. Prints the ratio.
+
+Observatory's pipeline is timed three ways, one pipeline behind all three: through the handle
+(``handle.tracer``/``handle.meter``: the SDK's own tracer and instruments), through the global
+API as the gateway gets them after ``configure()`` (``trace.get_tracer``/``metrics.get_meter``),
+and through the global API from before the first ``configure()`` (what a module that takes its
+tracer at import gets). The last two rows show what the global providers' delegation costs.
 
     python bench/telemetry_overhead.py [--requests 5000] [--rounds 7]
 """
@@ -64,15 +70,22 @@ def main() -> None:
     os.environ["OBSERVATORY_STATE_DIR"] = f"{tmp}/ours"
 
     from loguru import logger
+    from opentelemetry import metrics, trace
 
     from gpt_observatory import telemetry
     from gpt_observatory.telemetry.backends.jsonl import JsonlLogExporter, JsonlMetricExporter, JsonlSpanExporter
     from gpt_observatory.telemetry.settings import load
 
+    # Taken before configure(), as a module that gets its tracer at import does.
+    early_tracer = trace.get_tracer("bench.early")
+    early_instr = make_instruments(metrics.get_meter("bench.early"))
+
     # Ours: one call.
     handle = telemetry.configure("bench", console_logs=False, metric_export_interval_ms=60_000)
     ours_tracer = handle.tracer("bench")
     ours_instr = make_instruments(handle.meter("bench"))
+    global_tracer = trace.get_tracer("bench.global")  # as the gateway takes them, after configure()
+    global_instr = make_instruments(metrics.get_meter("bench.global"))
 
     # Bare SDK: the same exporters, wired by hand, logs through the SDK's logging handler.
     bare_settings = load(state_dir=f"{tmp}/bare")
@@ -92,26 +105,29 @@ def main() -> None:
     bare_tracer = tp.get_tracer("bench")
     bare_instr = make_instruments(mp.get_meter("bench"))
 
-    def ours() -> None:
-        pattern(ours_tracer, ours_instr, logger.info)
-
-    def bare() -> None:
-        pattern(bare_tracer, bare_instr, bare_log.info)
-
-    for fn in (ours, bare):
+    variants = {
+        "observatory API": lambda: pattern(ours_tracer, ours_instr, logger.info),
+        "  global API": lambda: pattern(global_tracer, global_instr, logger.info),
+        "  global, early": lambda: pattern(early_tracer, early_instr, logger.info),
+        "bare OTel SDK": lambda: pattern(bare_tracer, bare_instr, bare_log.info),
+    }
+    for fn in variants.values():
         timed(fn, 500)  # warm up
-    ours_t, bare_t = [], []
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
-        ours_t.append(timed(ours, args.requests))
-        handle.force_flush()
-        bare_t.append(timed(bare, args.requests))
-        tp.force_flush()
-        lp.force_flush()
-    o, b = statistics.median(ours_t), statistics.median(bare_t)
+        for name, fn in variants.items():
+            times[name].append(timed(fn, args.requests))
+            handle.force_flush()
+            tp.force_flush()
+            lp.force_flush()
+    cost = {name: statistics.median(values) for name, values in times.items()}
+    o, b = cost["observatory API"], cost["bare OTel SDK"]
     print(f"requests/round={args.requests} rounds={args.rounds}")
-    print(f"observatory API : {o * 1e6:8.1f} us/request (median)")
-    print(f"bare OTel SDK   : {b * 1e6:8.1f} us/request (median)")
+    for name, value in cost.items():
+        extra = f"  ({(value - o) * 1e6:+.1f} us vs the handle's)" if name.startswith("  ") else ""
+        print(f"{name:<16}: {value * 1e6:8.1f} us/request (median){extra}")
     print(f"ratio ours/bare : {o / b:.3f}  (target <= 1.2)")
+    print(f"ratio global/bare: {cost['  global API'] / b:.3f}, early/bare: {cost['  global, early'] / b:.3f}")
     print(f"drops: ours={handle.stats.drops()}")
     handle.shutdown()
     tp.shutdown()
