@@ -7,6 +7,13 @@ deprecated and removed upstream). There is no ``otelcol`` binary here, so :func:
 own check: every component a pipeline names is defined, every defined component is used, each
 component type exists in otelcol-contrib and supports the pipeline's signal, memory_limiter runs
 first. ``otelcol-contrib validate --config`` is the authoritative check where the binary exists.
+
+Option, off in the committed config: ``collector_config(files_dir="/var/lib/otelcol")`` adds the
+contrib ``file`` exporter to the traces and logs pipelines, beside the stores: OTLP JSON lines in
+``<files_dir>/traces.json`` and ``<files_dir>/logs.json``, rotated by size (``FILE_ROTATION``: the
+exporter's lumberjack rotation leaves ``traces-<time>.json`` backups). Point ``observatory trace`` and
+``observatory logs`` at that folder with ``--source <files_dir>`` to read the collector's view of
+the live system in a terminal; searches across days stay with the trace store and Loki.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ KNOWN: Final[dict[str, dict[str, frozenset[str]]]] = {
     },
     "exporters": {
         "otlp": frozenset(SIGNALS), "otlphttp": frozenset(SIGNALS), "prometheus": frozenset({"metrics"}),
-        "prometheusremotewrite": frozenset({"metrics"}), "debug": frozenset(SIGNALS),
+        "prometheusremotewrite": frozenset({"metrics"}), "debug": frozenset(SIGNALS), "file": frozenset(SIGNALS),
     },
     "extensions": {"health_check": frozenset(), "pprof": frozenset(), "zpages": frozenset()},
 }
@@ -50,12 +57,42 @@ CREDENTIAL_VALUES: Final = (
 )
 
 
+# The file exporter's rotation (lumberjack): a new file past max_megabytes, backups kept by count and age.
+FILE_ROTATION: Final = {"max_megabytes": 100, "max_days": 3, "max_backups": 10, "localtime": False}
+FILE_SIGNALS: Final = ("traces", "logs")  # what `observatory trace` and `observatory logs` read
+
+
+def file_exporters(files_dir: str, rotation: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """``file/traces`` and ``file/logs``: OTLP JSON lines under ``files_dir``, rotated by size."""
+    return {
+        f"file/{signal}": {
+            "path": f"{files_dir.rstrip('/')}/{signal}.json",
+            "format": "json",
+            "rotation": dict(FILE_ROTATION if rotation is None else rotation),
+            "flush_interval": "1s",
+        }
+        for signal in FILE_SIGNALS
+    }
+
+
 def collector_config(
     traces_endpoint: str = "tempo:4317",
     loki_endpoint: str = "http://loki:3100/otlp",
     prometheus_endpoint: str = "0.0.0.0:8889",
+    files_dir: str | None = None,
+    file_rotation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The Collector configuration (endpoints are placeholders for a compose/k8s deployment)."""
+    """The Collector configuration (endpoints are placeholders for a compose/k8s deployment); with
+    ``files_dir``, traces and logs are also written there by the ``file`` exporter."""
+    config = _config(traces_endpoint, loki_endpoint, prometheus_endpoint)
+    if files_dir is not None:
+        config["exporters"].update(file_exporters(files_dir, file_rotation))
+        for signal in FILE_SIGNALS:
+            config["service"]["pipelines"][signal]["exporters"].append(f"file/{signal}")
+    return config
+
+
+def _config(traces_endpoint: str, loki_endpoint: str, prometheus_endpoint: str) -> dict[str, Any]:
     processors = ["memory_limiter", "attributes/credentials", "redaction/credentials", "batch"]
     return {
         "extensions": {"health_check": {"endpoint": "0.0.0.0:13133"}},

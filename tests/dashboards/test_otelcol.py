@@ -40,3 +40,28 @@ def test_undefined_unused_and_misplaced_components_are_named():
     assert "exporters.debug: defined but used by no pipeline" in found
     assert "service.pipelines.logs: exporter 'prometheus' does not support logs" in found
     assert "service.pipelines.metrics: memory_limiter must be the first processor" in found
+
+
+def test_the_file_exporter_option_writes_traces_and_logs_where_observatory_reads_them(tmp_path):
+    from gpt_observatory.dashboards.otelcol import FILE_ROTATION
+    from gpt_observatory.telemetry.reading import signal_files
+
+    assert not any(e.startswith("file") for e in collector_config()["exporters"])  # off by default
+    config = collector_config(files_dir="/var/lib/otelcol/", file_rotation={"max_megabytes": 10, "max_backups": 3})
+    assert problems(config) == []
+    pipelines = config["service"]["pipelines"]
+    assert pipelines["traces"]["exporters"] == ["otlp/traces", "file/traces"]
+    assert pipelines["logs"]["exporters"] == ["otlphttp/loki", "file/logs"]
+    assert pipelines["metrics"]["exporters"] == ["prometheus"]
+    traces = config["exporters"]["file/traces"]
+    assert traces == {"path": "/var/lib/otelcol/traces.json", "format": "json", "flush_interval": "1s",
+                      "rotation": {"max_megabytes": 10, "max_backups": 3}}
+    assert collector_config(files_dir="/d")["exporters"]["file/logs"]["rotation"] == FILE_ROTATION
+
+    # The files it leaves (the live one and a lumberjack backup) are what --source <files_dir> reads.
+    line = '{"resourceSpans":[]}\n'
+    for name in ("traces.json", "traces-2025-12-02T15-00-00.000.json"):
+        (tmp_path / name).write_text(line)
+    (tmp_path / "logs.json").write_text('{"resourceLogs":[]}\n')
+    assert [p.name for p in signal_files(tmp_path, "traces")] == ["traces-2025-12-02T15-00-00.000.json", "traces.json"]
+    assert [p.name for p in signal_files(tmp_path, "logs")] == ["logs.json"]
