@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Final
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -86,13 +87,13 @@ def ordered(trace: Trace) -> Iterator[tuple[int, SpanEntry]]:
     yield from walk(None, 0)
 
 
-def render(trace: Trace) -> Table:
-    """The waterfall of ``trace`` as a rich table."""
+def render(trace: Trace) -> Group:
+    """The waterfall of ``trace``: a title line, then a rich table."""
     t0, total = trace.start_ns, trace.end_ns - trace.start_ns
     root = trace.root
     title = (f"trace {trace.trace_id}  {root.name} ({root.service})  {_ms(total)}  "
              f"{len(trace.spans)} spans  {len(trace.logs)} logs  {_clock(t0)} UTC")
-    table = Table(title=title, title_justify="left", box=None, pad_edge=False, show_edge=False)
+    table = Table(box=None, pad_edge=False, show_edge=False)
     table.add_column("span", no_wrap=True, overflow="ellipsis", max_width=60)
     table.add_column(f"0 … {_ms(total)}", no_wrap=True, width=BAR_WIDTH)
     table.add_column("duration", justify="right", no_wrap=True)
@@ -125,4 +126,4 @@ def render(trace: Trace) -> Table:
         log_rows(logs.get(span.span_id, []), depth + 1)
     if logs.get(None):
         log_rows(logs[None], 0)
-    return table
+    return Group(Text(title, style="bold"), table)
