@@ -20,7 +20,7 @@ from tests.reliability.demo_run import DemoRun, demo_run
 FIELDS = {
     "wall_time_s", "model", "serving_version", "served_by_version", "requests", "latency_ms", "ttft_ms",
     "tokens_per_s", "output_tokens", "auth_outcomes", "rate_limit_hits", "gpu", "spans_per_name", "trace",
-    "telemetry_files", "telemetry_dropped", "gateway", "ui",
+    "telemetry_files", "telemetry_dropped", "gateway", "ui", "slowest_trace",
 }
 STREAMED = len(PROMPTS)  # the streaming client sends one request per prompt
 BURST_REJECTED = 3  # the burst tenant sends REQUESTS_PER_MINUTE + 3
@@ -143,3 +143,23 @@ def test_files_gateway_and_ui_commands(demo):
     home = demo.state.parent / "prefect"  # the run's PREFECT_HOME
     assert f"PREFECT_HOME={home}" in s["ui"]["prefect"] and "server start" in s["ui"]["prefect"]
     assert (home / "prefect.db").is_file()  # the flow runs the Prefect UI shows
+
+
+def test_the_summary_points_at_the_slowest_request_and_observatory_trace_shows_it(demo):
+    import subprocess
+    import sys
+
+    slowest = demo.summary["slowest_trace"]
+    source = demo.state / "telemetry"
+    assert slowest["command"].endswith(f"trace {slowest['trace_id']} --source {source}")
+    durations = [(s["end_time_unix_nano"] - s["start_time_unix_nano"]) / 1e6 for s in traced_spans(demo)
+                 if s["kind"] == "SERVER" and s["name"].startswith("POST /v1/")
+                 and s["resource"][names.SERVICE_NAME] == "observatory-gateway"]
+    assert slowest["duration_ms"] == round(max(durations), 1)
+    assert f"The slowest request: {slowest['command']}" in demo.stdout
+    assert f"trace {slowest['trace_id']}" in demo.stdout  # its waterfall, under the summary
+    observatory = str(Path(sys.executable).parent / "observatory")
+    shown = subprocess.run([observatory, "trace", slowest["trace_id"], "--source", str(source)],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"trace {slowest['trace_id']}  {slowest['name']}")

@@ -28,7 +28,7 @@ from gpt_observatory.demo import pipeline as _demo_pipeline
 from gpt_observatory.demo import stack as _demo_stack
 from gpt_observatory.demo.readback import SERVICE_INSTANCE_ID, Scrape, instance_of, is_api_server_span, wait_for_spans
 from gpt_observatory.demo.stack import MODEL, SCOPE, Gateway
-from gpt_observatory.demo.summary import build, dumps, render
+from gpt_observatory.demo.summary import build, dumps, render, show_slowest
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.backends.jsonl import telemetry_dir
 
@@ -190,6 +190,7 @@ def _run(json_out: str | None, keep_serving: bool) -> dict[str, Any]:
                 wall_time_s=time.monotonic() - started,
             )
             render(summary, Console())
+            show_slowest(summary, Console(width=max(Console().width, 160)))
             if json_out:
                 Path(json_out).write_text(dumps(summary))
                 console.print(f"summary written to {json_out}")

@@ -64,10 +64,26 @@ def throughput_section(scrape: Scrape) -> tuple[float | None, int]:
     return (_round(tokens / seconds) if seconds else None), int(tokens)
 
 
+def _tool(name: str) -> str:
+    """``name`` in this interpreter's bin folder when it is there (the venv need not be activated)."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def slowest_trace(gateway_spans: list[dict[str, Any]], telemetry_folder: str) -> dict[str, Any] | None:
+    """The slowest gateway request and the ``observatory trace`` command that shows it."""
+    requests = [s for s in gateway_spans if is_api_server_span(s)]
+    if not requests:
+        return None
+    slowest = max(requests, key=duration_ms)
+    trace_id = slowest["trace_id"]
+    return {"trace_id": trace_id, "name": slowest["name"], "duration_ms": _round(duration_ms(slowest)),
+            "command": f"{_tool('observatory')} trace {trace_id} --source {telemetry_folder}"}
+
+
 def ui_commands(tracking_uri: str) -> dict[str, str]:
     """How to look at this state in the MLflow and Prefect UIs."""
-    bin_dir = Path(sys.executable).parent
-    tool = lambda name: str(bin_dir / name) if (bin_dir / name).exists() else name  # noqa: E731
+    tool = _tool
     if tracking_uri.startswith(("http://", "https://")):
         mlflow = f"open {tracking_uri}"
     else:
@@ -119,6 +135,7 @@ def build(
         "spans_per_name": dict(sorted(Counter(span_key(s) for s in spans).items())),
         "trace": shared_trace(gateway_spans),
         "telemetry_files": files,
+        "slowest_trace": slowest_trace(gateway_spans, str(Path(files["traces"]).parent)),
         "telemetry_dropped": int(scrape.total(names.TELEMETRY_DROPPED)),
         "gateway": gateway,
         "ui": ui_commands(tracking_uri),
@@ -156,6 +173,7 @@ def render(summary: dict[str, Any], console: Console) -> None:
         ("spans per name", _pairs(s["spans_per_name"])),
         ("one trace", _trace_text(s["trace"])),
         ("telemetry files", "\n".join(s["telemetry_files"].values())),
+        ("slowest request", _slowest_text(s["slowest_trace"])),
         ("gateway", f"{s['gateway']['url']} (log {s['gateway']['log']})"
                     + (f"; Prometheus {s['gateway']['prometheus']}" if s["gateway"].get("prometheus") else "")),
         ("MLflow UI", s["ui"]["mlflow"]),
@@ -175,6 +193,29 @@ def _gpu_text(gpu: dict[str, Any]) -> str:
     if gpu["energy_per_output_token_j"] is not None:
         lines.append(f"energy per output token: {gpu['energy_per_output_token_j']:.4f} J")
     return "\n".join(lines)
+
+
+def _slowest_text(slowest: dict[str, Any] | None) -> str:
+    if slowest is None:
+        return "none found"
+    return f"{slowest['name']} {slowest['duration_ms']} ms; see it with:\n{slowest['command']}"
+
+
+def show_slowest(summary: dict[str, Any], console: Console) -> None:
+    """The slowest request's waterfall, read back from the telemetry files as `observatory trace` does."""
+    from gpt_observatory.telemetry.reading.traces import TraceNotFound, find
+    from gpt_observatory.telemetry.reading.waterfall import render as waterfall
+
+    slowest = summary.get("slowest_trace")
+    if slowest is None:
+        return
+    try:
+        trace = find(Path(summary["telemetry_files"]["traces"]).parent, slowest["trace_id"])
+    except TraceNotFound as e:
+        console.print(f"slowest request: {e}")
+        return
+    console.print(f"The slowest request: {slowest['command']}", soft_wrap=True, highlight=False)
+    console.print(waterfall(trace))
 
 
 def _trace_text(trace: dict[str, Any] | None) -> str:
