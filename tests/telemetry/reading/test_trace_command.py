@@ -65,10 +65,11 @@ def gateway_files(state_dir, upstream, tmp_path):
     return state_dir / "telemetry", trace_id
 
 
-def test_last_shows_a_streamed_request_through_the_gateway_in_parent_order_with_its_logs(gateway_files):
+def test_last_shows_a_streamed_request_through_the_gateway_in_parent_order_with_its_logs(gateway_files, artifacts_dir):
     source, trace_id = gateway_files
     result = trace("--last", "--source", str(source))
     assert result.exit_code == 0, result.output
+    (artifacts_dir / "observatory-trace-last.txt").write_text(result.output)
     assert f"trace {trace_id}" in result.output
     lines = rows(result.output)
     spans = [line for line in lines if "↳" not in line]
