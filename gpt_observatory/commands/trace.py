@@ -14,6 +14,7 @@ import typer
 app = typer.Typer(
     help="Show one request's spans as a waterfall, with each span's logs under it.",
     context_settings={"allow_interspersed_args": True},
+    subcommand_metavar="",
 )
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
