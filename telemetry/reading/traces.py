@@ -93,7 +93,9 @@ def _group(spans: Iterable[SpanEntry]) -> dict[str, list[SpanEntry]]:
 def _trace(trace_id: str, spans: list[SpanEntry], source: Path, with_logs: bool) -> Trace:
     logs: tuple[LogEntry, ...] = ()
     if with_logs:
-        logs = tuple(sorted((e for e in read_logs(source) if e.trace_id == trace_id), key=lambda e: e.time_ns))
+        # A traces file given alone: its logs are beside it (ours: logs.jsonl; a collector's: logs.json).
+        folder = source.parent if source.is_file() else source
+        logs = tuple(sorted((e for e in read_logs(folder) if e.trace_id == trace_id), key=lambda e: e.time_ns))
     return Trace(trace_id, tuple(sorted(spans, key=lambda s: s.start_ns)), logs)
 
 

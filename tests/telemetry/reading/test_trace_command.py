@@ -110,6 +110,8 @@ def test_the_collector_file_exporter_output_gives_the_same_view():
         "00f067aa0ba902b7a3ce929d0e0e4799", SERVER_TRACE
     ]
     assert trace("--slow", "1", "--since", "1h", "--source", str(FIXTURE)).exit_code == 1  # the fixture is older
+    one_file = trace("--last", "--source", str(FIXTURE / "traces.json"))  # the logs beside it are found
+    assert one_file.exit_code == 0 and "upstream answered HTTP 500" in one_file.output
 
 
 def test_an_ambiguous_prefix_lists_the_candidates(tmp_path):
