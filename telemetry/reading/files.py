@@ -112,33 +112,45 @@ def signal_files(source: Path, signal: Signal) -> list[Path]:
     return chosen
 
 
-def _read(source: Path, signal: Signal, parse: Callable[[bytes], list[T]], stats: ReadStats | None) -> Iterator[T]:
-    stats = stats if stats is not None else ReadStats()
-    for path in signal_files(source, signal):
+def _read_file(path: Path, parse: Callable[[bytes], list[T]], stats: ReadStats) -> Iterator[T]:
+    try:
+        fh = open_lines(path)
+    except OSError:
+        return  # rotated away between listing and opening
+    stats.files += 1
+    with fh:
         try:
-            fh = open_lines(path)
-        except OSError:
-            continue  # rotated away between listing and opening
-        stats.files += 1
-        with fh:
-            try:
-                for line in fh:
-                    try:
-                        records = parse(line)
-                    except (ValueError, KeyError, TypeError, AttributeError):
-                        stats.bad_lines += 1
-                        continue
-                    yield from records
-            except (OSError, EOFError):
-                stats.bad_lines += 1  # a truncated or corrupt gzip member
+            for line in fh:
+                try:
+                    records = parse(line)
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    stats.bad_lines += 1
+                    continue
+                yield from records
+        except (OSError, EOFError):
+            stats.bad_lines += 1  # a truncated or corrupt gzip member
+
+
+def read_log_file(path: Path, stats: ReadStats | None = None) -> Iterator[LogEntry]:
+    """The log records of one file (gzip or not); bad lines skipped and counted."""
+    return _read_file(path, parse_logs, stats if stats is not None else ReadStats())
+
+
+def read_span_file(path: Path, stats: ReadStats | None = None) -> Iterator[SpanEntry]:
+    """The spans of one file (gzip or not); bad lines skipped and counted."""
+    return _read_file(path, parse_spans, stats if stats is not None else ReadStats())
 
 
 def read_logs(source: Path, stats: ReadStats | None = None) -> Iterator[LogEntry]:
     """Every log record in every file of ``source``, oldest file first. A line that does not parse
     is skipped and counted in ``stats``; it never ends the read."""
-    return _read(source, "logs", parse_logs, stats)
+    stats = stats if stats is not None else ReadStats()
+    for path in signal_files(source, "logs"):
+        yield from _read_file(path, parse_logs, stats)
 
 
 def read_spans(source: Path, stats: ReadStats | None = None) -> Iterator[SpanEntry]:
     """Every span in every file of ``source``, oldest file first; bad lines as in ``read_logs``."""
-    return _read(source, "traces", parse_spans, stats)
+    stats = stats if stats is not None else ReadStats()
+    for path in signal_files(source, "traces"):
+        yield from _read_file(path, parse_spans, stats)
