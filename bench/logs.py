@@ -10,6 +10,11 @@ while a writer appends and rotates.
 3. Runs ``observatory logs -f --json`` on the set while a writer appends about 2,000 lines/s through
    the backend's ``RotatingFile`` (so the files rotate under the follower), sampling the follower's
    RSS every second: first, last and max.
+
+Measured 2026-12-02 with ``--gigabytes 1 --follow-seconds 120`` on a 2-core VM shared with other
+work (another engineer's tests ran at the same time): 1,884,160 lines (1.00 GiB); library 121,002
+lines/s, CLI 111,891 lines/s; ``-f`` over 120 s with 239,000 lines appended (the files rotated
+under it): RSS first 48.3 MiB, last 47.2 MiB, max 49.3 MiB.
 """
 
 from __future__ import annotations
