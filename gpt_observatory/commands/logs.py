@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from gpt_observatory.telemetry.settings import split_commas
+
 app = typer.Typer(help="Logs of every process that wrote to the state directory, merged by time; -f follows.")
 
 
@@ -41,7 +43,7 @@ def logs(
     from gpt_observatory.telemetry.reading import logs as reading
 
     query = _query(since, until, level, service, tenant, model, trace_id, grep)
-    field_list = [f.strip() for f in fields.split(",") if f.strip()] if fields is not None else None
+    field_list = split_commas(fields) if fields is not None else None
     source = source if source is not None else _state_logs_dir()
     stats = ReadStats()
     printer = reading.Printer(sys.stdout.buffer, as_json=as_json, fields=field_list, console=_console(as_json))
@@ -73,7 +75,8 @@ def _query(
     trace_id: str | None,
     grep: str | None,
 ):
-    from gpt_observatory.telemetry.reading.logs import LogQuery, min_severity, parse_when
+    from gpt_observatory.telemetry.reading.logs import LogQuery, min_severity
+    from gpt_observatory.telemetry.reading.when import parse_when
 
     now = time.time_ns()
     try:
@@ -96,7 +99,7 @@ def _query(
         pattern = re.compile(grep) if grep else None
     except re.error as e:
         raise typer.BadParameter(f"{grep!r} is not a regular expression: {e}", param_hint="--grep") from None
-    services = frozenset(s.strip() for item in service or () for s in item.split(",") if s.strip())
+    services = frozenset(name for item in service or () for name in split_commas(item))
     return LogQuery(
         since_ns=since_ns,
         until_ns=until_ns,

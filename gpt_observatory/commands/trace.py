@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import re
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -17,25 +15,15 @@ app = typer.Typer(
     subcommand_metavar="",
 )
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
-_UNIT_S = {"ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def since_ns(text: str, now_s: float | None = None) -> int:
     """``10m``, ``2h``, ``1d`` before now, or an ISO 8601 time (UTC when it names no zone), in ns."""
-    match = _DURATION.match(text.strip())
-    if match:
-        now_s = time.time() if now_s is None else now_s
-        return int((now_s - float(match[1]) * _UNIT_S[match[2]]) * 1e9)
+    from gpt_observatory.telemetry.reading.when import parse_when
+
+    now_ns = time.time_ns() if now_s is None else int(now_s * 1e9)
     try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r}: give a duration (30s, 10m, 2h, 1d) or an ISO time", param_hint="--since"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1e9)
+        return parse_when(text, now_ns)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--since") from None
 
 
 def _default_source() -> Path:

@@ -47,27 +47,8 @@ _LEVEL_STYLES: Final = {
     "CRITICAL": "bold red",
 }
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
-_UNIT_NS: Final = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
-_UNIT_NS["w"] = 7 * _UNIT_NS["d"]
 # Control characters would let a logged string drive the terminal; they are shown escaped.
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F)} | {0x0A: "\\n"}
-
-
-def parse_when(text: str, now_ns: int) -> int:
-    """``10m``, ``2h``, ``1.5d`` (that long before ``now_ns``) or an ISO 8601 timestamp (UTC unless
-    it names a zone), as Unix nanoseconds. Raises ``ValueError`` naming the accepted forms."""
-    if m := _DURATION.match(text):
-        return now_ns - int(float(m[1]) * _UNIT_NS[m[2]])
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is neither a duration (30s, 10m, 2h, 1d, 1w) nor an ISO timestamp (2026-01-31T14:05:00Z)"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp()) * 10**9 + when.microsecond * 1000
 
 
 def min_severity(level: str) -> int:

@@ -107,7 +107,7 @@ def _entry(message="m", t=1, **kw):
 
 
 def test_durations_and_timestamps():
-    from gpt_observatory.telemetry.reading.logs import parse_when
+    from gpt_observatory.telemetry.reading.when import parse_when
 
     now = 10**19
     assert parse_when("10m", now) == now - 600 * 10**9
