@@ -3,6 +3,7 @@ rotated by size. The embedded default backend."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 from collections.abc import Sequence
@@ -31,23 +32,51 @@ def telemetry_dir(settings: Settings) -> Path:
 
 
 class RotatingFile:
-    """Appends lines; when the file passes ``max_bytes`` it becomes ``.1`` (``backups`` kept)."""
+    """Appends lines; when the file passes ``max_bytes`` it becomes ``.1`` (``backups`` kept).
+
+    Several processes may append to one file (the demo's gateway and flows share a state folder):
+    the size is the file's own, rotation runs under an exclusive ``flock`` on ``<name>.lock``, and a
+    process that finds the file already rotated by another reopens it instead of rotating again (two
+    rotations in a row would rename the fresh file over the full backup and lose it).
+    """
 
     def __init__(self, path: Path, max_bytes: int, backups: int):
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._lockfile = path.with_name(path.name + ".lock")
         self._fh = open(path, "ab")  # noqa: SIM115 - closed in close()
-        self._size = self._fh.tell()
 
     def write_lines(self, lines: list[bytes]) -> None:
         data = b"".join(lines)
         with self._lock:
-            if self._size and self._size + len(data) > self.max_bytes:
-                self._rotate()
+            size = os.fstat(self._fh.fileno()).st_size
+            if size and size + len(data) > self.max_bytes:
+                self._rotate_shared(len(data))
             self._fh.write(data)
             self._fh.flush()
-            self._size += len(data)
+
+    def _rotate_shared(self, incoming: int) -> None:
+        with open(self._lockfile, "ab") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+            if not self._still_current():
+                self._reopen()  # another process rotated it: append to the new file
+                size = os.fstat(self._fh.fileno()).st_size
+                if not size or size + incoming <= self.max_bytes:
+                    return
+            self._rotate()
+
+    def _still_current(self) -> bool:
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(self._fh.fileno())
+        return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def _reopen(self) -> None:
+        self._fh.close()
+        self._fh = open(self.path, "ab")  # noqa: SIM115
 
     def _rotate(self) -> None:
         self._fh.close()
@@ -60,7 +89,6 @@ class RotatingFile:
         else:
             self.path.unlink(missing_ok=True)
         self._fh = open(self.path, "ab")  # noqa: SIM115
-        self._size = 0
 
     def close(self) -> None:
         with self._lock:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 from loguru import logger
 from opentelemetry import metrics, trace
@@ -72,3 +74,26 @@ def test_json_console_format(capfd):
     err = capfd.readouterr().err
     record = json.loads(err.strip().splitlines()[-1])
     assert record["record"]["message"] == "structured"
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from gpt_observatory.telemetry.backends.jsonl import RotatingFile
+path, who, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+out = RotatingFile(path, max_bytes=2000, backups=10_000)
+for i in range(n):
+    out.write_lines([f'{{"who": "{who}", "i": {i}, "pad": "{"x" * 40}"}}\\n'.encode()])
+out.close()
+"""
+
+
+def test_processes_sharing_a_file_rotate_it_without_losing_a_line(tmp_path):
+    path = tmp_path / "logs.jsonl"
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), who, "1500"]) for who in ("a", "b", "c")]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0]
+
+    files = [path, *path.parent.glob("logs.jsonl.*[0-9]")]
+    assert len(files) > 50  # it rotated many times, under three writers
+    seen = sorted((r["who"], r["i"]) for f in files for r in _read(f))
+    assert seen == sorted((who, i) for who in "abc" for i in range(1500))
