@@ -41,10 +41,11 @@ def logs(
     """Show logs: time (UTC), service, level, short trace id, message and chosen attributes."""
     from gpt_observatory.telemetry.reading import ReadStats
     from gpt_observatory.telemetry.reading import logs as reading
+    from gpt_observatory.telemetry.reading.files import default_source
 
     query = _query(since, until, level, service, tenant, model, trace_id, grep)
     field_list = split_commas(fields) if fields is not None else None
-    source = source if source is not None else _state_logs_dir()
+    source = source if source is not None else default_source()
     stats = ReadStats()
     printer = reading.Printer(sys.stdout.buffer, as_json=as_json, fields=field_list, console=_console(as_json))
     try:
@@ -111,12 +112,6 @@ def _query(
         grep=pattern,
     )
 
-
-def _state_logs_dir() -> Path:
-    from gpt_observatory.telemetry.backends.jsonl import telemetry_dir
-    from gpt_observatory.telemetry.settings import load
-
-    return telemetry_dir(load())
 
 
 def _console(as_json: bool):

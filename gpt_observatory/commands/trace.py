@@ -26,12 +26,6 @@ def since_ns(text: str, now_s: float | None = None) -> int:
         raise typer.BadParameter(str(e), param_hint="--since") from None
 
 
-def _default_source() -> Path:
-    from gpt_observatory.telemetry.backends.jsonl import telemetry_dir
-    from gpt_observatory.telemetry.settings import load
-
-    return telemetry_dir(load())
-
 
 @app.callback(invoke_without_command=True)
 def trace(
@@ -48,6 +42,7 @@ def trace(
 ) -> None:
     """Show a trace by ID, the latest request (--last), the slowest (--slow N) or the latest failed (--errors)."""
     from gpt_observatory.telemetry.reading import traces
+    from gpt_observatory.telemetry.reading.files import default_source
 
     chosen = [name for name, on in (("ID", trace_id is not None), ("--last", last), ("--slow", slow is not None),
                                     ("--errors", errors)) if on]
@@ -58,7 +53,7 @@ def trace(
     if since is not None and not (slow or errors):
         raise typer.BadParameter("--since goes with --slow or --errors", param_hint="--since")
     start = since_ns(since) if since is not None else None
-    folder = source if source is not None else _default_source()
+    folder = source if source is not None else default_source()
     if not folder.exists():
         _fail(f"no telemetry at {folder} (give --source: a telemetry folder or file)")
     try:

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from gpt_observatory.telemetry.reading.files import ReadStats, read_logs, read_spans, signal_files
+from gpt_observatory.telemetry.reading.files import ReadStats, default_source, read_logs, read_spans, signal_files
 from gpt_observatory.telemetry.reading.records import LogEntry, SpanEntry, parse_logs, parse_spans
 
 __all__ = [
     "LogEntry",
     "ReadStats",
     "SpanEntry",
+    "default_source",
     "parse_logs",
     "parse_spans",
     "read_logs",

@@ -85,6 +85,14 @@ def _name_says(name: str, signal: Signal) -> bool:
     return any(w in name.lower() for w in words)
 
 
+def default_source() -> Path:
+    """Where the embedded ``jsonl`` backend writes: the state folder's ``telemetry/`` (``OBSERVATORY_STATE_DIR``)."""
+    from gpt_observatory.telemetry.backends.jsonl import telemetry_dir
+    from gpt_observatory.telemetry.settings import load
+
+    return telemetry_dir(load())
+
+
 def signal_files(source: Path, signal: Signal) -> list[Path]:
     """Every file under ``source`` that holds ``signal``, oldest first; ``[]`` when there is none."""
     source = Path(source)
