@@ -157,9 +157,16 @@ def test_the_reference_model_is_served_streaming_and_not(memory_telemetry, mlflo
             model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=6, stream=True,
             stream_options={"include_usage": True},
         ))
-    assert answer.usage.prompt_tokens == len(b"To be") and 1 <= answer.usage.completion_tokens <= 8
+    # Random weights may sample the end-of-text byte at any step, even the first (about 1 in 257):
+    # then the answer is shorter, down to empty, and says "stop"; otherwise it runs to max_tokens.
+    assert answer.usage.prompt_tokens == len(b"To be")
+    choice = answer.choices[0]
+    assert choice.finish_reason in ("stop", "length") and answer.usage.completion_tokens <= 8
+    assert choice.finish_reason == "stop" or answer.usage.completion_tokens == 8
     assert chunks[-1].usage.prompt_tokens == len(b"user: hi\nassistant:")
-    assert 1 <= chunks[-1].usage.completion_tokens <= 6
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish in (["stop"], ["length"]) and chunks[-1].usage.completion_tokens <= 6
+    assert finish == ["stop"] or chunks[-1].usage.completion_tokens == 6
     settle(memory_telemetry)
     spans = [s for s in memory_telemetry.memory.spans() if s.name == f"chat {name}"]
     assert spans and spans[-1].attributes[names.GEN_AI_USAGE_OUTPUT_TOKENS] == chunks[-1].usage.completion_tokens
