@@ -60,6 +60,13 @@ def invalid_request(errors: list[Any]) -> ApiError:
     )
 
 
+def duplicate_header(name: str) -> ApiError:
+    return ApiError(
+        400, f"the {name} header appears more than once; send it once", "invalid_request_error",
+        "duplicate_header", "bad_request",
+    )
+
+
 def method_not_allowed(method: str, allowed: str) -> ApiError:
     return ApiError(
         405, f"{method} is not allowed here; use {allowed}", "invalid_request_error", "method_not_allowed",

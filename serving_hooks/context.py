@@ -34,6 +34,9 @@ class RequestContext:
     rejection: str | None = None  # names.REJECTION_REASONS
     rate_limit_kind: str | None = None  # names.RATE_LIMIT_KINDS, when rejection is "rate_limit"
     model: Any = None  # the ModelInfo (name, version, alias, role) of the in-process model that answered
+    # Set by a layer below when the response failed after its status went out (a stream cut, truncated
+    # or ended by shutdown): the gateway then records the request as an error whatever the status said.
+    error_type: str | None = None
 
     def record_usage(self, input_tokens: int, output_tokens: int) -> None:
         self.input_tokens = input_tokens

@@ -41,7 +41,9 @@ _INPUT, _OUTPUT = names.GEN_AI_TOKEN_TYPE_INPUT, names.GEN_AI_TOKEN_TYPE_OUTPUT
 class Authenticate(Protocol):
     """What the gateway needs of :class:`serving_hooks.auth.Authenticator`."""
 
-    async def authenticate(self, authorization: str | None, required_scopes: Iterable[str] = ()) -> Any: ...
+    async def authenticate(
+        self, authorization: str | None, required_scopes: Iterable[str] = (), *, client: str | None = None
+    ) -> Any: ...
 
 
 def no_scopes(model: str | None) -> tuple[str, ...]:
@@ -102,7 +104,7 @@ class GatewayMiddleware:
         start = time.perf_counter()
         method: str = scope["method"]
         path: str = scope["path"]
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers, repeated = _headers(scope["headers"])
         route = path if path in self.config.routes else None
         parent = propagate.extract(headers)
         span = self._tracer.start_span(f"{method} {route}" if route else method, parent, SpanKind.SERVER)
@@ -124,6 +126,8 @@ class GatewayMiddleware:
 
         try:
             try:
+                if repeated:
+                    raise _errors.duplicate_header(repeated)
                 receive, rate_key = await self._admit(scope, receive, headers, method, path, ctx)
             except ApiError as rejection:
                 ctx.rejection = rejection.reason
@@ -159,8 +163,9 @@ class GatewayMiddleware:
             receive = _replay(ctx.body, receive)
         if self.authenticator is not None:
             try:
+                client = scope.get("client")
                 ctx.principal = await self.authenticator.authenticate(
-                    headers.get("authorization"), self.config.scopes_for(model)
+                    headers.get("authorization"), self.config.scopes_for(model), client=client[0] if client else None
                 )
             except self._auth_error as e:
                 refusal: Any = e  # serving_hooks.auth.AuthError
@@ -212,8 +217,12 @@ class GatewayMiddleware:
             attrs[names.HTTP_ROUTE] = route
         if status >= 500:
             attrs[names.ERROR_TYPE] = type(error).__qualname__ if error is not None else str(status)
+        elif ctx.error_type is not None:  # failed after the status went out (a stream cut)
+            attrs[names.ERROR_TYPE] = ctx.error_type
         self._duration.record(time.perf_counter() - start, attrs)
         tenant_attrs = {names.TENANT: ctx.tenant, names.HTTP_RESPONSE_STATUS_CODE: status}
+        if ctx.error_type is not None:
+            tenant_attrs[names.ERROR_TYPE] = attrs[names.ERROR_TYPE]
         self._requests.add(1, tenant_attrs)
         if ctx.rejection is not None:
             rejected = {names.REJECTION_REASON: ctx.rejection, names.TENANT: ctx.tenant}
@@ -239,9 +248,24 @@ class GatewayMiddleware:
             span.set_attributes(span_attrs)
             if error is not None:
                 span.record_exception(error)
-            if status >= 500:
+            if names.ERROR_TYPE in attrs:
                 span.set_status(Status(StatusCode.ERROR, attrs[names.ERROR_TYPE]))
         span.end()
+
+
+_SINGLE = frozenset({b"authorization", b"content-length", b"content-type"})  # a repeat is ambiguous: refused
+
+
+def _headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[dict[str, str], str | None]:
+    """The request headers by lower-case name, and the first single-valued header sent twice (or None)."""
+    headers: dict[str, str] = {}
+    repeated = None
+    for k, v in raw:
+        name = k.decode("latin-1")
+        if name in headers and repeated is None and k in _SINGLE:
+            repeated = name
+        headers[name] = v.decode("latin-1")
+    return headers, repeated
 
 
 class ClientGone(Exception):
