@@ -57,7 +57,8 @@ def prompt_bytes(body: Mapping[str, Any]) -> int:
         total += len(prompt.encode())
     elif isinstance(prompt, list):
         total += sum(len(p.encode()) for p in prompt if isinstance(p, str))
-    for message in body.get("messages") or ():
+    messages = body.get("messages")  # unvalidated here: anything that is not a list counts nothing
+    for message in messages if isinstance(messages, list) else ():
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
             total += len(content.encode())

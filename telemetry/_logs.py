@@ -74,13 +74,17 @@ class LoguruBridge:
         with contextlib.suppress(ValueError):
             logger.remove(0)  # loguru's default stderr sink; ours replaces it
         level = self._settings.log_level
+        # diagnose=False everywhere: loguru's default prints every local of every frame of a traceback,
+        # which is where a caller's API key, JWT and prompt sit on the request path.
         if self._console:
             if self._settings.console_format == "json":
-                self._ids.append(logger.add(sys.stderr, level=level, serialize=True))
+                self._ids.append(logger.add(sys.stderr, level=level, serialize=True, diagnose=False))
             else:
-                self._ids.append(logger.add(sys.stderr, level=level, format=HUMAN_FORMAT, colorize=None))
+                self._ids.append(
+                    logger.add(sys.stderr, level=level, format=HUMAN_FORMAT, colorize=None, diagnose=False)
+                )
         if self._otel is not None:
-            self._ids.append(logger.add(self._sink, level=level, format="{message}", catch=True))
+            self._ids.append(logger.add(self._sink, level=level, format="{message}", catch=True, diagnose=False))
         # HTTP client libraries log every request at INFO; keep them at WARNING unless asked for DEBUG.
         if level not in ("TRACE", "DEBUG"):
             for name in _CHATTY:
