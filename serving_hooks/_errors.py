@@ -108,6 +108,24 @@ def upstream_failed(detail: str) -> ApiError:
     return ApiError(502, f"upstream failed: {detail}", "upstream_error", "upstream_error", "upstream")
 
 
+_REFUSED = {  # upstream 4xx → (type, code, message): a fixed vocabulary, never the upstream's text
+    401: ("upstream_error", "upstream_unauthorized", "the upstream refused this gateway's credential"),
+    403: ("upstream_error", "upstream_forbidden", "the upstream refused this gateway's credential"),
+    404: ("invalid_request_error", "model_not_found", "the upstream does not serve this model or path"),
+    408: ("upstream_error", "upstream_timeout", "the upstream timed out reading the request"),
+    413: ("invalid_request_error", "request_too_large", "the upstream refused the request as too large"),
+    429: ("rate_limit_error", "upstream_rate_limited", "the upstream is rate limiting; retry later"),
+}
+
+
+def upstream_refused(status: int, retry_after: str | None = None) -> ApiError:
+    """Our answer to an upstream 4xx: its status, our body (the upstream's may echo what it was sent)."""
+    kind, code, message = _REFUSED.get(status, ("invalid_request_error", "upstream_rejected",
+                                               "the upstream rejected the request as invalid"))
+    headers = [(b"retry-after", retry_after.encode())] if retry_after and retry_after.isdigit() else []
+    return ApiError(status, f"{message} (upstream HTTP {status})", kind, code, "upstream", headers)
+
+
 def upstream_timeout(seconds: float) -> ApiError:
     return ApiError(
         504, f"upstream did not answer within {seconds:g} s", "upstream_error", "upstream_timeout", "upstream"

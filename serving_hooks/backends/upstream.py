@@ -4,8 +4,14 @@ Bodies pass through as sent; streams are relayed event by event as they arrive. 
 CLIENT span's context goes upstream as ``traceparent``; the caller's credential never does (an
 ``upstream_api_key`` may). Usage for metering comes from the upstream's answer: for streams the
 proxy asks for ``stream_options.include_usage`` and drops that extra chunk again when the caller
-did not ask for it. Upstream 5xx and connection failures answer 502, timeouts 504; 4xx answers are
-the caller's problem and pass through unchanged.
+did not ask for it. Upstream 5xx, connection failures and malformed answers (a body that is not
+JSON, ``usage`` counts that are not non-negative integers) answer 502, timeouts 504; a 4xx keeps its
+status but gets our own error body: an upstream's body and headers never reach the caller (one that
+echoes the ``Authorization`` it got would hand out the upstream key). Only ``traceparent`` goes
+upstream: the caller's ``baggage`` and ``tracestate`` stay here. The upstream URL is shown without
+its credentials everywhere (readiness, error bodies, spans). A stream that ends without its
+``[DONE]``, or is cut, is an error to the caller (an SSE error event) and to the gateway
+(``RequestContext.error_type``).
 
 aiohttp is the client by measurement (``bench/gateway.py``; STYLE: ~3,650 vs ~650 req/s for httpx
 as a bare proxy on this machine).
@@ -15,18 +21,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import orjson
-from opentelemetry import propagate
+from opentelemetry import trace
 from starlette.responses import Response, StreamingResponse
 
 from gpt_observatory.serving_hooks import _errors
 from gpt_observatory.serving_hooks._openai import ChatCompletionRequest, ChunkWriter
 from gpt_observatory.serving_hooks.backends.base import Call, ModelBackend, Readiness, bytes_per_token_estimate
+from gpt_observatory.serving_hooks.context import RequestContext
 from gpt_observatory.serving_hooks.inference import GenAIHooks, GenAIRequest, Generation, GenerationStats
+from gpt_observatory.telemetry.redact import without_credentials
+from gpt_observatory.telemetry.settings import ConfigError
 
-_PASS_HEADERS = ("retry-after", "x-request-id")
+_MAX_COUNT = 1 << 31  # a token count above this is not a count
+
+
+class Malformed(ValueError):
+    """The upstream's answer is not a valid OpenAI answer."""
 
 
 class UpstreamBackend(ModelBackend):
@@ -44,10 +58,19 @@ class UpstreamBackend(ModelBackend):
         role: str = "champion",
     ) -> None:
         self.hooks = hooks
-        self.base_url = base_url.rstrip("/")
+        # Credentials in the URL become a Basic Authorization header (aiohttp refuses both at once),
+        # so the URL held, logged and shown carries none.
+        parts = urlsplit(base_url)
+        self.base_url = self.shown_url = without_credentials(base_url.rstrip("/"))
+        if parts.username is not None or parts.password is not None:
+            if api_key:
+                raise ConfigError("upstream_url carries credentials and upstream_api_key is set: use one of them")
+            basic = aiohttp.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
+            self._authorization: str | None = basic.encode()
+        else:
+            self._authorization = f"Bearer {api_key}" if api_key else None
         self.role = role
         self.timeout_s = timeout_s
-        self._api_key = api_key
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=timeout_s)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -68,10 +91,10 @@ class UpstreamBackend(ModelBackend):
         try:
             async with self._http.get(self.base_url + "/models", timeout=aiohttp.ClientTimeout(total=2)) as r:
                 if r.status < 500:
-                    return Readiness(True, "ok", info={"upstream": self.base_url})
-                return Readiness(False, "unavailable", f"upstream {self.base_url} answered HTTP {r.status}")
+                    return Readiness(True, "ok", info={"upstream": self.shown_url})
+                return Readiness(False, "unavailable", f"upstream {self.shown_url} answered HTTP {r.status}")
         except (aiohttp.ClientError, TimeoutError) as e:
-            return Readiness(False, "unavailable", f"upstream {self.base_url} unreachable ({type(e).__name__})")
+            return Readiness(False, "unavailable", f"upstream {self.shown_url} unreachable ({type(e).__name__})")
 
     async def models(self) -> list[dict[str, Any]]:
         try:
@@ -95,7 +118,9 @@ class UpstreamBackend(ModelBackend):
         )
         gen = self.hooks.generation(genai, None, call.ctx)
         headers = self._headers()
-        propagate.inject(headers, context=gen.context())
+        parent = trace.get_current_span(gen.context()).get_span_context()
+        if parent.is_valid:  # traceparent alone: no caller tracestate or baggage goes upstream
+            headers["traceparent"] = f"00-{parent.trace_id:032x}-{parent.span_id:016x}-{parent.trace_flags:02x}"
         strip_usage = request.stream and not request.include_usage
         body = call.raw
         if strip_usage:
@@ -107,7 +132,7 @@ class UpstreamBackend(ModelBackend):
             try:
                 resp = await self._http.post(url, data=body, headers=headers)
             except (TimeoutError, aiohttp.ClientError) as e:
-                raise self._failed(gen, e, f"calling {self.base_url}") from None
+                raise self._failed(gen, e, f"calling {self.shown_url}") from None
             if resp.status != 200:
                 response = await self._not_ok(resp, gen)
                 gen.end()
@@ -119,7 +144,7 @@ class UpstreamBackend(ModelBackend):
         except BaseException as e:
             gen.end(e)
             raise
-        stream = self._relay(resp, gen, strip_usage)
+        stream = self._relay(resp, gen, strip_usage, call.ctx)
         return StreamingResponse(stream, media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
     @property
@@ -138,8 +163,8 @@ class UpstreamBackend(ModelBackend):
 
     def _headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
-        if self._api_key:
-            headers["authorization"] = f"Bearer {self._api_key}"
+        if self._authorization:
+            headers["authorization"] = self._authorization
         return headers
 
     async def _not_ok(self, resp: aiohttp.ClientResponse, gen: Generation) -> Response:
@@ -150,11 +175,11 @@ class UpstreamBackend(ModelBackend):
         finally:
             resp.release()
         gen.fail(str(resp.status))
-        if resp.status >= 500:
-            raise _errors.upstream_failed(f"HTTP {resp.status} from {self.base_url}")
-        headers = {k: v for k in _PASS_HEADERS if (v := resp.headers.get(k)) is not None}
-        media = resp.headers.get("content-type", "application/json")
-        return Response(data, status_code=resp.status, headers=headers, media_type=media)
+        if resp.status >= 500 or resp.status < 400:
+            raise _errors.upstream_failed(f"HTTP {resp.status} from {self.shown_url}")
+        error = _errors.upstream_refused(resp.status, resp.headers.get("retry-after"))
+        headers = {k.decode(): v.decode() for k, v in error.headers}
+        return Response(error.body(), status_code=error.status, headers=headers, media_type="application/json")
 
     async def _complete(self, resp: aiohttp.ClientResponse, gen: Generation) -> Response:
         try:
@@ -164,14 +189,23 @@ class UpstreamBackend(ModelBackend):
         finally:
             resp.release()
         try:
-            gen.record(_stats(orjson.loads(data), self.hooks.capture_content))
-        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-            pass  # not ours to judge: pass it through, unmetered
+            answer = orjson.loads(data)
+            if not isinstance(answer, dict):
+                raise Malformed("not a JSON object")
+            gen.record(_stats(answer, self.hooks.capture_content))
+        except (orjson.JSONDecodeError, Malformed, AttributeError, TypeError) as e:
+            gen.fail("malformed_response")
+            reason = e.args[0] if isinstance(e, Malformed) else "not JSON"
+            raise _errors.upstream_failed(f"malformed answer from the upstream ({reason})") from None
         return Response(data, media_type=resp.headers.get("content-type", "application/json"))
 
-    async def _relay(self, resp: aiohttp.ClientResponse, gen: Generation, strip_usage: bool) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, resp: aiohttp.ClientResponse, gen: Generation, strip_usage: bool, ctx: RequestContext | None
+    ) -> AsyncIterator[bytes]:
         stats = GenerationStats()
         error: BaseException | None = None
+        failure: str | None = None
+        done = False
         buffer = b""
         try:
             async for data in resp.content.iter_any():
@@ -182,19 +216,32 @@ class UpstreamBackend(ModelBackend):
                 out = [ev for ev in events if ev and self._inspect(ev, gen, stats, strip_usage)]
                 if out:
                     yield b"\n\n".join(out) + b"\n\n"
-            if buffer.strip():
-                yield buffer
+                if any(ev.startswith(b"data: [DONE]") for ev in events):
+                    done = True
+                    break
+            if not done:  # ended without [DONE]: cut or truncated
+                failure = "stream_truncated"
+                yield ChunkWriter.error("the upstream ended the stream before it finished", "upstream_error")
+        except Malformed as e:
+            failure = "malformed_response"
+            yield ChunkWriter.error(f"malformed chunk from the upstream ({e.args[0]})", "upstream_error")
         except TimeoutError:
-            gen.fail("timeout")
+            failure = "timeout"
             yield ChunkWriter.error(f"upstream stalled for {self.timeout_s:g} s", "upstream_timeout")
         except aiohttp.ClientError as e:
-            gen.fail(type(e).__qualname__)
+            failure = type(e).__qualname__
             yield ChunkWriter.error("upstream connection failed mid-stream", "upstream_error")
-        except BaseException as e:
+        except BaseException as e:  # cancelled (client gone, shutdown): an unfinished stream
             error = e
+            failure = type(e).__qualname__
             raise
         finally:
             resp.release()
+            if failure is not None:
+                if error is None:
+                    gen.fail(failure)
+                if ctx is not None:
+                    ctx.error_type = failure
             gen.record(stats)
             gen.end(error)
 
@@ -209,8 +256,9 @@ class UpstreamBackend(ModelBackend):
             try:
                 chunk = orjson.loads(event[5:])
             except orjson.JSONDecodeError:
-                gen.token()
-                return True
+                raise Malformed("not JSON") from None
+            if not isinstance(chunk, dict):
+                raise Malformed("not a JSON object")
             if first:
                 stats.response_id = chunk.get("id") or ""
                 stats.response_model = chunk.get("model")
@@ -218,8 +266,8 @@ class UpstreamBackend(ModelBackend):
                 if choice.get("finish_reason"):
                     stats.finish_reasons = (*stats.finish_reasons, choice["finish_reason"])
             if usage and isinstance(chunk.get("usage"), dict):
-                stats.input_tokens = chunk["usage"].get("prompt_tokens")
-                stats.output_tokens = chunk["usage"].get("completion_tokens")
+                stats.input_tokens = _count(chunk["usage"], "prompt_tokens")
+                stats.output_tokens = _count(chunk["usage"], "completion_tokens")
                 if not chunk.get("choices"):
                     return not strip_usage
         gen.token()
@@ -235,8 +283,20 @@ def _has_value(event: bytes, key: bytes) -> bool:
     return not rest.startswith(b"null")
 
 
+def _count(usage: dict[str, Any], key: str) -> int | None:
+    """``usage[key]`` when it is a non-negative integer count (absent: None); :class:`Malformed` otherwise."""
+    value = usage.get(key)
+    if value is None:
+        return None
+    if type(value) is not int or not 0 <= value < _MAX_COUNT:
+        raise Malformed(f"usage.{key} is not a non-negative integer")
+    return value
+
+
 def _stats(data: dict[str, Any], capture: bool) -> GenerationStats:
     usage = data.get("usage") or {}
+    if not isinstance(usage, dict):
+        raise Malformed("usage is not an object")
     choices = data.get("choices") or []
     reasons = tuple(c["finish_reason"] for c in choices if c.get("finish_reason"))
     completion = None
@@ -244,6 +304,6 @@ def _stats(data: dict[str, Any], capture: bool) -> GenerationStats:
         first = choices[0]
         completion = (first.get("message") or {}).get("content") if "message" in first else first.get("text")
     return GenerationStats(
-        usage.get("prompt_tokens"), usage.get("completion_tokens"), reasons, data.get("id"), data.get("model"),
+        _count(usage, "prompt_tokens"), _count(usage, "completion_tokens"), reasons, data.get("id"), data.get("model"),
         completion,
     )

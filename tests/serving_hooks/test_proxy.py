@@ -107,7 +107,9 @@ def test_upstream_failures_become_clear_502_and_504(proxy, keyring, memory_telem
     assert (failed.status_code, failed.json()["error"]["code"]) == (502, "upstream_error")
     assert (slow.status_code, slow.json()["error"]["code"]) == (504, "upstream_timeout")
     assert "0.5 s" in slow.json()["error"]["message"]
-    assert (refused.status_code, refused.json()["error"]["code"]) == (400, "bad")  # the caller's fault: as is
+    # The caller's fault: the status is kept, the body is ours (the upstream's text never passes).
+    assert (refused.status_code, refused.json()["error"]["code"]) == (400, "upstream_rejected")
+    assert "unsupported" not in refused.text
 
     stalled = ask("stall", stream=True, max_tokens=3)
     assert stalled.status_code == 200

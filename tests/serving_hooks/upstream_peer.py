@@ -2,7 +2,9 @@
 
 It answers at once with a fixed completion (streamed as ``max_tokens`` chunks when asked), and
 misbehaves on request by model name: ``fail-500`` answers 500, ``bad-request`` answers 400,
-``slow`` waits 5 s before answering, ``delay-1`` 1 s, ``stall`` streams one chunk and then stalls. Every request's
+``slow`` waits 5 s before answering, ``delay-1`` 1 s, ``stall`` streams one chunk and then stalls,
+``echo-401`` answers 401 with the headers it got in its body, ``cut`` streams its chunks and ends
+without ``[DONE]``, ``string-usage`` and ``negative-usage`` report usage counts that are not counts. Every request's
 headers and body are kept in ``seen`` (``GET /_seen`` over HTTP) so tests can check what the
 gateway sent upstream. Run it alone with ``python -m tests.serving_hooks.upstream_peer --port P``.
 """
@@ -27,6 +29,14 @@ STALL_S = 5.0  # "slow" and "stall" hold this long (the tests give the gateway a
 def _usage(completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion_tokens,
             "total_tokens": PROMPT_TOKENS + completion_tokens}
+
+
+def _bad_usage(model: str) -> dict[str, Any] | None:
+    if model == "string-usage":
+        return {"prompt_tokens": "7", "completion_tokens": "3", "total_tokens": "10"}
+    if model == "negative-usage":
+        return {"prompt_tokens": -1000, "completion_tokens": -5, "total_tokens": -1005}
+    return None
 
 
 class UpstreamPeer:
@@ -67,6 +77,8 @@ class UpstreamPeer:
             return web.json_response(
                 {"error": {"message": "unsupported", "type": "invalid_request_error", "code": "bad"}}, status=400
             )
+        if model == "echo-401":
+            return web.json_response({"error": {"message": dict(request.headers)}}, status=401)
         if model == "slow":
             await asyncio.sleep(STALL_S)
         if model == "delay-1":
@@ -79,7 +91,7 @@ class UpstreamPeer:
             return web.Response(
                 body=orjson.dumps({"id": rid, "object": "chat.completion" if chat else "text_completion",
                                    "created": int(time.time()), "model": model, "choices": [choice],
-                                   "usage": _usage(n)}),
+                                   "usage": _bad_usage(model) or _usage(n)}),
                 content_type="application/json",
             )
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
@@ -99,9 +111,11 @@ class UpstreamPeer:
             if model == "stall":
                 await asyncio.sleep(STALL_S)
         if include_usage:
-            chunk = {"id": rid, "object": kind, "created": 0, "model": model, "choices": [], "usage": _usage(n)}
+            usage = _bad_usage(model) or _usage(n)
+            chunk = {"id": rid, "object": kind, "created": 0, "model": model, "choices": [], "usage": usage}
             await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
+        if model != "cut":
+            await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
 
