@@ -159,9 +159,7 @@ class Authenticator:
         if self.jwks is not None:
             await self.jwks.aclose()
 
-    async def authenticate(
-        self, authorization: str | None, required_scopes: Iterable[str] = (), *, client: str | None = None
-    ) -> Principal:
+    async def authenticate(self, authorization: str | None, required_scopes: Iterable[str] = ()) -> Principal:
         """The principal behind ``authorization``; raises :class:`AuthError` when refused."""
         start = time.perf_counter()
         # Not made current: nothing runs beneath it, and attaching a context costs more than the span.

@@ -41,9 +41,7 @@ _INPUT, _OUTPUT = names.GEN_AI_TOKEN_TYPE_INPUT, names.GEN_AI_TOKEN_TYPE_OUTPUT
 class Authenticate(Protocol):
     """What the gateway needs of :class:`serving_hooks.auth.Authenticator`."""
 
-    async def authenticate(
-        self, authorization: str | None, required_scopes: Iterable[str] = (), *, client: str | None = None
-    ) -> Any: ...
+    async def authenticate(self, authorization: str | None, required_scopes: Iterable[str] = ()) -> Any: ...
 
 
 def no_scopes(model: str | None) -> tuple[str, ...]:
@@ -163,9 +161,8 @@ class GatewayMiddleware:
             receive = _replay(ctx.body, receive)
         if self.authenticator is not None:
             try:
-                client = scope.get("client")
                 ctx.principal = await self.authenticator.authenticate(
-                    headers.get("authorization"), self.config.scopes_for(model), client=client[0] if client else None
+                    headers.get("authorization"), self.config.scopes_for(model)
                 )
             except self._auth_error as e:
                 refusal: Any = e  # serving_hooks.auth.AuthError

@@ -61,7 +61,7 @@ class UpstreamBackend(ModelBackend):
         # Credentials in the URL become a Basic Authorization header (aiohttp refuses both at once),
         # so the URL held, logged and shown carries none.
         parts = urlsplit(base_url)
-        self.base_url = self.shown_url = without_credentials(base_url.rstrip("/"))
+        self.base_url = without_credentials(base_url.rstrip("/"))
         if parts.username is not None or parts.password is not None:
             if api_key:
                 raise ConfigError("upstream_url carries credentials and upstream_api_key is set: use one of them")
@@ -91,10 +91,10 @@ class UpstreamBackend(ModelBackend):
         try:
             async with self._http.get(self.base_url + "/models", timeout=aiohttp.ClientTimeout(total=2)) as r:
                 if r.status < 500:
-                    return Readiness(True, "ok", info={"upstream": self.shown_url})
-                return Readiness(False, "unavailable", f"upstream {self.shown_url} answered HTTP {r.status}")
+                    return Readiness(True, "ok", info={"upstream": self.base_url})
+                return Readiness(False, "unavailable", f"upstream {self.base_url} answered HTTP {r.status}")
         except (aiohttp.ClientError, TimeoutError) as e:
-            return Readiness(False, "unavailable", f"upstream {self.shown_url} unreachable ({type(e).__name__})")
+            return Readiness(False, "unavailable", f"upstream {self.base_url} unreachable ({type(e).__name__})")
 
     async def models(self) -> list[dict[str, Any]]:
         try:
@@ -132,7 +132,7 @@ class UpstreamBackend(ModelBackend):
             try:
                 resp = await self._http.post(url, data=body, headers=headers)
             except (TimeoutError, aiohttp.ClientError) as e:
-                raise self._failed(gen, e, f"calling {self.shown_url}") from None
+                raise self._failed(gen, e, f"calling {self.base_url}") from None
             if resp.status != 200:
                 response = await self._not_ok(resp, gen)
                 gen.end()
@@ -169,14 +169,14 @@ class UpstreamBackend(ModelBackend):
 
     async def _not_ok(self, resp: aiohttp.ClientResponse, gen: Generation) -> Response:
         try:
-            data = await resp.read()
+            await resp.read()  # drained and dropped (never shown): the connection goes back to the pool
         except (aiohttp.ClientError, TimeoutError):
-            data = b""
+            pass
         finally:
             resp.release()
         gen.fail(str(resp.status))
         if resp.status >= 500 or resp.status < 400:
-            raise _errors.upstream_failed(f"HTTP {resp.status} from {self.shown_url}")
+            raise _errors.upstream_failed(f"HTTP {resp.status} from {self.base_url}")
         error = _errors.upstream_refused(resp.status, resp.headers.get("retry-after"))
         headers = {k.decode(): v.decode() for k, v in error.headers}
         return Response(error.body(), status_code=error.status, headers=headers, media_type="application/json")
