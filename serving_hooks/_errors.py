@@ -93,6 +93,14 @@ def unauthenticated(status: int, reason: str, detail: str, www_authenticate: str
     )
 
 
+def auth_throttled(retry_after: int) -> ApiError:
+    """429 for a caller (address or key id) whose authentications failed too often."""
+    return ApiError(
+        429, f"too many failed authentications; retry after {retry_after} s", "rate_limit_error",
+        "auth_throttled", "auth_throttled", [(b"retry-after", str(retry_after).encode())],
+    )
+
+
 def model_not_found(model: str) -> ApiError:
     return ApiError(
         404, f"model {model!r} is not served here; GET /v1/models lists the models", "invalid_request_error",

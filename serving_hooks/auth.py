@@ -67,7 +67,7 @@ class AuthError(Exception):
 
     def __init__(
         self, status: int, reason: str, method: Method, detail: str, *,
-        tenant: str | None = None, required_scopes: frozenset[str] = frozenset(),
+        tenant: str | None = None, required_scopes: frozenset[str] = frozenset(), retry_after: int | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -76,6 +76,7 @@ class AuthError(Exception):
         self.detail = detail
         self.tenant = tenant  # known only for 403 (the credential itself was valid)
         self.required_scopes = required_scopes
+        self.retry_after = retry_after  # seconds, for status 429 (failed-auth throttling)
 
     @property
     def www_authenticate(self) -> str:
@@ -159,8 +160,11 @@ class Authenticator:
         if self.jwks is not None:
             await self.jwks.aclose()
 
-    async def authenticate(self, authorization: str | None, required_scopes: Iterable[str] = ()) -> Principal:
-        """The principal behind ``authorization``; raises :class:`AuthError` when refused."""
+    async def authenticate(
+        self, authorization: str | None, required_scopes: Iterable[str] = (), client: str | None = None
+    ) -> Principal:
+        """The principal behind ``authorization``; raises :class:`AuthError` when refused. ``client`` is
+        the caller's address (failed-auth throttling)."""
         start = time.perf_counter()
         # Not made current: nothing runs beneath it, and attaching a context costs more than the span.
         span = self._tracer.start_span(names.SPAN_AUTH_VERIFY, kind=SpanKind.INTERNAL)

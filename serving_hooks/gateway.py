@@ -41,7 +41,9 @@ _INPUT, _OUTPUT = names.GEN_AI_TOKEN_TYPE_INPUT, names.GEN_AI_TOKEN_TYPE_OUTPUT
 class Authenticate(Protocol):
     """What the gateway needs of :class:`serving_hooks.auth.Authenticator`."""
 
-    async def authenticate(self, authorization: str | None, required_scopes: Iterable[str] = ()) -> Any: ...
+    async def authenticate(
+        self, authorization: str | None, required_scopes: Iterable[str] = (), client: str | None = None
+    ) -> Any: ...
 
 
 def no_scopes(model: str | None) -> tuple[str, ...]:
@@ -161,11 +163,14 @@ class GatewayMiddleware:
             receive = _replay(ctx.body, receive)
         if self.authenticator is not None:
             try:
+                client = scope.get("client")
                 ctx.principal = await self.authenticator.authenticate(
-                    headers.get("authorization"), self.config.scopes_for(model)
+                    headers.get("authorization"), self.config.scopes_for(model), client[0] if client else None
                 )
             except self._auth_error as e:
                 refusal: Any = e  # serving_hooks.auth.AuthError
+                if refusal.status == 429:
+                    raise _errors.auth_throttled(refusal.retry_after or 1) from None
                 raise _errors.unauthenticated(
                     refusal.status, refusal.reason, refusal.detail, refusal.www_authenticate
                 ) from None

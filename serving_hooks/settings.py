@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from gpt_observatory.generation import MAX_TOKENS_LIMIT
 from gpt_observatory.telemetry.settings import CommaList, TableSettings
 
 Backend = Literal["mlflow", "upstream"]
@@ -55,6 +56,16 @@ class ServeSettings(TableSettings):
         60.0, gt=0, description="Seconds to wait for the upstream's answer or its next streamed bytes before a 504."
     )
     upstream_max_connections: int = Field(256, ge=1, description="Size of the upstream connection pool.")
+    upstream_models: CommaList = Field(
+        [], description="Model ids callers may name (upstream backend); unset: only 'model'. Anything else is a 404 "
+                        "and never becomes a metric label."
+    )
+    forward_baggage_keys: CommaList = Field(
+        [], description="Caller 'baggage' keys forwarded to the upstream (default none: only traceparent goes)."
+    )
+    forward_tracestate_keys: CommaList = Field(
+        [], description="Caller 'tracestate' vendor keys forwarded to the upstream (default none)."
+    )
 
     # Canary routing (mlflow backend; serving_hooks.backends.canary). The challenger gets traffic only
     # while its alias exists: deleting the alias (what the canary flow does on a decision) is share 0.
@@ -73,6 +84,19 @@ class ServeSettings(TableSettings):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
     graceful_timeout_s: float = Field(30.0, ge=0, description="Seconds requests in flight may take to finish on shutdown.")
+
+    # Admin listener and production guards (serving_hooks.production).
+    admin_port: int | None = Field(
+        None, ge=0, le=65535, description="Port of the admin listener serving /metrics, /docs and /openapi.json "
+                                          "(on host); unset: they stay on the API port (development only)."
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token the admin endpoints require (on the admin listener or, without one, the API port)."
+    )
+    production_allow: CommaList = Field(
+        [], description="Unsafe defaults allowed with environment=production: any of dev_idp, default_salt, "
+                        "anonymous, public_admin."
+    )
 
     # Authentication (serving_hooks.auth.Authenticator; its other settings are OBSERVATORY_AUTH_*).
     oidc_issuer: str | None = Field(
@@ -103,6 +127,19 @@ class ServeSettings(TableSettings):
     )
     rate_limit_strategy: RateLimitStrategy = Field("fixed-window", description="Rate-limit window ('limits' strategy).")
     rate_limit_namespace: str = Field("observatory", description="Key prefix of rate-limit state in shared storage.")
+    redis_timeout_s: float = Field(
+        0.05, gt=0, le=10, description="Connect and socket timeout of the rate-limit store; past it a request is "
+                                       "admitted unchecked (fail open, counted)."
+    )
+    max_n: int = Field(8, ge=1, le=128, description="Largest 'n' (completions per request) accepted; above: 400.")
+    max_best_of: int = Field(8, ge=1, le=128, description="Largest 'best_of' accepted; above: 400.")
+    max_tokens_limit: int = Field(
+        MAX_TOKENS_LIMIT, ge=1, le=1 << 20, description="Largest max_tokens / max_completion_tokens accepted; above: 400."
+    )
+    context_tokens: int | None = Field(
+        None, ge=1, description="The model's context in tokens: prompt estimate + n x max_tokens above it is a 400; "
+                                "unset: not checked."
+    )
     max_request_bytes: int = Field(1 << 20, ge=1, description="Largest request body accepted; larger ones get 413.")
     capture_content: bool | None = Field(
         None, description="Record prompt and completion text on GenAI spans; unset: the telemetry setting (off)."

@@ -112,7 +112,13 @@ ERROR_TYPE: Final = error_attributes.ERROR_TYPE
 TENANT: Final = "observatory.tenant"
 REJECTION_REASON: Final = "observatory.rejection.reason"
 RATE_LIMIT_KIND: Final = "observatory.rate_limit.kind"  # "requests" | "tokens"
-REJECTION_REASONS: Final = ("auth", "forbidden", "rate_limit", "bad_request", "too_large", "upstream")
+REJECTION_REASONS: Final = (
+    "auth", "auth_throttled", "forbidden", "rate_limit", "bad_request", "too_large", "upstream", "not_found",
+)
+# gen_ai.request.model (and every other model label) takes catalog names only; anything else is this.
+MODEL_OTHER: Final = "other"
+RATE_LIMIT_FAILURE: Final = "observatory.rate_limit.failure"  # "timeout" | "error" (fail-open cause)
+RATE_LIMIT_FAILURES: Final = ("timeout", "error")
 
 HTTP_SERVER_REQUEST_DURATION = Metric(
     _http_m.HTTP_SERVER_REQUEST_DURATION, "s", "histogram", "Duration of HTTP server requests."
@@ -132,6 +138,10 @@ GATEWAY_REJECTIONS = Metric(
 # Bucket boundaries the HTTP metric conventions recommend for http.server.request.duration.
 HTTP_DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 RATE_LIMIT_KINDS: Final = ("requests", "tokens")
+RATE_LIMIT_FAIL_OPEN = Metric(
+    "observatory.gateway.rate_limit.fail_open", "{request}", "counter",
+    "Requests admitted unchecked because the rate-limit store failed or timed out, by observatory.rate_limit.failure.",
+)
 
 # --------------------------------------------------------------------------- auth
 SPAN_AUTH_VERIFY: Final = "auth.verify"
@@ -151,8 +161,15 @@ AUTH_OUTCOMES: Final = (
     "unknown_key",
     "revoked",
     "insufficient_scope",
+    "throttled",  # refused unchecked: the client address or key id failed too often (429 + Retry-After)
 )
+AUTH_THROTTLE_KEY: Final = "observatory.auth.throttle.key"  # what tripped the throttle: "address" | "key_id"
+AUTH_THROTTLE_KEYS: Final = ("address", "key_id")
 AUTH_ATTEMPTS = Metric("observatory.auth.attempts", "{attempt}", "counter", "Authentication attempts by method and outcome.")
+AUTH_THROTTLED = Metric(
+    "observatory.auth.throttled", "{attempt}", "counter",
+    "Authentication attempts refused by failed-auth throttling, by observatory.auth.throttle.key.",
+)
 AUTH_DURATION = Metric("observatory.auth.duration", "s", "histogram", "Time spent verifying a credential.")
 # Verification takes tens of microseconds (API key) to ~1 ms (RSA JWT); a JWKS fetch takes milliseconds.
 AUTH_DURATION_BUCKETS: Final = (
@@ -357,6 +374,12 @@ TELEMETRY_BACKEND: Final = "observatory.telemetry.backend"
 TELEMETRY_OUTCOME: Final = "observatory.telemetry.outcome"  # success | failure
 TELEMETRY_EXPORTED = Metric(
     "observatory.telemetry.exported", "{item}", "counter", "Items handed to a backend, by signal, backend and outcome."
+)
+TELEMETRY_METRIC: Final = "observatory.telemetry.metric"  # the metric a series limit folded
+TELEMETRY_DROP_REASON: Final = "observatory.telemetry.drop.reason"  # "queue_full" | "write_failed"
+TELEMETRY_SERIES_OVERFLOW = Metric(
+    "observatory.telemetry.series_overflow", "{measurement}", "counter",
+    "Measurements folded into a metric's overflow series because it reached its series limit, by metric.",
 )
 TELEMETRY_DROPPED = Metric(
     "observatory.telemetry.dropped", "{item}", "counter", "Items dropped before export (queue full), by signal and backend."
