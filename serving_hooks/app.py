@@ -81,7 +81,7 @@ def create_app(
         limiter = RateLimiter(
             requests_per_minute=settings.requests_per_minute, tokens_per_minute=settings.tokens_per_minute,
             redis_url=settings.redis_url, strategy=settings.rate_limit_strategy,
-            namespace=settings.rate_limit_namespace,
+            namespace=settings.rate_limit_namespace, timeout_s=settings.redis_timeout_s,
         )
 
     @contextlib.asynccontextmanager
@@ -114,6 +114,11 @@ def create_app(
         rate_limit_by=settings.rate_limit_by,
         scopes_for=getattr(authenticator, "scopes_for", no_scopes),
         estimate_tokens=router.estimate_tokens,
+        max_n=settings.max_n,
+        max_best_of=settings.max_best_of,
+        max_tokens_limit=settings.max_tokens_limit,
+        context_tokens=settings.context_tokens,
+        models=frozenset([settings.model, *settings.upstream_models]),
     )
     return GatewayMiddleware(app, config, authenticator=authenticator, limiter=limiter)
 

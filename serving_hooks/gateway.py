@@ -25,6 +25,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gpt_observatory.generation import MAX_TOKENS_LIMIT
 from gpt_observatory.serving_hooks import _errors
 from gpt_observatory.serving_hooks._errors import ApiError
 from gpt_observatory.serving_hooks.context import STATE_KEY, RequestContext, prompt_bytes, request_context
@@ -63,6 +64,12 @@ class GatewayConfig:
     scopes_for: Callable[[str | None], Iterable[str]] = no_scopes
     estimate_tokens: Callable[[Mapping[str, Any]], int] = prompt_bytes
     anonymous_tenant: str = "anonymous"
+    # Bounds a single request is held to (ServeSettings max_n, max_best_of, max_tokens_limit, context_tokens).
+    max_n: int = 8
+    max_best_of: int = 8
+    max_tokens_limit: int = MAX_TOKENS_LIMIT
+    context_tokens: int | None = None
+    models: frozenset[str] = frozenset()  # the served catalog: model names callers may use (empty: any)
 
 
 class GatewayMiddleware:

@@ -51,6 +51,7 @@ class RateLimiter:
         redis_url: str | None = None,
         strategy: str = "fixed-window",
         namespace: str = "observatory",
+        timeout_s: float = 0.05,
     ) -> None:
         uri = storage_uri(redis_url)
         options: dict = {"key_prefix": namespace} if "redis" in uri else {}
