@@ -49,6 +49,20 @@ class AuthSettings(TableSettings):
         SecretStr(DEFAULT_SUBJECT_SALT), description="HMAC key for subject hashes; set a secret one in production."
     )
     http_timeout_s: float = Field(5.0, gt=0, description="Timeout of discovery and JWKS requests, seconds.")
+    throttle_by: Annotated[tuple[Literal["address", "key_id"], ...], NoDecode, BeforeValidator(split_commas)] = Field(
+        ("address", "key_id"), description="What failed-auth throttling counts refusals by, comma-separated: "
+        "address (the client's), key_id (an API key's id); empty turns throttling off.",
+    )
+    throttle_failures: int = Field(
+        10, ge=1, description="Refused credentials in a row (each within the window of the last) before a key waits."
+    )
+    throttle_window_s: float = Field(60.0, gt=0, description="Seconds without a refusal that forgive a key.")
+    throttle_max_backoff_s: float = Field(
+        300.0, ge=1, description="Longest wait, seconds: 1 s at the last allowed refusal, doubling at each further one."
+    )
+    throttle_max_keys: int = Field(
+        10_000, ge=1, description="Keys tracked per kind; the one refused least recently is forgotten first."
+    )
 
     @field_validator("algorithms")
     @classmethod

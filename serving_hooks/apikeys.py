@@ -33,7 +33,9 @@ from loguru import logger
 KEY_PREFIX = "obs_"
 FILE_VERSION = 1
 _KEY = re.compile(r"obs_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
-_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# What a tenant name may be, whichever credential carries it: it becomes a metric label, a rate-limit key
+# and a log field, so 1-64 letters, digits, '.', '_' or '-'.
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SCOPE = re.compile(r"[!#-\[\]-~]+")  # RFC 6749 §3.3 scope-token
 # Compared against when the key id is unknown, so a miss costs the same as a wrong secret.
 _DUMMY_HASH = "sha256:" + "0" * 64
@@ -91,6 +93,12 @@ def hash_key(key: str) -> str:
 def looks_like_api_key(credential: str) -> bool:
     """Whether a bearer credential is meant as an API key (rather than a JWT)."""
     return credential.startswith(KEY_PREFIX)
+
+
+def key_id_of(credential: str) -> str | None:
+    """The key id of a well-formed API key, read without verifying it (failed-auth throttling)."""
+    match = _KEY.fullmatch(credential)
+    return match.group(1) if match is not None else None
 
 
 def _now() -> str:
@@ -175,7 +183,7 @@ class ApiKeyStore:
 
     def create(self, tenant: str, scopes: Iterable[str] = (), name: str | None = None) -> tuple[str, ApiKeyRecord]:
         """Make a new key for ``tenant``; returns ``(key, record)``. The key is not stored, only its hash."""
-        if not _TENANT.fullmatch(tenant):
+        if not TENANT_NAME.fullmatch(tenant):
             raise ValueError(f"tenant {tenant!r} must be 1-64 letters, digits, '.', '_' or '-'")
         scopes = tuple(dict.fromkeys(scopes))
         for scope in scopes:

@@ -14,6 +14,17 @@ JWKS), so a client reusing its token costs a dictionary lookup, not a signature 
 (``tenant`` by default, dotted paths allowed); a token without it is refused rather than
 falling back to the client id, so a forgotten claim cannot make a client its own tenant.
 Set ``OBSERVATORY_AUTH_TENANT_CLAIM=azp`` to make each OAuth client a tenant on purpose.
+Verified claims are type-checked as well: ``exp``/``nbf``/``iat`` are integer dates between 1970 and
+year 9999 (numeric strings, booleans, fractions and 400-digit numbers are ``malformed``), ``sub`` is a
+non-empty string and the tenant a name an API key could carry too.
+
+Failed authentications are throttled (:mod:`serving_hooks._throttle`): after
+``throttle_failures`` 401s in a row from one client address, or naming one API key id, that
+address or key id is answered 429 with ``Retry-After`` for a growing, capped wait, before anything
+is verified (counted in ``observatory.auth.throttled``). A JWT's ``kid`` and ``sub`` are not keys:
+the ``kid`` names the issuer's key that every user shares, and neither is trustworthy before the
+signature verifies, so refusing by them would let anyone lock others out; JWTs count per address.
+The counts live in each worker process and are bounded (``throttle_max_keys`` per kind).
 """
 
 from __future__ import annotations
@@ -41,7 +52,14 @@ from gpt_observatory.serving_hooks._auth_settings import (
     AuthSettings,
 )
 from gpt_observatory.serving_hooks._jwks import JwksCache, is_loopback_url
-from gpt_observatory.serving_hooks.apikeys import ApiKeyError, ApiKeyStore, looks_like_api_key
+from gpt_observatory.serving_hooks._throttle import FailureThrottle
+from gpt_observatory.serving_hooks.apikeys import (
+    TENANT_NAME,
+    ApiKeyError,
+    ApiKeyStore,
+    key_id_of,
+    looks_like_api_key,
+)
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.summed import SummedCounter
 
@@ -61,9 +79,9 @@ class Principal:
 
 
 class AuthError(Exception):
-    """A refused credential: ``status`` 401 or 403, ``reason`` one of ``names.AUTH_OUTCOMES``, ``detail``
-    what to fix. The gateway sends ``reason`` and ``detail`` to the caller in the error body, so
-    ``detail`` is written from fixed text and settings, never from the credential."""
+    """A refused credential: ``status`` 401, 403 or 429 (throttled), ``reason`` one of
+    ``names.AUTH_OUTCOMES``, ``detail`` what to fix. The gateway sends ``reason`` and ``detail`` to the
+    caller in the error body, so ``detail`` is written from fixed text and settings, never from the credential."""
 
     def __init__(
         self, status: int, reason: str, method: Method, detail: str, *,
@@ -102,6 +120,8 @@ _REQUIRED_CLAIMS = ["exp", "iss", "aud", "sub"]
 # JWS compact serialization; an unsigned (alg "none") token has an empty third segment.
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _MISSING_CLAIM_OUTCOME = {"iss": "wrong_issuer", "aud": "wrong_audience"}
+_DATE_CLAIMS = ("exp", "nbf", "iat")
+_LATEST_DATE = 253_402_300_799  # 9999-12-31T23:59:59Z; later "dates" (a 400-digit exp) are not dates
 
 
 class Authenticator:
@@ -146,6 +166,16 @@ class Authenticator:
             (m, o): {names.AUTH_METHOD: m, names.AUTH_OUTCOME: o}
             for m in names.AUTH_METHODS for o in names.AUTH_OUTCOMES
         }
+        throttles = {
+            kind: FailureThrottle(
+                s.throttle_failures, s.throttle_window_s, s.throttle_max_backoff_s, s.throttle_max_keys
+            )
+            for kind in s.throttle_by
+        }
+        self.by_address = throttles.get("address")
+        self.by_key_id = throttles.get("key_id")
+        self._throttled = SummedCounter.of(__name__, names.AUTH_THROTTLED, provider=meter_provider)
+        self._throttle_labels = {k: {names.AUTH_THROTTLE_KEY: k} for k in names.AUTH_THROTTLE_KEYS}
 
     def scopes_for(self, model: str | None) -> frozenset[str]:
         """Scopes a request for ``model`` needs: its entry in ``model_scopes``, else the ``*`` entry."""
@@ -170,9 +200,11 @@ class Authenticator:
         span = self._tracer.start_span(names.SPAN_AUTH_VERIFY, kind=SpanKind.INTERNAL)
         try:
             required = frozenset((required_scopes,) if isinstance(required_scopes, str) else required_scopes)
-            principal = await self._verify(authorization, required)
+            principal = await self._verify(authorization, required, client)
         except AuthError as err:
             self._record(span, err.method, err.reason, start, err.tenant, None)
+            if err.status == 401 and client is not None and self.by_address is not None:
+                self.by_address.failed(client)
             raise
         except BaseException as exc:  # a bug or a cancellation: fail closed, name only the type
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
@@ -211,7 +243,14 @@ class Authenticator:
             if outcome != "ok":
                 span.set_status(Status(StatusCode.ERROR, outcome))
 
-    async def _verify(self, authorization: str | None, required: frozenset[str]) -> Principal:
+    def _check_throttle(self, throttle: FailureThrottle | None, kind: str, key: str | None, method: Method) -> None:
+        wait = throttle.retry_after(key) if throttle is not None and key is not None else None
+        if wait is not None:
+            self._throttled.add(1, self._throttle_labels[kind])
+            raise AuthError(429, "throttled", method, f"too many failed authentications by this {kind}",
+                            retry_after=wait)
+
+    async def _verify(self, authorization: str | None, required: frozenset[str], client: str | None) -> Principal:
         if not authorization:
             raise AuthError(401, "missing", "none", "no credential; send 'Authorization: Bearer <token or API key>'")
         scheme, _, credential = authorization.partition(" ")
@@ -221,6 +260,7 @@ class Authenticator:
         if not credential:
             raise AuthError(401, "malformed", "none", "empty bearer credential")
         method: Method = "api_key" if looks_like_api_key(credential) else "jwt"
+        self._check_throttle(self.by_address, "address", client, method)
         if len(credential) > self.settings.max_token_length:
             raise AuthError(401, "malformed", method, f"credential longer than {self.settings.max_token_length} bytes")
         if method == "api_key":
@@ -228,11 +268,15 @@ class Authenticator:
         return await self._verify_jwt(credential, required)
 
     def _verify_api_key(self, key: str, required: frozenset[str]) -> Principal:
+        key_id = key_id_of(key) if self.by_key_id is not None else None
+        self._check_throttle(self.by_key_id, "key_id", key_id, "api_key")
         if self.api_keys is None:
             raise AuthError(401, "unknown_key", "api_key", "this gateway accepts no API keys")
         try:
             record = self.api_keys.verify(key)
         except ApiKeyError as err:
+            if key_id is not None and self.by_key_id is not None:
+                self.by_key_id.failed(key_id)  # any presented id, known or not: 429s must not tell which exist
             raise AuthError(401, err.reason, "api_key", err.detail) from None
         principal = Principal(record.tenant, self.subject_hash("api_key", record.key_id), "api_key",
                               frozenset(record.scopes))
@@ -274,9 +318,15 @@ class Authenticator:
                 ((o, d) for kind, o, d in _JWT_ERRORS if isinstance(err, kind)), ("malformed", "token is invalid")
             )
             raise AuthError(401, outcome, "jwt", detail) from None
+        problem = _claims_problem(claims)
+        if problem is not None:
+            raise AuthError(401, "malformed", "jwt", problem)
         tenant = _claim(claims, self._claim_path)
         if not isinstance(tenant, str) or not tenant:
             raise AuthError(401, "malformed", "jwt", f"token has no tenant claim '{self.settings.tenant_claim}'")
+        if TENANT_NAME.fullmatch(tenant) is None:
+            raise AuthError(401, "malformed", "jwt", f"token claim '{self.settings.tenant_claim}' must be 1-64 "
+                            "letters, digits, '.', '_' or '-'")
         principal = Principal(tenant, self.subject_hash("jwt", claims["sub"]), "jwt", _scopes(claims))
         if self.settings.jwt_cache_size:
             if len(self._verified) >= self.settings.jwt_cache_size:
@@ -303,6 +353,26 @@ def _peek_header(token: str) -> dict[str, Any] | None:
     except (ValueError, binascii.Error, RecursionError):  # RecursionError: '[[[[...' nested thousands deep
         return None
     return header if isinstance(header, dict) else None
+
+
+def _claims_problem(claims: Mapping[str, Any]) -> str | None:
+    """What is wrong with the types of verified claims, or None. PyJWT reads dates with ``int()``, so
+    it takes ``"2000000000"`` and ``true``, and a date past ``float``'s range breaks code after it."""
+    for name in _DATE_CLAIMS:
+        if name in claims and not _is_date(claims[name]):
+            return f"token claim '{name}' must be an integer date (seconds since 1970, before year 10000)"
+    sub = claims["sub"]  # present: PyJWT requires it
+    if not isinstance(sub, str) or not sub.strip():
+        return "token claim 'sub' must be a non-empty string"
+    return None
+
+
+def _is_date(value: Any) -> bool:
+    """An integer date: an int (not a bool), or a float with an integral value (some JSON encoders
+    write 1700000000.0). RFC 7519 allows fractions; no mainstream IdP sends them, and PyJWT truncates them."""
+    if type(value) is float:
+        return value.is_integer() and 0 <= value <= _LATEST_DATE
+    return type(value) is int and 0 <= value <= _LATEST_DATE
 
 
 def _claim(claims: Mapping[str, Any], path: tuple[str, ...]) -> Any:

@@ -358,6 +358,9 @@ def test_settings_come_from_the_environment(monkeypatch, dev_idp):
     loaded = AuthSettings.load(leeway_s=10)
     assert loaded.algorithms == ("RS256", "EdDSA")
     assert loaded.model_scopes == {"tiny-gpt": ("inference",)} and loaded.leeway_s == 10
+    assert loaded.throttle_by == ("address", "key_id")
+    monkeypatch.setenv("OBSERVATORY_AUTH_THROTTLE_BY", "")  # empty: failed-auth throttling off
+    assert AuthSettings.load().throttle_by == ()
 
 
 @pytest.mark.parametrize(
@@ -369,6 +372,8 @@ def test_settings_come_from_the_environment(monkeypatch, dev_idp):
         ({"issuer": "https://idp.example.com"}, None, "OBSERVATORY_AUTH_AUDIENCE"),  # a rule across two keys
         ({"leeway_s": -1}, "leeway_s", "OBSERVATORY_AUTH_LEEWAY_S"),
         ({"max_token_length": 10}, "max_token_length", "256"),
+        ({"throttle_by": "address,host"}, "throttle_by", "key_id"),
+        ({"throttle_failures": 0}, "throttle_failures", "OBSERVATORY_AUTH_THROTTLE_FAILURES"),
     ],
 )
 def test_an_invalid_setting_is_an_error_naming_the_key(overrides, key, hint):
