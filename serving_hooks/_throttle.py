@@ -42,12 +42,11 @@ class FailureThrottle:
         self._entries: OrderedDict[str, list[float]] = OrderedDict()
 
     def __len__(self) -> int:
+        """Keys tracked; 0 (false) when nothing failed lately, which callers test before anything else."""
         return len(self._entries)
 
     def retry_after(self, key: str) -> int | None:
-        """Whole seconds ``key`` must still wait, or None when it may try now (the per-request check)."""
-        if not self._entries:  # the common case: nobody has failed lately
-            return None
+        """Whole seconds ``key`` must still wait, or None when it may try now."""
         entry = self._entries.get(key)
         if entry is None:
             return None

@@ -243,8 +243,8 @@ class Authenticator:
             if outcome != "ok":
                 span.set_status(Status(StatusCode.ERROR, outcome))
 
-    def _check_throttle(self, throttle: FailureThrottle | None, kind: str, key: str | None, method: Method) -> None:
-        wait = throttle.retry_after(key) if throttle is not None and key is not None else None
+    def _check_throttle(self, throttle: FailureThrottle, kind: str, key: str | None, method: Method) -> None:
+        wait = throttle.retry_after(key) if key is not None else None
         if wait is not None:
             self._throttled.add(1, self._throttle_labels[kind])
             raise AuthError(429, "throttled", method, f"too many failed authentications by this {kind}",
@@ -260,7 +260,8 @@ class Authenticator:
         if not credential:
             raise AuthError(401, "malformed", "none", "empty bearer credential")
         method: Method = "api_key" if looks_like_api_key(credential) else "jwt"
-        self._check_throttle(self.by_address, "address", client, method)
+        if self.by_address:  # something failed lately (an empty tracker is the common, free case)
+            self._check_throttle(self.by_address, "address", client, method)
         if len(credential) > self.settings.max_token_length:
             raise AuthError(401, "malformed", method, f"credential longer than {self.settings.max_token_length} bytes")
         if method == "api_key":
@@ -268,15 +269,16 @@ class Authenticator:
         return await self._verify_jwt(credential, required)
 
     def _verify_api_key(self, key: str, required: frozenset[str]) -> Principal:
-        key_id = key_id_of(key) if self.by_key_id is not None else None
-        self._check_throttle(self.by_key_id, "key_id", key_id, "api_key")
+        if self.by_key_id:
+            self._check_throttle(self.by_key_id, "key_id", key_id_of(key), "api_key")
         if self.api_keys is None:
             raise AuthError(401, "unknown_key", "api_key", "this gateway accepts no API keys")
         try:
             record = self.api_keys.verify(key)
         except ApiKeyError as err:
-            if key_id is not None and self.by_key_id is not None:
-                self.by_key_id.failed(key_id)  # any presented id, known or not: 429s must not tell which exist
+            # Any presented id, known or not: which ids answer 429 must not tell which exist.
+            if self.by_key_id is not None and (key_id := key_id_of(key)) is not None:
+                self.by_key_id.failed(key_id)
             raise AuthError(401, err.reason, "api_key", err.detail) from None
         principal = Principal(record.tenant, self.subject_hash("api_key", record.key_id), "api_key",
                               frozenset(record.scopes))

@@ -301,15 +301,16 @@ def test_throttling_can_be_turned_off(keyring):
     assert verify(auth, keyring.acme, "10.2.0.1").tenant == "acme"
 
 
-def test_10000_distinct_failing_addresses_leave_a_bounded_tracker(keyring):
+def test_10000_distinct_failing_addresses_and_key_ids_leave_bounded_trackers(keyring):
     auth = throttled_auth(keyring, throttle_max_keys=1000, throttle_failures=1)
 
     async def flood() -> None:
         for n in range(10_000):
             with pytest.raises(AuthError):
-                await auth.authenticate("Bearer not-a-key", (), f"10.{n // 65536}.{n // 256 % 256}.{n % 256}")
+                await auth.authenticate(f"Bearer obs_{n:012x}_" + "A" * 43, (),
+                                        f"10.{n // 65536}.{n // 256 % 256}.{n % 256}")
 
     asyncio.run(flood())
-    assert len(auth.by_address) == 1000
+    assert len(auth.by_address) == len(auth.by_key_id) == 1000
     assert refusal(auth, keyring.acme, "10.0.39.15").status == 429  # the latest are still remembered
     assert verify(auth, keyring.acme, "10.0.0.0").tenant == "acme"  # the earliest are forgotten
