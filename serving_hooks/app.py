@@ -4,7 +4,10 @@
 and ``/v1/completions`` (SSE streaming or not, ``stream_options.include_usage``), ``/v1/models``,
 ``/healthz`` (liveness), ``/readyz`` (model loaded; ``degraded`` when the registry is unreachable)
 and ``/metrics`` (Prometheus exposition of the registry the telemetry ``prometheus`` backend
-fills). The model comes from a :class:`~serving_hooks.backends.base.ModelRouter`: the ``mlflow``
+fills). With ``admin_port`` set, ``/metrics`` and the docs (``/docs``, ``/redoc``, ``/openapi.json``)
+leave the API for an admin app of their own (:func:`create_listeners`); with ``admin_token`` set they
+need that bearer token wherever they are (:mod:`serving_hooks.production`, which also holds what
+``environment=production`` refuses to start with). The model comes from a :class:`~serving_hooks.backends.base.ModelRouter`: the ``mlflow``
 backend serves ``models:/NAME@champion`` in process, the ``upstream`` backend proxies an
 OpenAI-compatible server. With a canary configured (``canary_share``/``canary_tenants``) the
 ``mlflow`` backend also follows the ``challenger`` alias and a
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,11 +35,14 @@ from gpt_observatory import telemetry
 from gpt_observatory.serving_hooks import _completions as completions
 from gpt_observatory.serving_hooks._completions import CompletionsEndpoint
 from gpt_observatory.serving_hooks._errors import ApiError
+from gpt_observatory.serving_hooks._auth_settings import AuthSettings
 from gpt_observatory.serving_hooks._openai import ErrorBody, ModelList
 from gpt_observatory.serving_hooks.backends.base import ModelBackend, ModelRouter
 from gpt_observatory.serving_hooks.context import request_context
 from gpt_observatory.serving_hooks.gateway import Authenticate, GatewayConfig, GatewayMiddleware, no_scopes
 from gpt_observatory.serving_hooks.inference import GenAIHooks
+from gpt_observatory.serving_hooks.production import AdminGuard
+from gpt_observatory.serving_hooks.production import check as check_production
 from gpt_observatory.serving_hooks.ratelimit import RateLimiter
 from gpt_observatory.serving_hooks.settings import ServeSettings
 from gpt_observatory.serving_hooks.settings import load as load_settings
@@ -62,6 +69,15 @@ _COMPLETION_OK = {"description": "A completion object, or an SSE stream of chunk
 _UNSET: Any = object()
 
 
+@dataclass(frozen=True)
+class Listeners:
+    """The apps ``observatory serve`` listens with: the API on ``port``, and on ``admin_port`` (when
+    set) the admin endpoints, which the API then leaves out."""
+
+    api: ASGIApp
+    admin: ASGIApp | None = None
+
+
 def create_app(
     settings: ServeSettings | None = None,
     *,
@@ -70,9 +86,30 @@ def create_app(
     limiter: RateLimiter | None = None,
     instrument: bool = True,
 ) -> ASGIApp:
-    """Build the app. ``router``/``authenticator``/``limiter`` default to what ``settings`` describe;
-    ``instrument=False`` leaves the gateway out (the hooks-off side of ``bench/gateway.py``)."""
+    """Build the API app (see :func:`create_listeners`; with ``admin_port`` set, its admin app is left out)."""
+    return create_listeners(
+        settings, router=router, authenticator=authenticator, limiter=limiter, instrument=instrument
+    ).api
+
+
+def create_listeners(
+    settings: ServeSettings | None = None,
+    *,
+    router: ModelRouter | None = None,
+    authenticator: Authenticate | None = _UNSET,
+    limiter: RateLimiter | None = None,
+    instrument: bool = True,
+) -> Listeners:
+    """Build the apps. ``router``/``authenticator``/``limiter`` default to what ``settings`` describe;
+    ``instrument=False`` leaves the gateway out (the hooks-off side of ``bench/gateway.py``).
+    Refuses (:class:`ConfigError`) what ``environment=production`` does not allow, before building anything."""
     settings = settings or load_settings()
+    handle = telemetry.current()
+    auth = getattr(authenticator, "settings", None)
+    check_production(
+        settings, auth if isinstance(auth, AuthSettings) else auth_settings(settings),
+        handle.settings if handle is not None else telemetry.settings.load(),
+    )
     hooks = build_hooks(settings)
     router = router or build_router(settings, hooks)
     if authenticator is _UNSET:
@@ -100,14 +137,33 @@ def create_app(
             if aclose is not None:
                 await aclose()
 
-    # FastAPI's own telemetry would open a second, unlinked SERVER span and duplicate the HTTP
-    # metrics; the gateway owns those, and its validation logs could carry request bodies.
-    native = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
-    api = FastAPI(title="Observatory gateway", version=telemetry.__version__, lifespan=lifespan, telemetry=native)
-    _routes(api, router)
-    app = CompletionsEndpoint(api, router)
-    if not instrument:
-        return app
+    admin_apart = settings.admin_port is not None
+    off = {"openapi_url": None, "docs_url": None, "redoc_url": None} if admin_apart else {}
+    api = FastAPI(title="Observatory gateway", version=telemetry.__version__, lifespan=lifespan,
+                  telemetry=_NATIVE, **off)
+    _routes(api, router, with_metrics=not admin_apart)
+    admin = _admin_app(api) if admin_apart else None
+    app: ASGIApp = CompletionsEndpoint(api, router)
+    if instrument:
+        app = _gateway(app, settings, router, authenticator, limiter)
+    token = settings.admin_token
+    if token is not None:
+        if admin is not None:
+            admin = AdminGuard(admin, token)
+        else:
+            app = AdminGuard(app, token, _admin_paths(api))
+    return Listeners(app, admin)
+
+
+# FastAPI's own telemetry would open a second, unlinked SERVER span and duplicate the HTTP
+# metrics; the gateway owns those, and its validation logs could carry request bodies.
+_NATIVE = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+
+
+def _gateway(
+    app: ASGIApp, settings: ServeSettings, router: ModelRouter, authenticator: Authenticate | None,
+    limiter: RateLimiter | None,
+) -> ASGIApp:
     config = GatewayConfig(
         max_request_bytes=settings.max_request_bytes,
         routes=API_ROUTES,
@@ -172,13 +228,18 @@ def build_router(settings: ServeSettings, hooks: GenAIHooks) -> ModelRouter:
     return CanaryRouter(champion, challenger, policy)  # type: ignore[arg-type]  # mlflow: in-process
 
 
-def build_authenticator(settings: ServeSettings) -> Authenticate | None:
-    """The authenticator ``settings`` (and ``OBSERVATORY_AUTH_*``) describe; refuses to run open by accident."""
-    from gpt_observatory.serving_hooks.auth import Authenticator, AuthSettings
-
-    auth = AuthSettings.load(
+def auth_settings(settings: ServeSettings) -> AuthSettings:
+    """``OBSERVATORY_AUTH_*`` (and ``[auth]``) with the issuer, audience and key file ``settings`` name."""
+    return AuthSettings.load(
         issuer=settings.oidc_issuer, audience=settings.audience, api_keys_file=settings.api_keys_file
     )
+
+
+def build_authenticator(settings: ServeSettings) -> Authenticate | None:
+    """The authenticator ``settings`` (and ``OBSERVATORY_AUTH_*``) describe; refuses to run open by accident."""
+    from gpt_observatory.serving_hooks.auth import Authenticator
+
+    auth = auth_settings(settings)
     if auth.issuer or auth.api_keys_file:
         return Authenticator(auth)
     if settings.allow_anonymous:
@@ -218,7 +279,31 @@ def _document(api: FastAPI) -> None:
     api.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise it
 
 
-def _routes(api: FastAPI, router: ModelRouter) -> None:
+def _admin_app(api: FastAPI) -> FastAPI:
+    """``/metrics`` and ``api``'s docs (``/docs``, ``/docs/oauth2-redirect``, ``/redoc``, ``/openapi.json``: the
+    API's document, not this app's) for the admin listener."""
+    admin = FastAPI(title=api.title, version=api.version, telemetry=_NATIVE)
+    admin.openapi = api.openapi  # type: ignore[method-assign]  # serve the API's document
+    admin.add_api_route("/metrics", _metrics, response_class=Response, include_in_schema=False)
+    return admin
+
+
+def _admin_paths(api: FastAPI) -> frozenset[str]:
+    """The paths of the admin endpoints ``api`` serves itself (no admin listener)."""
+    paths = {"/metrics", api.openapi_url, api.docs_url, api.redoc_url}
+    if api.docs_url and api.swagger_ui_oauth2_redirect_url:
+        paths.add(api.swagger_ui_oauth2_redirect_url)
+    return frozenset(p for p in paths if p)
+
+
+def _metrics() -> Response:
+    """Prometheus exposition of this process's metrics."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def _routes(api: FastAPI, router: ModelRouter, *, with_metrics: bool = True) -> None:
     _document(api)
 
     @api.get("/v1/models", response_model=ModelList, responses=_ERRORS)
@@ -241,12 +326,8 @@ def _routes(api: FastAPI, router: ModelRouter) -> None:
             body["canary"] = canary()
         return JSONResponse(body, status_code=200 if ready.ready else 503)
 
-    @api.get("/metrics", response_class=Response)
-    def metrics() -> Response:
-        """Prometheus exposition of this process's metrics."""
-        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    if with_metrics:
+        api.add_api_route("/metrics", _metrics, response_class=Response)
 
     @api.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:

@@ -8,17 +8,26 @@ Secrets (``upstream_api_key``) are no options: a command line is visible to ever
 machine. Authentication details beyond these options are ``OBSERVATORY_AUTH_*`` (see
 ``serving_hooks.auth``). SIGTERM or Ctrl-C stops accepting connections, lets requests in flight
 finish (up to ``--graceful-timeout-s``), closes the model backend and flushes telemetry.
+
+With ``--admin-port`` the admin endpoints (``/metrics``, the docs) get a listener of their own, on
+the same host, in the same process: one uvicorn server with two sockets, each connection handed to
+the app of the socket it arrived on. One server rather than two on one loop because uvicorn's
+signal handling is per server and process-wide (a second server would replace the first's handler,
+and they would shut down one after the other): one server stops both listeners on one signal,
+within one graceful timeout, and runs the API's lifespan once.
 """
 
 from __future__ import annotations
 
 import inspect
+import socket
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, get_args, get_origin
 
 import typer
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gpt_observatory.serving_hooks.settings import ServeSettings
 
@@ -106,7 +115,7 @@ def serve(
     import uvicorn
 
     from gpt_observatory import telemetry
-    from gpt_observatory.serving_hooks.app import create_app
+    from gpt_observatory.serving_hooks.app import create_listeners
     from gpt_observatory.serving_hooks.settings import load
     from gpt_observatory.telemetry.settings import ConfigError
 
@@ -123,10 +132,17 @@ def serve(
         raise typer.Exit(2) from None
     try:
         try:
-            asgi = create_app(settings)
+            if settings.admin_port is not None and settings.admin_port == settings.port != 0:
+                raise ConfigError(f"admin_port ({settings.admin_port}) must differ from port "
+                                  "(OBSERVATORY_SERVE_ADMIN_PORT, --admin-port)")
+            listeners = create_listeners(settings)
         except ConfigError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
+        asgi, sockets = listeners.api, None
+        if listeners.admin is not None:
+            sockets = [_bind(settings.host, settings.port), _bind(settings.host, settings.admin_port or 0)]
+            asgi = ByListener(listeners.api, listeners.admin, sockets[1].getsockname()[1])
         config = uvicorn.Config(
             asgi, host=settings.host, port=settings.port, access_log=False, log_config=None,
             timeout_graceful_shutdown=settings.graceful_timeout_s, lifespan="on",
@@ -141,7 +157,7 @@ def serve(
         gc.collect()
         gc.freeze()
         try:
-            uvicorn.Server(config).run()
+            uvicorn.Server(config).run(sockets=sockets)
         except _Stop:
             pass
     finally:
@@ -149,6 +165,29 @@ def serve(
 
 
 app.callback(invoke_without_command=True)(with_options(serve, setting_options(ServeSettings, ALIASES)))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound as uvicorn binds its own (it logs the address); the server listens on it."""
+    import uvicorn
+
+    return uvicorn.Config(None, host=host, port=port, log_config=None).bind_socket()
+
+
+class ByListener:
+    """Pure ASGI: a connection to the admin socket (local port ``admin_port``) goes to ``admin``,
+    every other one, and the lifespan, to ``api``. The local port is the socket's own, not
+    anything a caller sends."""
+
+    def __init__(self, api: ASGIApp, admin: ASGIApp, admin_port: int) -> None:
+        self.api, self.admin, self.admin_port = api, admin, admin_port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if server is not None and server[1] == self.admin_port and scope["type"] != "lifespan":
+            await self.admin(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
 
 
 class _Stop(Exception):

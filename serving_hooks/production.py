@@ -1,0 +1,128 @@
+"""Production posture: what the gateway refuses to start with, and who may read its admin endpoints.
+
+With ``environment=production`` (``OBSERVATORY_ENVIRONMENT``, or ``deployment.environment.name`` in
+``OTEL_RESOURCE_ATTRIBUTES``), :func:`check` refuses each development default that is still in
+place, unless ``production_allow`` names it:
+
+- ``dev_idp``: the OIDC issuer is the development IdP. The rule: an issuer on a loopback host
+  (``localhost``, ``127.0.0.0/8``, ``::1``) is taken to be it; ``serving_hooks.idp`` refuses to
+  serve anywhere else, and a production IdP is reached by a name other hosts can resolve too.
+- ``default_salt``: subject hashes use the published development salt, so anyone reading
+  telemetry can test guesses of who a subject is.
+- ``anonymous``: no credential is checked (``allow_anonymous`` with no issuer and no key file).
+- ``public_admin``: ``/metrics``, ``/docs`` and ``/openapi.json`` answer anyone on the API port
+  (no ``admin_port`` and no ``admin_token``).
+
+:class:`AdminGuard` is the admin token check: pure ASGI, constant-time, a 401 in the OpenAI error
+shape; it never logs or shows the token.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Collection
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gpt_observatory.serving_hooks._auth_settings import DEFAULT_SUBJECT_SALT, ENV_PREFIX, AuthSettings
+from gpt_observatory.serving_hooks._errors import ApiError
+from gpt_observatory.serving_hooks._jwks import is_loopback_host
+from gpt_observatory.serving_hooks.settings import ServeSettings
+from gpt_observatory.telemetry import names
+from gpt_observatory.telemetry.settings import ConfigError
+from gpt_observatory.telemetry.settings import Settings as TelemetrySettings
+
+PRODUCTION = "production"
+ALLOWANCES = ("dev_idp", "default_salt", "anonymous", "public_admin")
+_SERVE = "OBSERVATORY_SERVE_"
+
+
+def environment(telemetry_settings: TelemetrySettings) -> str:
+    """The ``deployment.environment.name`` this process reports (resource attributes win, as in the resource)."""
+    return telemetry_settings.resource_attributes.get(names.DEPLOYMENT_ENVIRONMENT, telemetry_settings.environment)
+
+
+def is_dev_idp(issuer: str) -> bool:
+    """Whether ``issuer`` is (or could be) the development IdP: it is served on a loopback host."""
+    host = urlsplit(issuer).hostname
+    return host is not None and is_loopback_host(host)
+
+
+def check(settings: ServeSettings, auth_settings: AuthSettings, telemetry_settings: TelemetrySettings) -> None:
+    """Raise :class:`ConfigError` listing every unsafe default in production not named in ``production_allow``."""
+    unknown = sorted(set(settings.production_allow) - set(ALLOWANCES))
+    if unknown:
+        raise ConfigError(
+            f"invalid serve setting 'production_allow' ({_SERVE}PRODUCTION_ALLOW): unknown {', '.join(unknown)}; "
+            f"accepted: {', '.join(ALLOWANCES)}"
+        )
+    if environment(telemetry_settings) != PRODUCTION:
+        return
+    refusals = [
+        f"{problem} (allow it with {_SERVE}PRODUCTION_ALLOW={allowance})"
+        for allowance, problem in _unsafe(settings, auth_settings)
+        if allowance not in settings.production_allow
+    ]
+    if refusals:
+        raise ConfigError("environment=production refuses to start: " + "; ".join(refusals))
+
+
+def _unsafe(settings: ServeSettings, auth: AuthSettings) -> list[tuple[str, str]]:
+    found = []
+    if auth.issuer and is_dev_idp(auth.issuer):
+        found.append(("dev_idp", "setting 'oidc_issuer' is the development IdP (a loopback issuer); set "
+                                 f"{_SERVE}OIDC_ISSUER (or {ENV_PREFIX}ISSUER) to your identity provider"))
+    if auth.subject_salt.get_secret_value() == DEFAULT_SUBJECT_SALT:
+        found.append(("default_salt", "setting 'subject_salt' is the published development default; set "
+                                      f"{ENV_PREFIX}SUBJECT_SALT to a secret of your own"))
+    if settings.allow_anonymous and not (auth.issuer or auth.api_keys_file):
+        found.append(("anonymous", "setting 'allow_anonymous' serves every caller unauthenticated; set "
+                                   f"{_SERVE}OIDC_ISSUER or {_SERVE}API_KEYS_FILE and unset {_SERVE}ALLOW_ANONYMOUS"))
+    if settings.admin_port is None and settings.admin_token is None:
+        found.append(("public_admin", "settings 'admin_port' and 'admin_token' are unset, so /metrics and /docs "
+                                      f"are public on the API port; set {_SERVE}ADMIN_PORT and/or "
+                                      f"{_SERVE}ADMIN_TOKEN"))
+    return found
+
+
+class AdminGuard:
+    """Pure ASGI: requests to ``paths`` (every request, when ``paths`` is None) need
+    ``Authorization: Bearer <token>``; anything else is a 401 and never reaches ``app``."""
+
+    def __init__(self, app: ASGIApp, token: SecretStr, paths: Collection[str] | None = None) -> None:
+        secret = token.get_secret_value()
+        if not secret:
+            raise ConfigError(f"invalid serve setting 'admin_token' ({_SERVE}ADMIN_TOKEN): empty; unset it or "
+                              "give a secret")
+        self.app = app
+        self.paths = frozenset(paths) if paths is not None else None
+        self._token = secret.encode()
+
+    def __repr__(self) -> str:
+        return f"AdminGuard({self.app!r}, paths={self.paths!r})"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (self.paths is not None and scope["path"] not in self.paths):
+            await self.app(scope, receive, send)
+            return
+        if self._authorized(scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        await _REFUSED.send(send)
+
+    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        given = [value for name, value in headers if name == b"authorization"]
+        if len(given) != 1:
+            return False
+        scheme, _, credential = given[0].strip().partition(b" ")
+        # compare_digest takes as long whatever the first differing byte (only the length shows).
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), self._token)
+
+
+_REFUSED = ApiError(
+    401, f"authentication failed: admin_token: the admin endpoints need 'Authorization: Bearer <admin token>' "
+         f"(the value of {_SERVE}ADMIN_TOKEN)", "authentication_error", "admin_token", None,
+    [(b"www-authenticate", b'Bearer realm="observatory-admin"')],
+)
