@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from gpt_observatory.generation import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
 from gpt_observatory.serving_hooks import _errors
@@ -27,9 +27,10 @@ from gpt_observatory.serving_hooks._openai import (
     new_id,
 )
 from gpt_observatory.serving_hooks._openai import response_body as build_response
+from gpt_observatory.serving_hooks.backends._streaming import Departure, EventStream
 from gpt_observatory.serving_hooks.backends._threads import iterate_in_thread
 from gpt_observatory.serving_hooks.backends.base import Call, ModelBackend, Readiness
-from gpt_observatory.serving_hooks.inference import GenAIHooks, GenAIRequest, GenerationStats, ModelInfo
+from gpt_observatory.serving_hooks.inference import GenAIHooks, GenAIRequest, Generation, GenerationStats, ModelInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +113,7 @@ class InProcessBackend(ModelBackend):
         )
         generation = self.hooks.generation(genai, loaded.info, call.ctx)
         if request.stream:
-            body = self._stream(call, loaded, payload, generation)
-            return StreamingResponse(body, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+            return EventStream(lambda departure: self._stream(call, loaded, payload, generation, departure))
         with generation as gen:
             out = await asyncio.get_running_loop().run_in_executor(self._pool, loaded.model.predict, [payload])
             row = _first_row(out)
@@ -129,12 +129,20 @@ class InProcessBackend(ModelBackend):
         )
         return Response(body, media_type="application/json")
 
-    async def _stream(self, call: Call, loaded: LoadedModel, payload: dict, generation) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, call: Call, loaded: LoadedModel, payload: dict, gen: Generation, departure: Departure
+    ) -> AsyncIterator[bytes]:
+        """Relay the model's tokens; a stream that does not finish normally is an error everywhere
+        (an SSE error event when one can still be sent, ``ctx.error_type``, the GenAI span), except
+        a client that left. The prompt is charged whatever happens: it reached the model."""
         writer = ChunkWriter(call.operation, new_id(call.operation), self.served_name)
         include_usage = call.request.include_usage
         capture = self.hooks.capture_content
         pieces: list[str] = []
-        with generation as gen:
+        # The reference models' tokenizer is byte-level: the prompt's tokens are its bytes.
+        stats = GenerationStats(len(payload["prompt"].encode()), None, (), writer.rid, self.served_name)
+        failure: str | None = None
+        try:
             head = writer.role()
             if head:
                 yield head
@@ -153,20 +161,34 @@ class InProcessBackend(ModelBackend):
                             pieces.append(item["text"])
                         yield writer.text(item["text"])
             except Exception as e:  # headers are sent: the error goes in the stream, OpenAI-style
-                gen.fail(type(e).__qualname__)
+                failure = type(e).__qualname__
                 yield writer.error("generation failed", "generation_failed")
                 return
+            if not last:  # the model's iterator ended without its final item
+                failure = "stream_truncated"
+                yield writer.error("the model ended the stream before it finished", "generation_failed")
+                return
             finish = last.get("finish_reason") or "length"
-            prompt_tokens = int(last.get("prompt_tokens", 0))
-            completion_tokens = int(last.get("completion_tokens", gen.tokens))
-            gen.record(GenerationStats(
-                prompt_tokens, completion_tokens, (finish,), writer.rid, self.served_name,
-                "".join(pieces) if capture else None,
-            ))
+            stats.input_tokens = int(last.get("prompt_tokens", stats.input_tokens))
+            stats.output_tokens = int(last.get("completion_tokens", gen.tokens))
+            stats.finish_reasons = (finish,)
             yield writer.finish(finish)
             if include_usage:
-                yield writer.usage(prompt_tokens, completion_tokens)
+                yield writer.usage(stats.input_tokens, stats.output_tokens)
             yield writer.DONE
+        except BaseException as e:  # cancelled: the client left (not ours), or the server is stopping
+            if failure is None and not departure.gone:
+                failure = type(e).__qualname__
+            raise
+        finally:
+            if failure is not None:
+                gen.fail(failure)
+                if call.ctx is not None:
+                    call.ctx.error_type = failure
+            if capture:
+                stats.completion = "".join(pieces)
+            gen.record(stats)
+            gen.end()
 
 
 def _first_row(out: Any) -> dict:

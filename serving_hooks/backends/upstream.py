@@ -7,11 +7,14 @@ proxy asks for ``stream_options.include_usage`` and drops that extra chunk again
 did not ask for it. Upstream 5xx, connection failures and malformed answers (a body that is not
 JSON, ``usage`` counts that are not non-negative integers) answer 502, timeouts 504; a 4xx keeps its
 status but gets our own error body: an upstream's body and headers never reach the caller (one that
-echoes the ``Authorization`` it got would hand out the upstream key). Only ``traceparent`` goes
-upstream: the caller's ``baggage`` and ``tracestate`` stay here. The upstream URL is shown without
+echoes the ``Authorization`` it got would hand out the upstream key). ``traceparent`` goes
+upstream; of the caller's ``baggage`` and ``tracestate`` only the entries named by
+``forward_baggage_keys`` / ``forward_tracestate_keys`` do (none by default; baggage as the
+configured propagators extracted it, within W3C's size limits). The upstream URL is shown without
 its credentials everywhere (readiness, error bodies, spans). A stream that ends without its
 ``[DONE]``, or is cut, is an error to the caller (an SSE error event) and to the gateway
-(``RequestContext.error_type``).
+(``RequestContext.error_type``); a caller that leaves mid-stream is not. A stream without the
+upstream's usage (cut, or an upstream that ignores ``include_usage``) is charged the prompt estimate.
 
 aiohttp is the client by measurement (``bench/gateway.py``; STYLE: ~3,650 vs ~650 req/s for httpx
 as a bare proxy on this machine).
@@ -19,19 +22,22 @@ as a bare proxy on this machine).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import orjson
-from opentelemetry import trace
-from starlette.responses import Response, StreamingResponse
+from opentelemetry import baggage, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
+from opentelemetry.trace import TraceState
+from starlette.responses import Response
 
 from gpt_observatory.serving_hooks import _errors
 from gpt_observatory.serving_hooks._openai import ChatCompletionRequest, ChunkWriter
+from gpt_observatory.serving_hooks.backends._streaming import Departure, EventStream
 from gpt_observatory.serving_hooks.backends.base import Call, ModelBackend, Readiness, bytes_per_token_estimate
-from gpt_observatory.serving_hooks.context import RequestContext
 from gpt_observatory.serving_hooks.inference import GenAIHooks, GenAIRequest, Generation, GenerationStats
 from gpt_observatory.telemetry.redact import without_credentials
 from gpt_observatory.telemetry.settings import ConfigError
@@ -56,8 +62,12 @@ class UpstreamBackend(ModelBackend):
         timeout_s: float = 60.0,
         max_connections: int = 256,
         role: str = "champion",
+        forward_baggage_keys: Iterable[str] = (),
+        forward_tracestate_keys: Iterable[str] = (),
     ) -> None:
         self.hooks = hooks
+        self._baggage_keys = tuple(dict.fromkeys(k.strip() for k in forward_baggage_keys if k.strip()))
+        self._tracestate_keys = frozenset(k.strip() for k in forward_tracestate_keys if k.strip())
         # Credentials in the URL become a Basic Authorization header (aiohttp refuses both at once),
         # so the URL held, logged and shown carries none.
         parts = urlsplit(base_url)
@@ -118,9 +128,7 @@ class UpstreamBackend(ModelBackend):
         )
         gen = self.hooks.generation(genai, None, call.ctx)
         headers = self._headers()
-        parent = trace.get_current_span(gen.context()).get_span_context()
-        if parent.is_valid:  # traceparent alone: no caller tracestate or baggage goes upstream
-            headers["traceparent"] = f"00-{parent.trace_id:032x}-{parent.span_id:016x}-{parent.trace_flags:02x}"
+        self._trace_headers(gen, headers)
         strip_usage = request.stream and not request.include_usage
         body = call.raw
         if strip_usage:
@@ -144,8 +152,7 @@ class UpstreamBackend(ModelBackend):
         except BaseException as e:
             gen.end(e)
             raise
-        stream = self._relay(resp, gen, strip_usage, call.ctx)
-        return StreamingResponse(stream, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+        return EventStream(lambda departure: self._relay(resp, gen, strip_usage, call, departure))
 
     @property
     def _http(self) -> aiohttp.ClientSession:
@@ -160,6 +167,25 @@ class UpstreamBackend(ModelBackend):
             return _errors.upstream_timeout(self.timeout_s)
         gen.fail(type(error).__qualname__)
         return _errors.upstream_failed(f"{type(error).__name__} {doing}")
+
+    def _trace_headers(self, gen: Generation, headers: dict[str, str]) -> None:
+        """``traceparent`` of the CLIENT span, and the caller's baggage and tracestate entries named to pass."""
+        context = gen.context()
+        span = trace.get_current_span(context).get_span_context()
+        if not span.is_valid:
+            return
+        headers["traceparent"] = f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}"
+        if self._tracestate_keys and span.trace_state:  # the caller's, inherited by our spans
+            kept = TraceState([(k, v) for k, v in span.trace_state.items() if k in self._tracestate_keys])
+            if kept:
+                headers["tracestate"] = kept.to_header()
+        if self._baggage_keys:
+            entries = baggage.get_all(context)
+            named = Context()
+            for key in self._baggage_keys:
+                if key in entries:
+                    named = baggage.set_baggage(key, entries[key], named)
+            W3CBaggagePropagator().inject(headers, named)  # encodes and applies W3C's size limits
 
     def _headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
@@ -200,8 +226,9 @@ class UpstreamBackend(ModelBackend):
         return Response(data, media_type=resp.headers.get("content-type", "application/json"))
 
     async def _relay(
-        self, resp: aiohttp.ClientResponse, gen: Generation, strip_usage: bool, ctx: RequestContext | None
+        self, resp: aiohttp.ClientResponse, gen: Generation, strip_usage: bool, call: Call, departure: Departure
     ) -> AsyncIterator[bytes]:
+        ctx = call.ctx
         stats = GenerationStats()
         error: BaseException | None = None
         failure: str | None = None
@@ -231,9 +258,10 @@ class UpstreamBackend(ModelBackend):
         except aiohttp.ClientError as e:
             failure = type(e).__qualname__
             yield ChunkWriter.error("upstream connection failed mid-stream", "upstream_error")
-        except BaseException as e:  # cancelled (client gone, shutdown): an unfinished stream
-            error = e
-            failure = type(e).__qualname__
+        except BaseException as e:  # cancelled: the client left (not an error of ours) or the server stops
+            if not departure.gone:
+                error = e
+                failure = type(e).__qualname__
             raise
         finally:
             resp.release()
@@ -242,6 +270,8 @@ class UpstreamBackend(ModelBackend):
                     gen.fail(failure)
                 if ctx is not None:
                     ctx.error_type = failure
+            if stats.input_tokens is None:  # no usage from the upstream: the prompt reached it all the same
+                stats.input_tokens = bytes_per_token_estimate(_body(call))
             gen.record(stats)
             gen.end(error)
 
@@ -272,6 +302,13 @@ class UpstreamBackend(ModelBackend):
                     return not strip_usage
         gen.token()
         return True
+
+
+def _body(call: Call) -> Mapping[str, Any]:
+    """The request body as JSON (parsed by the gateway when it is in front)."""
+    if call.ctx is not None and call.ctx.json is not None:
+        return call.ctx.json
+    return orjson.loads(call.raw)
 
 
 def _has_value(event: bytes, key: bytes) -> bool:
