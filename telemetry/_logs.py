@@ -1,8 +1,9 @@
 """The loguru bridge: trace-correlated records to the OTel logs pipeline and the console.
 
-Every record gets ``trace_id``/``span_id`` from the active span and has credentials masked
-(one patcher, so every sink sees the same record). Standard ``logging`` records are routed
-through loguru, so they take the same path. A ``ContextVar`` guards the OTel sink against
+Every record gets ``trace_id``/``span_id`` from the active span and has credentials masked in
+its message and extras (one patcher, so every sink sees the same record); the console sink masks
+the text loguru formats too (a traceback's exception message). Standard ``logging`` records are
+routed through loguru, so they take the same path. A ``ContextVar`` guards the OTel sink against
 re-entry (telemetry that logs while exporting a log cannot recurse).
 """
 
@@ -60,6 +61,23 @@ class _InterceptHandler(logging.Handler):
         )
 
 
+class _RedactedStream:
+    """A text stream that masks credentials in whatever is written to it (the console sink)."""
+
+    def __init__(self, stream: Any, redactor: Redactor):
+        self._stream, self._redactor = stream, redactor
+
+    def write(self, text: str) -> None:
+        self._stream.write(self._redactor.text(text))
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:  # loguru colours a terminal only
+        isatty = getattr(self._stream, "isatty", None)
+        return bool(isatty and isatty())
+
+
 class LoguruBridge:
     def __init__(self, settings: Settings, logger_provider: LoggerProvider | None, redactor: Redactor, console: bool):
         self._settings, self._redactor, self._console = settings, redactor, console
@@ -77,11 +95,14 @@ class LoguruBridge:
         # diagnose=False everywhere: loguru's default prints every local of every frame of a traceback,
         # which is where a caller's API key, JWT and prompt sit on the request path.
         if self._console:
+            # What reaches stderr is masked as it is written: the message is masked already, but a
+            # traceback's exception text, or the extras of a JSON record, are formatted by loguru.
+            console = _RedactedStream(sys.stderr, self._redactor)
             if self._settings.console_format == "json":
-                self._ids.append(logger.add(sys.stderr, level=level, serialize=True, diagnose=False))
+                self._ids.append(logger.add(console, level=level, serialize=True, diagnose=False))
             else:
                 self._ids.append(
-                    logger.add(sys.stderr, level=level, format=HUMAN_FORMAT, colorize=None, diagnose=False)
+                    logger.add(console, level=level, format=HUMAN_FORMAT, colorize=None, diagnose=False)
                 )
         if self._otel is not None:
             self._ids.append(logger.add(self._sink, level=level, format="{message}", catch=True, diagnose=False))
@@ -119,6 +140,9 @@ class LoguruBridge:
         else:
             extra.setdefault("trace_id", _NO_TRACE)
         record["message"] = self._redactor.text(record["message"])
+        masked = self._redactor.attributes(extra)
+        if masked is not extra:
+            extra.update(masked)  # the record's own dict: every sink sees the masked values
 
     def _sink(self, message: Any) -> None:
         if _IN_SINK.get():

@@ -2,8 +2,9 @@
 
 Two rules: an attribute or log field whose *key* names a credential (authorization, cookie,
 api key, token, secret, password, ...) is replaced whole; any *value* holding a bearer string,
-a JWT-shaped string or an API key of a known shape is masked in place. Keys such as
-``gen_ai.token.type`` or ``gen_ai.usage.input_tokens`` describe token *counts* and are kept.
+a JWT-shaped string, an API key of a known shape or the ``user:password`` of a URL is masked in
+place. Keys such as ``gen_ai.token.type`` or ``gen_ai.usage.input_tokens`` describe token *counts*
+and are kept.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _SECRET_VALUE = re.compile(
     r"|\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"  # JWT (header starts with '{"')
     r"|\bobs_[A-Za-z0-9_-]{16,}"  # Observatory API keys
     r"|\bsk-[A-Za-z0-9_-]{16,}"  # OpenAI-style keys
+    r"|(?<=://)[^/?#@\s]+(?=@)"  # the user:password of a URL (scheme://[REDACTED]@host)
 )
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 from loguru import logger
 from opentelemetry import trace
 
 from gpt_observatory import telemetry
+from gpt_observatory.telemetry.redact import MASK
 
 MEMORY = {"traces_exporter": ["memory"], "metrics_exporter": ["none"], "logs_exporter": ["memory"]}
 
@@ -52,3 +54,27 @@ def test_shutdown_removes_the_sinks():
     handle.shutdown()
     logger.info("after shutdown")
     assert all(r.log_record.body != "after shutdown" for r in handle.memory.logs())
+
+
+API_KEY = "obs_Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MA"
+BEARER_TOKEN = "s3cr3t-opaque-access-token-value"
+URL_PASSWORD = "hunter2-in-a-url"
+
+
+@pytest.mark.parametrize("console_format", ["human", "json"])
+def test_the_console_masks_credentials_in_messages_extras_and_tracebacks(capfd, console_format):
+    telemetry.configure("logs", console_logs=True, console_format=console_format, traces_exporter=["none"],
+                        metrics_exporter=["none"], logs_exporter=["none"])
+    upstream = f"http://gateway:{URL_PASSWORD}@upstream.internal:8000/v1"
+    logger.bind(api_key=API_KEY, upstream=upstream).warning("calling {} with Bearer {}", upstream, BEARER_TOKEN)
+    try:
+        raise ConnectionError(f"{upstream} refused key {API_KEY} (Authorization: Bearer {BEARER_TOKEN})")
+    except ConnectionError:
+        logger.exception("upstream failed")
+    logging.getLogger("thirdparty.client").error("retrying %s", upstream)
+
+    err = capfd.readouterr().err
+    assert "upstream failed" in err and "ConnectionError" in err and "retrying" in err
+    for secret in (API_KEY, BEARER_TOKEN, URL_PASSWORD):
+        assert secret not in err
+    assert MASK in err and "upstream.internal:8000" in err  # masked in place, the rest kept
