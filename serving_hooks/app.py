@@ -33,9 +33,9 @@ from starlette.types import ASGIApp
 
 from gpt_observatory import telemetry
 from gpt_observatory.serving_hooks import _completions as completions
+from gpt_observatory.serving_hooks._auth_settings import AuthSettings
 from gpt_observatory.serving_hooks._completions import CompletionsEndpoint
 from gpt_observatory.serving_hooks._errors import ApiError
-from gpt_observatory.serving_hooks._auth_settings import AuthSettings
 from gpt_observatory.serving_hooks._openai import ErrorBody, ModelList
 from gpt_observatory.serving_hooks.backends.base import ModelBackend, ModelRouter
 from gpt_observatory.serving_hooks.context import request_context
@@ -202,6 +202,7 @@ def build_backend(settings: ServeSettings, hooks: GenAIHooks) -> ModelBackend:
             hooks, settings.upstream_url or "", api_key=key,
             connect_timeout_s=settings.upstream_connect_timeout_s, timeout_s=settings.upstream_timeout_s,
             max_connections=settings.upstream_max_connections,
+            forward_baggage_keys=settings.forward_baggage_keys, forward_tracestate_keys=settings.forward_tracestate_keys,
         )
     from gpt_observatory.serving_hooks.backends.mlflow import MlflowBackend
 
