@@ -172,7 +172,7 @@ def test_sigterm_lets_requests_in_flight_finish_and_flushes_telemetry(tmp_path, 
     log = tmp_path / "serve.log"
     proc = start_process(
         [sys.executable, "-m", "gpt_observatory.commands.serve", "--backend", "upstream", "--upstream-url",
-         upstream_peer.url, "--port", str(port), "--api-keys-file", str(keyring.path)],
+         upstream_peer.url, "--upstream-models", "delay-1", "--port", str(port), "--api-keys-file", str(keyring.path)],
         log, env={"OBSERVATORY_STATE_DIR": str(state), "PYTHONPATH": str(REPO)}, cwd=tmp_path,
     )
     try:

@@ -217,7 +217,7 @@ def test_without_an_admin_listener_the_token_guards_the_admin_paths_on_the_api_p
 
 
 def test_an_empty_admin_token_is_refused(keyring):
-    with pytest.raises(ConfigError, match="admin_token.*empty"):
+    with pytest.raises(ConfigError, match=r"admin_token.*empty"):
         listeners_of(load(admin_port=0, admin_token=SecretStr("")), keyring)
 
 

@@ -86,3 +86,9 @@ def test_an_option_given_wins_over_the_environment_which_wins_over_the_default(l
 def test_a_bad_value_is_refused_naming_the_option():
     result = runner.invoke(command.app, ["--canary-sticky", "always"])
     assert result.exit_code == 2 and "--canary-sticky" in result.output
+
+
+def test_the_admin_listener_needs_a_port_of_its_own(monkeypatch):
+    monkeypatch.setenv("OBSERVATORY_SERVE_ALLOW_ANONYMOUS", "true")
+    result = runner.invoke(command.app, ["--port", "8123", "--admin-port", "8123"])
+    assert result.exit_code == 2 and "admin_port (8123) must differ from port" in result.output, result.output
