@@ -4,8 +4,9 @@ These two endpoints carry all the traffic. Behind the gateway, FastAPI's request
 repeated work: it read the body again, parsed its JSON again with the standard library, solved
 dependencies and opened two exit stacks per request. That came to about a quarter of a proxied
 request's CPU time (py-spy, ``bench/gateway.py``). Here the body and its JSON come from the
-gateway's :class:`~serving_hooks.context.RequestContext` when it is there. The same pydantic
-models validate them, and a validation error is the same OpenAI-style 400. :func:`document` writes
+gateway's :class:`~serving_hooks.context.RequestContext` when it is there, and so does the request
+itself: the gateway validated it with the same pydantic models before reading any field (a
+validation error is the same OpenAI-style 400 either way), so it is not validated twice. :func:`document` writes
 the two operations into FastAPI's OpenAPI document from those models, so the document, the docs UI
 and schemathesis see what they saw before.
 """
@@ -14,13 +15,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.types import Receive, Scope, Send
 
 from gpt_observatory.serving_hooks import _errors
 from gpt_observatory.serving_hooks._errors import ApiError
-from gpt_observatory.serving_hooks._openai import ChatCompletionRequest, CompletionRequest
+from gpt_observatory.serving_hooks._openai import REQUEST_MODELS, ChatCompletionRequest, CompletionRequest, validate
 from gpt_observatory.serving_hooks.backends.base import Call, ModelRouter
 from gpt_observatory.serving_hooks.context import request_context
 from gpt_observatory.serving_hooks.gateway import ClientGone, parse_object, read_body
@@ -31,10 +31,10 @@ if TYPE_CHECKING:
 
 # path: (GenAI operation, request model, OpenAPI operationId, summary)
 OPERATIONS: dict[str, tuple[str, type[ChatCompletionRequest] | type[CompletionRequest], str, str]] = {
-    "/v1/chat/completions": (names.GEN_AI_OPERATION_CHAT, ChatCompletionRequest, "create_chat_completion",
-                             "Create a chat completion"),
-    "/v1/completions": (names.GEN_AI_OPERATION_TEXT_COMPLETION, CompletionRequest, "create_completion",
-                        "Create a text completion"),
+    "/v1/chat/completions": (names.GEN_AI_OPERATION_CHAT, REQUEST_MODELS["/v1/chat/completions"],
+                             "create_chat_completion", "Create a chat completion"),
+    "/v1/completions": (names.GEN_AI_OPERATION_TEXT_COMPLETION, REQUEST_MODELS["/v1/completions"],
+                        "create_completion", "Create a text completion"),
 }
 
 
@@ -55,12 +55,12 @@ class CompletionsEndpoint:
             if scope["method"] != "POST":
                 raise _errors.method_not_allowed(scope["method"], "POST")
             operation, model, _, _ = target
-            if ctx is not None and ctx.json is not None:  # read, size-checked and parsed by the gateway
-                raw, data = ctx.body, ctx.json
+            if ctx is not None and ctx.request is not None:  # read, parsed, validated and bounded by the gateway
+                raw, request = ctx.body, ctx.request
             else:  # no gateway in front: no size limit of ours, as FastAPI read it
                 raw = await read_body(receive)
-                data = parse_object(raw)
-            call = Call(operation, _validate(model, data), raw, ctx)
+                request = validate(model, parse_object(raw))
+            call = Call(operation, request, raw, ctx)
             response = await self.router.select(call).handle(call)
         except ApiError as error:
             if ctx is not None and error.reason is not None:
@@ -92,9 +92,3 @@ def document(schema: dict[str, Any], responses: dict[str, Any]) -> None:
             "responses": responses,
         }}
 
-
-def _validate(model: type[BaseModel], data: Any) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise _errors.invalid_request(e.errors(include_url=False)) from None

@@ -104,7 +104,35 @@ def auth_throttled(retry_after: int) -> ApiError:
 def model_not_found(model: str) -> ApiError:
     return ApiError(
         404, f"model {model!r} is not served here; GET /v1/models lists the models", "invalid_request_error",
-        "model_not_found", "bad_request",
+        "model_not_found", "not_found",
+    )
+
+
+def above_bound(param: str, bound: int, setting: str) -> ApiError:
+    """400 for a request field above the bound a setting gives (named, so an operator knows what to raise)."""
+    return ApiError(
+        400, f"{param} must be at most {bound} ({setting})", "invalid_request_error", "integer_above_max_value",
+        "bad_request",
+    )
+
+
+def over_context(prompt: int, completions: int, max_tokens: int | None, context: int) -> ApiError:
+    asked = f"the prompt (about {prompt} tokens)"
+    if max_tokens is not None:
+        asked += f" plus {completions} x max_tokens ({completions} x {max_tokens})"
+    return ApiError(
+        400, f"{asked} exceeds the model's context of {context} tokens (OBSERVATORY_SERVE_CONTEXT_TOKENS); "
+             "shorten the prompt or lower max_tokens or n", "invalid_request_error", "context_length_exceeded",
+        "bad_request",
+    )
+
+
+def over_budget(worst: int, budget: int) -> ApiError:
+    """429 for a request whose worst case is more than the whole tokens-per-minute budget: no wait helps."""
+    return ApiError(
+        429, f"request too large for tokens per minute: it may use up to {worst} tokens (prompt + n x max_tokens) "
+             f"and the budget is {budget}; lower max_tokens or n", "rate_limit_error", "rate_limit_exceeded",
+        "rate_limit",
     )
 
 

@@ -8,9 +8,13 @@ import uuid
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gpt_observatory.generation import MAX_TOKENS_LIMIT
+from gpt_observatory.serving_hooks import _errors
+
+# The widest bound a setting may give (ServeSettings.max_tokens_limit); the gateway holds each request
+# to the configured one and says which setting it is.
+_TOKENS_CEILING = 1 << 20
 
 
 class StreamOptions(BaseModel):
@@ -33,7 +37,10 @@ class ChatMessage(BaseModel):
 class _Common(BaseModel):
     model_config = ConfigDict(extra="allow")  # unknown OpenAI fields pass through to an upstream
     model: str = Field(min_length=1, max_length=256)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_tokens: int | None = Field(None, ge=1, le=_TOKENS_CEILING)
+    # Declared so that they are validated (an integer >= 1); the gateway bounds them by settings.
+    n: int | None = Field(None, ge=1)
+    best_of: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stream: bool = False
@@ -44,10 +51,19 @@ class _Common(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def completions(self) -> int:
+        """Completions generated (and billed) for this request: ``best_of`` when larger than ``n``."""
+        return max(self.n or 1, self.best_of or 1)
+
+    def limit(self) -> int | None:
+        """The caller's bound on new tokens per completion (``None``: the model's default)."""
+        return self.max_tokens
+
 
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1, max_length=256)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_completion_tokens: int | None = Field(None, ge=1, le=_TOKENS_CEILING)
 
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -56,8 +72,22 @@ class ChatCompletionRequest(_Common):
 class CompletionRequest(_Common):
     prompt: str | list[str] = Field(max_length=1 << 20)
 
-    def limit(self) -> int | None:
-        return self.max_tokens
+
+OpenAIRequest = ChatCompletionRequest | CompletionRequest
+# The request model of each completion route: the gateway validates a body with it before reading
+# any field, and the endpoint reuses what the gateway validated.
+REQUEST_MODELS: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]] = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+}
+
+
+def validate(model: type[OpenAIRequest], data: Any) -> OpenAIRequest:
+    """``data`` as a ``model``; an OpenAI-style 400 naming the first field at fault when it is not one."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise _errors.invalid_request(e.errors(include_url=False)) from None
 
 
 class Usage(BaseModel):

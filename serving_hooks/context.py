@@ -1,7 +1,8 @@
 """The per-request context the gateway owns and the layers below it read and fill.
 
 The gateway puts a :class:`RequestContext` in ``scope["state"]["observatory"]`` (Starlette:
-``request.state.observatory``): the app reads the principal and the parsed body there; the
+``request.state.observatory``): the app reads the principal, the parsed body and (on the completion
+routes) the request the gateway validated there; the
 inference layer reports the tokens really used (``record_usage``), which the gateway meters and
 charges to the tokens-per-minute budget once the response is complete.
 """
@@ -29,6 +30,8 @@ class RequestContext:
     tenant: str = "anonymous"
     body: bytes = b""
     json: dict[str, Any] | None = None
+    request: Any = None  # the validated OpenAI request (_openai.REQUEST_MODELS routes), read before any field
+    prompt_estimate: int = 0  # the gateway's estimate of the prompt's tokens (completion routes)
     input_tokens: int = 0
     output_tokens: int = 0
     rejection: str | None = None  # names.REJECTION_REASONS

@@ -2,14 +2,20 @@
 
 Per request (paths outside ``excluded_paths``): one SERVER span ``{method} {route}`` continuing
 the caller's W3C ``traceparent``; ``http.server.request.duration`` and ``http.server.active_requests``;
-a bounded read of the request body (413) and a JSON check (400); authentication (401/403) with the
-scopes the requested model needs; rate limits per tenant or subject (429 + ``Retry-After``);
-metering per tenant of requests and of the tokens the inference layer reports through the
-:class:`RequestContext` in ``scope["state"]["observatory"]``. Responses are passed through
-message by message, so streaming stays streaming.
+a bounded read of the request body (413) and a JSON check (400); on the completion routes the
+request validated (400) and held to its bounds (``n``, ``best_of``, ``max_tokens``, the model's
+context: 400 naming the setting) and its model to the served catalog (404); authentication
+(401/403) with the scopes the requested model needs; rate limits per tenant or subject (429 +
+``Retry-After``), the tokens-per-minute budget charged the request's worst case before the call and
+settled to its real usage after, whatever the outcome; metering per tenant of requests and of the
+tokens the inference layer reports through the :class:`RequestContext` in
+``scope["state"]["observatory"]``. Responses are passed through message by message, so streaming
+stays streaming.
 
-The body is read before authentication because the scopes required depend on the model named in
-it; the read is bounded by ``max_request_bytes`` either way.
+The body is read, validated and checked against the catalog before authentication, because the
+scopes required depend on the model named in it: nothing reads a field of a body that was not
+validated, and a model outside the catalog never reaches a scope lookup or a backend. The read is
+bounded by ``max_request_bytes`` either way.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gpt_observatory.generation import MAX_TOKENS_LIMIT
 from gpt_observatory.serving_hooks import _errors
 from gpt_observatory.serving_hooks._errors import ApiError
+from gpt_observatory.serving_hooks._openai import REQUEST_MODELS, OpenAIRequest, validate
 from gpt_observatory.serving_hooks.context import STATE_KEY, RequestContext, prompt_bytes, request_context
-from gpt_observatory.serving_hooks.ratelimit import RateLimiter
+from gpt_observatory.serving_hooks.ratelimit import RateLimiter, Refusal, Reservation
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.summed import SummedCounter
 
@@ -70,6 +77,9 @@ class GatewayConfig:
     max_tokens_limit: int = MAX_TOKENS_LIMIT
     context_tokens: int | None = None
     models: frozenset[str] = frozenset()  # the served catalog: model names callers may use (empty: any)
+    # New tokens per completion a request that names no max_tokens may use, for its worst case;
+    # None: max_tokens_limit (what an upstream may generate). The in-process model's is DEFAULT_MAX_TOKENS.
+    default_max_tokens: int | None = None
 
 
 class GatewayMiddleware:
@@ -122,7 +132,7 @@ class GatewayMiddleware:
         ctx = RequestContext(tenant=self.config.anonymous_tenant)
         scope.setdefault("state", {})[STATE_KEY] = ctx
         status = 500
-        rate_key: str | None = None
+        reservation: Reservation | None = None
         error: BaseException | None = None
 
         async def send_wrapper(message: Message) -> None:
@@ -135,7 +145,7 @@ class GatewayMiddleware:
             try:
                 if repeated:
                     raise _errors.duplicate_header(repeated)
-                receive, rate_key = await self._admit(scope, receive, headers, method, path, ctx)
+                receive, reservation = await self._admit(scope, receive, headers, method, path, ctx)
             except ApiError as rejection:
                 ctx.rejection = rejection.reason
                 status = rejection.status
@@ -148,9 +158,11 @@ class GatewayMiddleware:
             error = e
             raise
         finally:
+            if not ctx.input_tokens and (status == 200 or ctx.output_tokens or ctx.error_type is not None):
+                ctx.input_tokens = ctx.prompt_estimate  # the model had the prompt; no usage came back (cut, gone)
             try:
-                if rate_key is not None and self.limiter is not None:
-                    await self.limiter.charge(rate_key, ctx.input_tokens + ctx.output_tokens)
+                if reservation is not None and self.limiter is not None:  # every outcome: error, cut, gone
+                    await self.limiter.settle(reservation, ctx.input_tokens + ctx.output_tokens)
             finally:
                 self._finish(scope, span, method, route, scheme, status, ctx, error, start)
                 self._active.add(-1, active_attrs)
@@ -158,16 +170,29 @@ class GatewayMiddleware:
 
     async def _admit(
         self, scope: Scope, receive: Receive, headers: dict[str, str], method: str, path: str, ctx: RequestContext
-    ) -> tuple[Receive, str | None]:
-        """Size, JSON, auth and rate-limit checks; returns the receive to hand on and the rate key."""
+    ) -> tuple[Receive, Reservation | None]:
+        """Size, JSON, validation, bounds, catalog, auth and rate-limit checks; returns the receive to
+        hand on and the token reservation to settle."""
         if not path.startswith(self.config.protected_prefix):
             return receive, None
         model = None
+        worst = 0
         if method in _BODY_METHODS:
             ctx.body = await self._read_body(receive, headers)
             ctx.json = parse_object(ctx.body)
-            model = ctx.json.get("model") if isinstance(ctx.json.get("model"), str) else None
             receive = _replay(ctx.body, receive)
+            request_model = REQUEST_MODELS.get(path)
+            if request_model is not None:
+                ctx.request = request = validate(request_model, ctx.json)
+                model = request.model
+                if self.config.models and model not in self.config.models:
+                    raise _errors.model_not_found(model)
+                worst = self._worst_case(request, ctx)
+            else:  # not an OpenAI request: only a string model is read (for scopes), and held to the catalog
+                named = ctx.json.get("model")
+                model = named if isinstance(named, str) else None
+                if model is not None and self.config.models and model not in self.config.models:
+                    raise _errors.model_not_found(model)
         if self.authenticator is not None:
             try:
                 client = scope.get("client")
@@ -188,13 +213,38 @@ class GatewayMiddleware:
             key = ctx.tenant
         else:
             key = ctx.principal.tenant if self.config.rate_limit_by == "tenant" else ctx.principal.subject_hash
-        estimate = self.config.estimate_tokens(ctx.json) if ctx.json else 0
-        refusal = await self.limiter.admit(key, estimate)
-        if refusal is not None:
-            ctx.rate_limit_kind = refusal.kind
-            raise _errors.rate_limited(refusal.kind, refusal.retry_after)
-        return receive, key
+        if ctx.request is None and ctx.json:  # another body: its prompt is all it declares
+            worst = self.config.estimate_tokens(ctx.json)
+        verdict = await self.limiter.admit(key, worst)
+        if isinstance(verdict, Refusal):
+            ctx.rate_limit_kind = verdict.kind
+            if verdict.budget is not None:
+                raise _errors.over_budget(worst, verdict.budget)
+            raise _errors.rate_limited(verdict.kind, verdict.retry_after)
+        return receive, verdict
 
+    def _worst_case(self, request: OpenAIRequest, ctx: RequestContext) -> int:
+        """The most tokens ``request`` may use (prompt estimate + completions x max_tokens); 400 past a bound."""
+        config = self.config
+        if request.n is not None and request.n > config.max_n:
+            raise _errors.above_bound("n", config.max_n, "OBSERVATORY_SERVE_MAX_N")
+        if request.best_of is not None and request.best_of > config.max_best_of:
+            raise _errors.above_bound("best_of", config.max_best_of, "OBSERVATORY_SERVE_MAX_BEST_OF")
+        for field in _TOKEN_FIELDS:
+            value = getattr(request, field, None)
+            if value is not None and value > config.max_tokens_limit:
+                raise _errors.above_bound(field, config.max_tokens_limit, "OBSERVATORY_SERVE_MAX_TOKENS_LIMIT")
+        prompt = config.estimate_tokens(ctx.json or {})
+        ctx.prompt_estimate = prompt
+        completions = request.completions
+        declared = request.limit()
+        context = config.context_tokens
+        if context is not None and prompt + completions * (declared or 0) > context:
+            raise _errors.over_context(prompt, completions, declared, context)
+        per_completion = declared or config.default_max_tokens or config.max_tokens_limit
+        if declared is None and context is not None:  # the model stops at its context
+            per_completion = min(per_completion, max(1, (context - prompt) // completions))
+        return prompt + completions * per_completion
     async def _read_body(self, receive: Receive, headers: dict[str, str]) -> bytes:
         limit = self.config.max_request_bytes
         declared = headers.get("content-length")
@@ -262,6 +312,7 @@ class GatewayMiddleware:
         span.end()
 
 
+_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
 _SINGLE = frozenset({b"authorization", b"content-length", b"content-type"})  # a repeat is ambiguous: refused
 
 

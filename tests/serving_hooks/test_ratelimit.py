@@ -1,5 +1,6 @@
 """Rate limits: requests and tokens per minute per tenant, in memory and shared through Redis by
-gateway replicas; the token budget is charged with the tokens really used."""
+gateway replicas; the token budget is charged each request's worst case before the call and settled
+to the tokens really used after."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from gpt_observatory.serving_hooks.app import build_hooks, create_app
 from gpt_observatory.serving_hooks.backends.base import ModelRouter
 from gpt_observatory.serving_hooks.backends.inprocess import InProcessBackend
 from gpt_observatory.serving_hooks.inference import ModelInfo
-from gpt_observatory.serving_hooks.ratelimit import RateLimiter
+from gpt_observatory.serving_hooks.ratelimit import RateLimiter, Refusal, Reservation
 from gpt_observatory.serving_hooks.settings import load
 from gpt_observatory.telemetry import names
 from tests.components import free_port, start_process, stop_process, wait_http
@@ -35,53 +36,72 @@ def test_requests_per_minute_refuse_with_the_time_to_wait():
         return verdicts, other
 
     verdicts, other = asyncio.run(scenario())
-    assert verdicts[:3] == [None, None, None]
+    assert all(isinstance(v, Reservation) for v in verdicts[:3])
+    assert isinstance(verdicts[3], Refusal)
     assert verdicts[3].kind == "requests" and 1 <= verdicts[3].retry_after <= 60
-    assert other is None  # keys are separate budgets
+    assert isinstance(other, Reservation)  # keys are separate budgets
 
 
-def test_tokens_are_checked_on_the_estimate_and_charged_as_used():
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_tokens_are_reserved_for_the_worst_case_and_settled_to_the_real_use(store, request):
+    redis_url = request.getfixturevalue("redis_url") if store == "redis" else None
+
     async def scenario():
-        limiter = RateLimiter(tokens_per_minute=100, namespace=f"t-{uuid.uuid4().hex}")
-        steps = []
-        steps.append(await limiter.admit("acme", estimated_tokens=30))  # fits: 0 + 30 <= 100
-        await limiter.charge("acme", 70)  # really used 70 (prompt 30 + completion 40)
-        steps.append(await limiter.admit("acme", estimated_tokens=31))  # 70 + 31 > 100: refused
-        steps.append(await limiter.admit("acme", estimated_tokens=30))  # 70 + 30 fits
-        await limiter.charge("acme", 50)  # overdraws to 120: served, then the key waits
-        steps.append(await limiter.admit("acme", estimated_tokens=1))
-        return steps, await limiter.remaining("acme")
+        limiter = RateLimiter(tokens_per_minute=100, redis_url=redis_url, namespace=f"t-{uuid.uuid4().hex}")
+        left = []
+        first = await limiter.admit("acme", worst_tokens=60)  # prompt + n x max_tokens: held before the call
+        left.append((await limiter.remaining("acme"))[1])
+        refused = await limiter.admit("acme", worst_tokens=41)  # 60 + 41 > 100: refused, nothing kept
+        left.append((await limiter.remaining("acme"))[1])
+        await limiter.settle(first, 25)  # really used 25: 35 given back
+        left.append((await limiter.remaining("acme"))[1])
+        second = await limiter.admit("acme", worst_tokens=75)  # fits now: 25 + 75
+        await limiter.settle(second, 80)  # a model that used more than estimated is charged it
+        left.append((await limiter.remaining("acme"))[1])
+        too_big = await limiter.admit("globex", worst_tokens=101)  # could never fit a minute
+        left.append((await limiter.remaining("globex"))[1])
+        await limiter.close()
+        return first, refused, second, too_big, left
 
-    steps, (_, tokens_left) = asyncio.run(scenario())
-    assert steps[0] is None and steps[2] is None
-    assert steps[1].kind == "tokens" and steps[3].kind == "tokens"
-    assert tokens_left == 0
+    first, refused, second, too_big, left = asyncio.run(scenario())
+    assert first == Reservation("acme", 60) and second == Reservation("acme", 75)
+    assert isinstance(refused, Refusal) and refused.kind == "tokens" and 1 <= refused.retry_after <= 60
+    assert refused.budget is None
+    assert too_big == Refusal("tokens", 0, 100)  # said at once, no wait to suggest
+    assert left == [40, 40, 75, 0, 100]
 
 
-def test_a_storage_outage_admits_rather_than_failing(caplog):
+def test_a_storage_outage_admits_and_counts_the_failure(memory_telemetry):
     dead = f"redis://127.0.0.1:{free_port()}/0"
 
     async def scenario():
-        limiter = RateLimiter(requests_per_minute=1, tokens_per_minute=1, redis_url=dead)
-        return [await limiter.admit("acme", 5) for _ in range(3)]
+        limiter = RateLimiter(requests_per_minute=1, tokens_per_minute=10, redis_url=dead)
+        verdicts = [await limiter.admit("acme", 5) for _ in range(3)]
+        await limiter.settle(verdicts[0], 5)  # the store is still down: nothing raised
+        return verdicts
 
-    assert asyncio.run(scenario()) == [None, None, None]
+    assert asyncio.run(scenario()) == [Reservation("acme", 0)] * 3  # admitted, nothing held
+    points = memory_telemetry.memory.metrics()[names.RATE_LIMIT_FAIL_OPEN.name]
+    assert point_value(points, **{names.RATE_LIMIT_FAILURE: "error"}) == 3
+    assert point_value(points, **{names.RATE_LIMIT_FAILURE: "timeout"}) == 0
 
 
-def test_tokens_per_minute_count_the_real_tokens_of_each_request(memory_telemetry, keyring):
-    # completions of 10 prompt bytes + 10 generated bytes = 20 real tokens each; budget 50 a minute
+def test_tokens_per_minute_hold_each_request_to_its_worst_case_and_count_the_real_tokens(memory_telemetry, keyring):
+    # completions of 10 prompt bytes + max_tokens 10 = 20 tokens at most, and echo uses all 20; budget 50 a minute
     settings = load(api_keys_file=keyring.path, tokens_per_minute=50, rate_limit_namespace=f"t-{uuid.uuid4().hex}")
     backend = InProcessBackend(build_hooks(settings), "tiny-gpt", model=EchoModel(), info=ModelInfo("tiny-gpt", "1"))
     app = create_app(settings, router=ModelRouter({"champion": backend}))
     headers = {"authorization": f"Bearer {keyring.acme}"}
     body = {"model": "tiny-gpt", "prompt": "0123456789", "max_tokens": 10}
+    small = {"model": "tiny-gpt", "prompt": "012", "max_tokens": 5}  # 8 at most: fits the 10 left
     with serve(app) as gw:
-        answers = [httpx.post(gw.v1 + "/completions", json=body, headers=headers) for _ in range(4)]
+        answers = [httpx.post(gw.v1 + "/completions", json=b, headers=headers) for b in (body, body, body, small)]
         other_key_same_tenant = httpx.post(gw.v1 + "/completions", json=body,
                                            headers={"authorization": f"Bearer {keyring.acme2}"})
-    assert [a.status_code for a in answers] == [200, 200, 200, 429]  # 20 + 20 + 20 = 60 >= 50 after the third
-    assert all(a.json()["usage"]["total_tokens"] == 20 for a in answers[:3])
-    refused = answers[3]
+    # 20 + 20 used; the third could use 20 of the 10 left: refused before the call (it used to overdraw to 60)
+    assert [a.status_code for a in answers] == [200, 200, 429, 200]
+    assert [a.json()["usage"]["total_tokens"] for a in (answers[0], answers[1], answers[3])] == [20, 20, 8]
+    refused = answers[2]
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert refused.json()["error"]["type"] == "rate_limit_error"
     assert 1 <= int(refused.headers["retry-after"]) <= 60
@@ -90,8 +110,8 @@ def test_tokens_per_minute_count_the_real_tokens_of_each_request(memory_telemetr
     settle(memory_telemetry)
     metrics = memory_telemetry.memory.metrics()
     tokens = metrics[names.GATEWAY_TOKENS.name]
-    assert point_value(tokens, **{names.TENANT: "acme", names.GEN_AI_TOKEN_TYPE: "input"}) == 30
-    assert point_value(tokens, **{names.TENANT: "acme", names.GEN_AI_TOKEN_TYPE: "output"}) == 30
+    assert point_value(tokens, **{names.TENANT: "acme", names.GEN_AI_TOKEN_TYPE: "input"}) == 23
+    assert point_value(tokens, **{names.TENANT: "acme", names.GEN_AI_TOKEN_TYPE: "output"}) == 25
     rejected = metrics[names.GATEWAY_REJECTIONS.name]
     assert point_value(rejected, **{names.REJECTION_REASON: "rate_limit", names.RATE_LIMIT_KIND: "tokens"}) == 2
 
@@ -110,7 +130,7 @@ def replicas(tmp_path, redis_url, keyring, upstream_peer):
             log = tmp_path / f"gateway-{i}.log"
             procs.append(start_process([
                 sys.executable, "-m", "gpt_observatory.commands.serve", "--backend", "upstream",
-                "--upstream-url", upstream_peer.url, "--port", str(port), "--api-keys-file", str(keyring.path),
+                "--upstream-url", upstream_peer.url, "--model", "up-model", "--port", str(port), "--api-keys-file", str(keyring.path),
                 "--redis-url", redis_url, "--rpm", "20", "--no-metrics-endpoint",
             ], log, env=env, cwd=tmp_path))
             urls.append(f"http://127.0.0.1:{port}")
