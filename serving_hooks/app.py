@@ -41,7 +41,7 @@ from gpt_observatory.serving_hooks.backends.base import ModelBackend, ModelRoute
 from gpt_observatory.serving_hooks.context import request_context
 from gpt_observatory.serving_hooks.gateway import Authenticate, GatewayConfig, GatewayMiddleware, no_scopes
 from gpt_observatory.serving_hooks.inference import GenAIHooks
-from gpt_observatory.serving_hooks.production import AdminGuard
+from gpt_observatory.serving_hooks.production import AdminGuard, admin_app, admin_paths, metrics
 from gpt_observatory.serving_hooks.production import check as check_production
 from gpt_observatory.serving_hooks.ratelimit import RateLimiter
 from gpt_observatory.serving_hooks.settings import ServeSettings
@@ -142,7 +142,7 @@ def create_listeners(
     api = FastAPI(title="Observatory gateway", version=telemetry.__version__, lifespan=lifespan,
                   telemetry=_NATIVE, **off)
     _routes(api, router, with_metrics=not admin_apart)
-    admin = _admin_app(api) if admin_apart else None
+    admin = admin_app(api, _NATIVE) if admin_apart else None
     app: ASGIApp = CompletionsEndpoint(api, router)
     if instrument:
         app = _gateway(app, settings, router, authenticator, limiter)
@@ -151,7 +151,7 @@ def create_listeners(
         if admin is not None:
             admin = AdminGuard(admin, token)
         else:
-            app = AdminGuard(app, token, _admin_paths(api))
+            app = AdminGuard(app, token, admin_paths(api))
     return Listeners(app, admin)
 
 
@@ -280,30 +280,6 @@ def _document(api: FastAPI) -> None:
     api.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise it
 
 
-def _admin_app(api: FastAPI) -> FastAPI:
-    """``/metrics`` and ``api``'s docs (``/docs``, ``/docs/oauth2-redirect``, ``/redoc``, ``/openapi.json``: the
-    API's document, not this app's) for the admin listener."""
-    admin = FastAPI(title=api.title, version=api.version, telemetry=_NATIVE)
-    admin.openapi = api.openapi  # type: ignore[method-assign]  # serve the API's document
-    admin.add_api_route("/metrics", _metrics, response_class=Response, include_in_schema=False)
-    return admin
-
-
-def _admin_paths(api: FastAPI) -> frozenset[str]:
-    """The paths of the admin endpoints ``api`` serves itself (no admin listener)."""
-    paths = {"/metrics", api.openapi_url, api.docs_url, api.redoc_url}
-    if api.docs_url and api.swagger_ui_oauth2_redirect_url:
-        paths.add(api.swagger_ui_oauth2_redirect_url)
-    return frozenset(p for p in paths if p)
-
-
-def _metrics() -> Response:
-    """Prometheus exposition of this process's metrics."""
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
-
 def _routes(api: FastAPI, router: ModelRouter, *, with_metrics: bool = True) -> None:
     _document(api)
 
@@ -328,7 +304,7 @@ def _routes(api: FastAPI, router: ModelRouter, *, with_metrics: bool = True) -> 
         return JSONResponse(body, status_code=200 if ready.ready else 503)
 
     if with_metrics:
-        api.add_api_route("/metrics", _metrics, response_class=Response)
+        api.add_api_route("/metrics", metrics, response_class=Response)
 
     @api.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:

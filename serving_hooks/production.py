@@ -13,7 +13,8 @@ place, unless ``production_allow`` names it:
 - ``public_admin``: ``/metrics``, ``/docs`` and ``/openapi.json`` answer anyone on the API port
   (no ``admin_port`` and no ``admin_token``).
 
-:class:`AdminGuard` is the admin token check: pure ASGI, constant-time, a 401 in the OpenAI error
+:func:`admin_app` is the admin listener's app (``/metrics`` and the API's docs), :func:`admin_paths`
+the same endpoints where the API serves them itself, and :class:`AdminGuard` the admin token check: pure ASGI, constant-time, a 401 in the OpenAI error
 shape; it never logs or shows the token.
 """
 
@@ -23,7 +24,9 @@ import hmac
 from collections.abc import Collection
 from urllib.parse import urlsplit
 
+from fastapi import FastAPI
 from pydantic import SecretStr
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gpt_observatory.serving_hooks._auth_settings import DEFAULT_SUBJECT_SALT, ENV_PREFIX, AuthSettings
@@ -85,6 +88,30 @@ def _unsafe(settings: ServeSettings, auth: AuthSettings) -> list[tuple[str, str]
                                       f"are public on the API port; set {_SERVE}ADMIN_PORT and/or "
                                       f"{_SERVE}ADMIN_TOKEN"))
     return found
+
+
+def admin_app(api: FastAPI, telemetry: dict[str, bool]) -> FastAPI:
+    """``/metrics`` and ``api``'s docs (``/docs``, ``/docs/oauth2-redirect``, ``/redoc``, ``/openapi.json``: the
+    API's document, not this app's) for the admin listener."""
+    admin = FastAPI(title=api.title, version=api.version, telemetry=telemetry)
+    admin.openapi = api.openapi  # type: ignore[method-assign]  # serve the API's document
+    admin.add_api_route("/metrics", metrics, response_class=Response, include_in_schema=False)
+    return admin
+
+
+def admin_paths(api: FastAPI) -> frozenset[str]:
+    """The paths of the admin endpoints ``api`` serves itself (no admin listener)."""
+    paths = {"/metrics", api.openapi_url, api.docs_url, api.redoc_url}
+    if api.docs_url and api.swagger_ui_oauth2_redirect_url:
+        paths.add(api.swagger_ui_oauth2_redirect_url)
+    return frozenset(p for p in paths if p)
+
+
+def metrics() -> Response:
+    """Prometheus exposition of this process's metrics."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
 class AdminGuard:
