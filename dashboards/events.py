@@ -24,6 +24,9 @@ EXPORT_FAILURE: Final = Event("export_failure", "a telemetry export fails")
 ALERT_ACTIVE: Final = Event("alert_active", "an alert is pending or firing")
 GPU_READ_ERROR: Final = Event("gpu_read_error", "an NVML reading fails")
 PIPELINE_RUN: Final = Event("pipeline_run", "a pipeline run pushes its metrics")
+FAIL_OPEN: Final = Event("fail_open", "the rate-limit store fails and a request is admitted unchecked")
+SERIES_OVERFLOW: Final = Event("series_overflow", "a metric reaches its series limit")
+AUTH_THROTTLED: Final = Event("auth_throttled", "failed-auth throttling refuses a client (429)")
 
 ALL: Final = (GPU, RATE_LIMITED, HOT_SWAP, REGISTRY_ERROR, INFERENCE_ERROR, UPSTREAM, EXPORT_FAILURE, ALERT_ACTIVE,
-              GPU_READ_ERROR, PIPELINE_RUN)
+              GPU_READ_ERROR, PIPELINE_RUN, FAIL_OPEN, SERIES_OVERFLOW, AUTH_THROTTLED)

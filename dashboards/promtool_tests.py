@@ -45,6 +45,12 @@ def cases() -> tuple[Case, ...]:
     gpu = {s.JOB: GPU_JOB, s.HW_ID: "GPU-0b1e", s.CLOCK_EVENT_REASON: "hw_thermal_slowdown"}
     promoted = {s.JOB: PIPELINE_JOB, s.MODEL_NAME: "tiny-gpt"}
     decisions = s.total(names.PIPELINE_DECISIONS)
+    fail_open = s.total(names.RATE_LIMIT_FAIL_OPEN)
+    timed_out = {**gw, s.RATE_LIMIT_FAILURE: "timeout"}
+    overflow = s.total(names.TELEMETRY_SERIES_OVERFLOW)
+    folded = {**gw, s.TELEMETRY_METRIC: names.GATEWAY_REQUESTS.name}
+    throttled = s.total(names.AUTH_THROTTLED)
+    by_address = {**gw, s.AUTH_THROTTLE_KEY: "address"}
     return (
         Case("10% of API requests fail: availability budget burns fast", {
             _sel(http, **route, **{s.STATUS_CODE: "200"}): "0+54x120",
@@ -54,6 +60,10 @@ def cases() -> tuple[Case, ...]:
             _sel(http, **route, **{s.STATUS_CODE: "200"}): "0+60x120",
             _sel(http, **route, **{s.STATUS_CODE: "401"}): "0+60x120",
         }, "GatewayAvailabilityErrorBudgetBurnFast", "70m"),
+        Case("10% of streams cut after their 200 went out: availability budget burns fast", {
+            _sel(http, **route, **{s.STATUS_CODE: "200"}): "0+54x120",
+            _sel(http, **route, **{s.STATUS_CODE: "200", s.ERROR_TYPE: "stream_truncated"}): "0+6x120",
+        }, "GatewayAvailabilityErrorBudgetBurnFast", "70m", (gw,)),
         Case("80% of first tokens slower than 1 s: TTFT budget burns fast", {
             _sel(s.bucket(ttft), **gw, **{s.LE: le_1s}): "0+20x120",
             _sel(s.count(ttft), **gw): "0+100x120",
@@ -70,6 +80,21 @@ def cases() -> tuple[Case, ...]:
             _sel(requests, **gw, **{s.TENANT: "acme", s.STATUS_CODE: "429"}): "0+30x30",
             _sel(requests, **gw, **{s.TENANT: "globex", s.STATUS_CODE: "200"}): "0+30x30",
         }, "RateLimitSpike", "20m", ({**gw, s.TENANT: "acme"},)),
+        Case("Redis timed out: requests admitted unchecked", {
+            _sel(fail_open, **timed_out): "0+3x10",
+        }, "RateLimitFailOpen", "5m", (timed_out,)),
+        Case("no fail-open in the last 5 minutes: quiet", {
+            _sel(fail_open, **timed_out): "0+3x5 15x10",
+        }, "RateLimitFailOpen", "15m"),
+        Case("2 throttled authentications a second for 5 minutes", {
+            _sel(throttled, **by_address): "0+120x20",
+        }, "AuthThrottling", "15m", (by_address,)),
+        Case("a few throttled authentications do not alert", {
+            _sel(throttled, **by_address): "0+30x20",
+        }, "AuthThrottling", "15m"),
+        Case("per-tenant requests folded into the overflow series", {
+            _sel(overflow, **folded): "0+40x10",
+        }, "TelemetrySeriesOverflow", "5m", (folded,)),
         Case("9% of spans fail to export", {
             _sel(exported, **backend, **{s.TELEMETRY_OUTCOME: "success"}): "0+100x30",
             _sel(exported, **backend, **{s.TELEMETRY_OUTCOME: "failure"}): "0+10x30",

@@ -40,6 +40,24 @@ def ratio(series: str, bad: str, *matchers: str, by: tuple[str, ...] = (), windo
     return f"({part} or {whole} * 0) / {whole}"
 
 
+def failed(series: str, *matchers: str, status: str = "5..", by: tuple[str, ...] = (), window: str = RATE,
+           fn: str = "rate") -> str:
+    """The rate of requests that failed: answered with a ``status`` (regex) or failed after their
+    status went out (``error_type`` set on a 200: a cut stream). The two selectors are disjoint
+    (with and without ``error_type``), so ``or`` adds them without counting a request twice."""
+    with_error = f"{fn}({sel(series, *matchers, s.HAS_ERROR)}[{window}])"
+    answered = f'{s.STATUS_CODE}=~"{status}"'
+    by_status = f"{fn}({sel(series, *matchers, answered, s.NO_ERROR)}[{window}])"
+    return agg("sum", f"{with_error} or {by_status}", by)
+
+
+def failed_ratio(series: str, *matchers: str, status: str = "5..", by: tuple[str, ...] = (),
+                 window: str = RATE) -> str:
+    """Share of ``series``'s rate that :func:`failed`; 0, not empty, while none did."""
+    whole = rate(series, *matchers, by=by, window=window)
+    return f"({failed(series, *matchers, status=status, by=by, window=window)} or {whole} * 0) / {whole}"
+
+
 def below(metric: Metric, boundary: str, *matchers: str, by: tuple[str, ...] = (), window: str = RATE) -> str:
     """Share of a histogram's observations above bucket ``boundary`` (an ``le`` value)."""
     good = rate(s.bucket(metric), *matchers, f'{s.LE}="{boundary}"', by=by, window=window)

@@ -16,7 +16,7 @@ from gpt_observatory.dashboards import events
 from gpt_observatory.dashboards import series as s
 from gpt_observatory.dashboards.boards.gpu import THERMAL_REASONS
 from gpt_observatory.dashboards.events import Event
-from gpt_observatory.dashboards.query import agg, below, rate, ratio, sel
+from gpt_observatory.dashboards.query import agg, below, failed_ratio, rate, ratio, sel
 from gpt_observatory.dashboards.scrape import GATEWAY_JOB
 from gpt_observatory.telemetry import names
 
@@ -27,6 +27,7 @@ BURN_ALERTS: Final = (
     ("ticket", "15m", (("1d", "2h", 3.0), ("3d", "6h", 1.0))),
 )
 NO_PROMOTION_DAYS: Final = 7
+AUTH_THROTTLED_PER_S: Final = 1.0  # refusals by failed-auth throttling, sustained over 5 minutes
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +69,8 @@ class Slo:
 
 
 def _server_errors(window: str) -> str:
-    return ratio(s.count(names.HTTP_SERVER_REQUEST_DURATION), s.SERVER_ERRORS, s.API_ROUTES, by=(s.JOB,),
-                 window=window)
+    # A 5xx, or a failure after the status went out (a cut stream keeps its 200 and has error.type).
+    return failed_ratio(s.count(names.HTTP_SERVER_REQUEST_DURATION), s.API_ROUTES, by=(s.JOB,), window=window)
 
 
 def _slow_requests(window: str) -> str:
@@ -86,7 +87,8 @@ def _slow_first_tokens(window: str) -> str:
 
 
 SLOS: Final = (
-    Slo("gateway_availability", "Gateway availability", 0.995, "API requests answered without a 5xx", _server_errors),
+    Slo("gateway_availability", "Gateway availability", 0.995, "API requests answered without a 5xx or a failure mid-response",
+        _server_errors),
     Slo("gateway_latency", "Gateway latency", 0.99, "API requests answered within 2.5 s", _slow_requests),
     Slo("ttft", "Time to first token", 0.95, "generations whose first token came within 1 s", _slow_first_tokens),
 )
@@ -147,6 +149,24 @@ def groups() -> tuple[Group, ...]:
               f"{ratio(requests, limited, by=(s.JOB, s.TENANT), window='5m')} > 0.1",
               "10m", "ticket", "Tenant {{ $labels.observatory_tenant }} is being rate limited",
               "More than 10% of the tenant's requests are answered 429: raise its limit or find the runaway client."),
+        Alert("RateLimitFailOpen",
+              f"{rate(s.total(names.RATE_LIMIT_FAIL_OPEN), by=(s.JOB, s.RATE_LIMIT_FAILURE), window='5m', fn='increase')}"
+              " > 0",
+              "0m", "ticket", "{{ $labels.job }} admits requests without checking rate limits "
+              "({{ $labels.observatory_rate_limit_failure }})",
+              "The rate-limit store (Redis) failed or timed out, so requests were let through unchecked: limits and "
+              "budgets are not enforced while it lasts. Check Redis (up, reachable, not frozen or swapping) and the "
+              "gateway's redis_timeout_s.",
+              needs=events.FAIL_OPEN),
+        Alert("AuthThrottling",
+              f"{rate(s.total(names.AUTH_THROTTLED), by=(s.JOB, s.AUTH_THROTTLE_KEY), window='5m')} "
+              f"> {AUTH_THROTTLED_PER_S:g}",
+              "5m", "ticket", "{{ $labels.job }} throttles failed authentications "
+              "(by {{ $labels.observatory_auth_throttle_key }})",
+              f"More than {AUTH_THROTTLED_PER_S:g} attempt a second refused for 5 minutes because the same client "
+              "address or key id kept failing: credential stuffing, or a client retrying with a revoked key. "
+              "Find the source on the gateway dashboard's auth panels; block it upstream if it is hostile.",
+              needs=events.AUTH_THROTTLED),
         Alert("ModelRegistryUnreachable",
               f"{rate(s.total(names.MODEL_REGISTRY_ERRORS), by=(s.JOB, s.MODEL_NAME), window='10m', fn='increase')} > 3",
               "10m", "ticket", "The gateway cannot poll the model registry for {{ $labels.observatory_model_name }}",
@@ -177,6 +197,14 @@ def groups() -> tuple[Group, ...]:
               "10m", "ticket", "{{ $labels.job }} fails to export {{ $labels.observatory_telemetry_signal }} "
               "to {{ $labels.observatory_telemetry_backend }}",
               "More than 1% of items fail to export: the backend (collector, MLflow, Pushgateway) is down or refusing."),
+        Alert("TelemetrySeriesOverflow",
+              f"{rate(s.total(names.TELEMETRY_SERIES_OVERFLOW), by=(s.JOB, s.TELEMETRY_METRIC), window='5m', fn='increase')}"
+              " > 0",
+              "0m", "ticket", "{{ $labels.job }} folds {{ $labels.observatory_telemetry_metric }} into its overflow series",
+              "The metric reached its series limit (e.g. more tenants than the per-tenant limit): new label values are "
+              "counted in one overflow series, not per value. Raise the limit in the telemetry settings or find what "
+              "grows the label set.",
+              needs=events.SERIES_OVERFLOW),
         Alert("TelemetryDropping", f"{rate(s.total(names.TELEMETRY_DROPPED), by=per_backend, window='10m')} > 0",
               "10m", "ticket", "{{ $labels.job }} drops {{ $labels.observatory_telemetry_signal }} before export",
               "A bounded export queue is full: the backend is too slow or the batch settings too small."),

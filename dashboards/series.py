@@ -86,6 +86,9 @@ PIPELINE_DECISION: Final = label(names.PIPELINE_DECISION)
 TELEMETRY_SIGNAL: Final = label(names.TELEMETRY_SIGNAL)
 TELEMETRY_BACKEND: Final = label(names.TELEMETRY_BACKEND)
 TELEMETRY_OUTCOME: Final = label(names.TELEMETRY_OUTCOME)
+TELEMETRY_METRIC: Final = label(names.TELEMETRY_METRIC)
+RATE_LIMIT_FAILURE: Final = label(names.RATE_LIMIT_FAILURE)
+AUTH_THROTTLE_KEY: Final = label(names.AUTH_THROTTLE_KEY)
 
 # Grafana variable filters shared by the dashboards.
 BY_JOB: Final = f'{JOB}=~"$job"'
@@ -94,6 +97,11 @@ BY_MODEL: Final = f'{REQUEST_MODEL}=~"$model"'
 BY_GPU: Final = f'{HW_ID}=~"$gpu"'
 API_ROUTES: Final = f'{HTTP_ROUTE}=~"/v1/.+"'  # the OpenAI-compatible API (not /metrics, /healthz)
 SERVER_ERRORS: Final = f'{STATUS_CODE}=~"5.."'
+# A request that failed after its status went out (a stream cut, truncated or ended by shutdown)
+# keeps that status (200) and carries error.type; the gateway also sets error.type on every 5xx
+# of the duration histogram, but not on its per-tenant counter.
+HAS_ERROR: Final = f'{ERROR_TYPE}!=""'
+NO_ERROR: Final = f'{ERROR_TYPE}=""'
 
 # Prometheus's own series the artefacts may read besides the project's metrics.
 UP: Final = "up"

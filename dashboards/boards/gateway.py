@@ -5,7 +5,7 @@ from __future__ import annotations
 from gpt_observatory.dashboards import series as s
 from gpt_observatory.dashboards._grafana import Board, Panel, Row, q
 from gpt_observatory.dashboards.boards._common import JOB_VAR, TENANT_VAR
-from gpt_observatory.dashboards.query import RANGE, quantile, rate, ratio
+from gpt_observatory.dashboards.query import RANGE, failed_ratio, quantile, rate, ratio
 from gpt_observatory.telemetry import names
 
 
@@ -43,9 +43,10 @@ def board() -> Board:
                       (q(rate(rejections, s.BY_JOB, s.BY_TENANT, f'{s.REJECTION_REASON}="rate_limit"',
                               by=(s.TENANT,)), tenant),), unit="reqps",
                       description="Requests answered 429 (requests or tokens per minute exceeded)."),
-                Panel("Rejected share per tenant",
-                      (q(ratio(requests, f'{s.STATUS_CODE}=~"4..|5.."', s.BY_JOB, s.BY_TENANT, by=(s.TENANT,)),
-                         tenant),), unit="percentunit"),
+                Panel("Rejected or failed share per tenant",
+                      (q(failed_ratio(requests, s.BY_JOB, s.BY_TENANT, status="4..|5..", by=(s.TENANT,)),
+                         tenant),), unit="percentunit",
+                      description="Requests answered 4xx/5xx, or failed after a 200 went out (a cut stream)."),
                 Panel("Request duration by route",
                       (q(quantile(0.95, names.HTTP_SERVER_REQUEST_DURATION, s.BY_JOB, by=(s.HTTP_ROUTE,)),
                          f"p95 {{{{{s.HTTP_ROUTE}}}}}"),), unit="s"),

@@ -6,7 +6,7 @@ from gpt_observatory.dashboards import events
 from gpt_observatory.dashboards import series as s
 from gpt_observatory.dashboards._grafana import Board, Panel, Row, q
 from gpt_observatory.dashboards.boards._common import JOB_VAR
-from gpt_observatory.dashboards.query import agg, quantile, rate, ratio, sel
+from gpt_observatory.dashboards.query import agg, failed_ratio, quantile, rate, sel
 from gpt_observatory.telemetry import names
 
 HTTP = names.HTTP_SERVER_REQUEST_DURATION
@@ -26,9 +26,10 @@ def board() -> Board:
                 Panel("Responses by status code",
                       (q(rate(requests, s.BY_JOB, s.API_ROUTES, by=(s.STATUS_CODE,)), f"{{{{{s.STATUS_CODE}}}}}"),),
                       unit="reqps", stack=True),
-                Panel("Server error ratio (5xx)",
-                      (q(ratio(requests, s.SERVER_ERRORS, s.BY_JOB, s.API_ROUTES, by=(s.JOB,)), "{{job}}"),),
-                      unit="percentunit", description="Share of API requests answered with a 5xx status."),
+                Panel("Server error ratio",
+                      (q(failed_ratio(requests, s.BY_JOB, s.API_ROUTES, by=(s.JOB,)), "{{job}}"),),
+                      unit="percentunit", description="Share of API requests answered with a 5xx status or failed "
+                                                      "after their status went out (a stream cut or truncated)."),
                 Panel("Rejections by reason",
                       (q(rate(s.total(names.GATEWAY_REJECTIONS), s.BY_JOB, by=(s.REJECTION_REASON,)),
                          f"{{{{{s.REJECTION_REASON}}}}}"),), unit="reqps", stack=True),

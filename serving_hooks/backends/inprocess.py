@@ -140,7 +140,7 @@ class InProcessBackend(ModelBackend):
         capture = self.hooks.capture_content
         pieces: list[str] = []
         # The reference models' tokenizer is byte-level: the prompt's tokens are its bytes.
-        stats = GenerationStats(len(payload["prompt"].encode()), None, (), writer.rid, self.served_name)
+        stats = GenerationStats(len(payload["prompt"].encode("utf-8", "surrogatepass")), None, (), writer.rid, self.served_name)
         failure: str | None = None
         try:
             head = writer.role()

@@ -3,8 +3,8 @@
 It answers at once with a fixed completion (streamed as ``max_tokens`` chunks when asked), and
 misbehaves on request by model name: ``fail-500`` answers 500, ``bad-request`` answers 400,
 ``slow`` waits 5 s before answering, ``delay-1`` 1 s, ``stall`` streams one chunk and then stalls,
-``echo-401`` answers 401 with the headers it got in its body, ``cut`` streams its chunks and ends
-without ``[DONE]``, ``string-usage`` and ``negative-usage`` report usage counts that are not counts. Every request's
+``echo-401`` answers 401 with the headers it got in its body, ``cut`` streams its ``max_tokens``
+chunks and ends without its usage chunk or ``[DONE]`` (as a connection cut mid-stream would), ``string-usage`` and ``negative-usage`` report usage counts that are not counts. Every request's
 headers and body are kept in ``seen`` (``GET /_seen`` over HTTP) so tests can check what the
 gateway sent upstream. Run it alone with ``python -m tests.serving_hooks.upstream_peer --port P``.
 """
@@ -110,7 +110,7 @@ class UpstreamPeer:
             await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
             if model == "stall":
                 await asyncio.sleep(STALL_S)
-        if include_usage:
+        if include_usage and model != "cut":
             usage = _bad_usage(model) or _usage(n)
             chunk = {"id": rid, "object": kind, "created": 0, "model": model, "choices": [], "usage": usage}
             await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
