@@ -1,6 +1,7 @@
 """Export health: every exporter is wrapped to mask credentials and count what it exported,
-what failed, and what the batch queue dropped, per signal and backend. The counts are
-published as ``observatory.telemetry.exported`` / ``.dropped`` through the metrics pipeline."""
+what failed, and what was dropped (the batch queue full, or a backend that could not write), per
+signal and backend. The counts are published as ``observatory.telemetry.exported`` / ``.dropped``
+through the metrics pipeline."""
 
 from __future__ import annotations
 
@@ -27,21 +28,22 @@ class HealthStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.exported: Counter[tuple[str, str, str]] = Counter()
-        self.dropped: Counter[tuple[str, str]] = Counter()
+        self.dropped: Counter[tuple[str, str, str]] = Counter()  # (signal, backend, reason)
 
     def count_export(self, signal: str, backend: str, ok: bool, n: int) -> None:
         with self._lock:
             self.exported[(signal, backend, "success" if ok else "failure")] += n
 
-    def count_drop(self, signal: str, backend: str, n: int = 1) -> None:
+    def count_drop(self, signal: str, backend: str, n: int = 1, reason: str = "queue_full") -> None:
+        """``reason``: ``queue_full`` (the batch queue) or ``write_failed`` (a backend could not write them)."""
         with self._lock:
-            self.dropped[(signal, backend)] += n
+            self.dropped[(signal, backend, reason)] += n
 
     def failures(self, signal: str | None = None) -> int:
         return sum(v for (s, _, o), v in self.exported.items() if o == "failure" and signal in (None, s))
 
     def drops(self, signal: str | None = None) -> int:
-        return sum(v for (s, _), v in self.dropped.items() if signal in (None, s))
+        return sum(v for (s, _, _), v in self.dropped.items() if signal in (None, s))
 
     def register(self, meter: Meter) -> None:
         def exported(_: CallbackOptions) -> Iterable[Observation]:
@@ -58,9 +60,11 @@ class HealthStats:
                 items = list(self.dropped.items())
             # Always report the zero series so alerts and dashboards have something to evaluate.
             if not items:
-                yield Observation(0, {names.TELEMETRY_SIGNAL: "traces", names.TELEMETRY_BACKEND: "none"})
-            for (signal, backend), value in items:
-                yield Observation(value, {names.TELEMETRY_SIGNAL: signal, names.TELEMETRY_BACKEND: backend})
+                yield Observation(0, {names.TELEMETRY_SIGNAL: "traces", names.TELEMETRY_BACKEND: "none",
+                                      names.TELEMETRY_DROP_REASON: "queue_full"})
+            for (signal, backend, reason), value in items:
+                yield Observation(value, {names.TELEMETRY_SIGNAL: signal, names.TELEMETRY_BACKEND: backend,
+                                          names.TELEMETRY_DROP_REASON: reason})
 
         for metric, cb in ((names.TELEMETRY_EXPORTED, exported), (names.TELEMETRY_DROPPED, dropped)):
             meter.create_observable_counter(metric.name, [cb], unit=metric.unit, description=metric.description)

@@ -204,6 +204,7 @@ def _build(settings: Settings) -> Telemetry:
             for name in chosen["traces"]:
                 exporter = backends.build("traces", name, settings)
                 created.append(exporter)
+                _count_drops(exporter, "traces", name, stats)
                 if isinstance(exporter, MemorySpanExporter):
                     memory.span_exporter = exporter
                 guarded = GuardedSpanExporter(exporter, name, stats, redactor)
@@ -220,6 +221,7 @@ def _build(settings: Settings) -> Telemetry:
             for name in chosen["logs"]:
                 exporter = backends.build("logs", name, settings)
                 created.append(exporter)
+                _count_drops(exporter, "logs", name, stats)
                 if isinstance(exporter, MemoryLogExporter):
                     memory.log_exporter = exporter
                 guarded_log = GuardedLogExporter(exporter, name, stats, redactor)
@@ -233,6 +235,7 @@ def _build(settings: Settings) -> Telemetry:
         for name in chosen["metrics"]:
             made = backends.build("metrics", name, settings)
             created.append(made)
+            _count_drops(made, "metrics", name, stats)
             if isinstance(made, MetricExporter):
                 made = PeriodicExportingMetricReader(
                     GuardedMetricExporter(made, name, stats, redactor),
@@ -275,6 +278,12 @@ def _build(settings: Settings) -> Telemetry:
     if meter_provider is not None:
         stats.register(meter_provider.get_meter("observatory.telemetry", __version__))
     return handle
+
+
+def _count_drops(backend: Any, signal: str, name: str, stats: HealthStats) -> None:
+    """A backend with an ``on_drop`` hook (``jsonl``) reports the items it could not write."""
+    if hasattr(backend, "on_drop"):
+        backend.on_drop = lambda n, reason: stats.count_drop(signal, name, n, reason)
 
 
 # Metric backends of ours that drop exemplars (the Prometheus text format of the pull reader and

@@ -1,12 +1,14 @@
 """``jsonl``: one JSON object per line in ``<state>/telemetry/{traces,metrics,logs}.jsonl``,
-rotated by size. The embedded default backend."""
+rotated by size. The embedded default backend.
+
+A record that cannot be written (a full disk) is dropped whole, never torn
+(:class:`~gpt_observatory.telemetry.backends._files.RotatingFile`): the export reports failure and
+the number dropped goes to ``on_drop`` (set by ``configure()``: the ``write_failed`` drop count)."""
 
 from __future__ import annotations
 
-import fcntl
 import os
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,75 +26,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from gpt_observatory.telemetry.backends._base import SettingsBackend
+from gpt_observatory.telemetry.backends._files import RotatingFile
 from gpt_observatory.telemetry.settings import Settings, load
 
 
 def telemetry_dir(settings: Settings) -> Path:
     return Path(os.environ.get("OBSERVATORY_STATE_DIR") or settings.state_dir).resolve() / "telemetry"
-
-
-class RotatingFile:
-    """Appends lines; when the file passes ``max_bytes`` it becomes ``.1`` (``backups`` kept).
-
-    Several processes may append to one file (the demo's gateway and flows share a state folder):
-    the size is the file's own, rotation runs under an exclusive ``flock`` on ``<name>.lock``, and a
-    process that finds the file already rotated by another reopens it instead of rotating again (two
-    rotations in a row would rename the fresh file over the full backup and lose it).
-    """
-
-    def __init__(self, path: Path, max_bytes: int, backups: int):
-        self.path, self.max_bytes, self.backups = path, max_bytes, backups
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._lockfile = path.with_name(path.name + ".lock")
-        self._fh = open(path, "ab")  # noqa: SIM115 - closed in close()
-
-    def write_lines(self, lines: list[bytes]) -> None:
-        data = b"".join(lines)
-        with self._lock:
-            size = os.fstat(self._fh.fileno()).st_size
-            if size and size + len(data) > self.max_bytes:
-                self._rotate_shared(len(data))
-            self._fh.write(data)
-            self._fh.flush()
-
-    def _rotate_shared(self, incoming: int) -> None:
-        with open(self._lockfile, "ab") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
-            if not self._still_current():
-                self._reopen()  # another process rotated it: append to the new file
-                size = os.fstat(self._fh.fileno()).st_size
-                if not size or size + incoming <= self.max_bytes:
-                    return
-            self._rotate()
-
-    def _still_current(self) -> bool:
-        try:
-            on_disk = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        mine = os.fstat(self._fh.fileno())
-        return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
-
-    def _reopen(self) -> None:
-        self._fh.close()
-        self._fh = open(self.path, "ab")  # noqa: SIM115
-
-    def _rotate(self) -> None:
-        self._fh.close()
-        if self.backups:
-            for i in range(self.backups - 1, 0, -1):
-                older = self.path.with_name(f"{self.path.name}.{i}")
-                if older.exists():
-                    older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
-            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-        else:
-            self.path.unlink(missing_ok=True)
-        self._fh = open(self.path, "ab")  # noqa: SIM115
-
-    def close(self) -> None:
-        with self._lock:
-            self._fh.close()
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
@@ -163,18 +102,26 @@ class _JsonlBase(SettingsBackend):
         self.file = RotatingFile(
             telemetry_dir(settings) / f"{self.signal}.jsonl", settings.jsonl_max_bytes, settings.jsonl_backups
         )
+        self.on_drop: Callable[[int, str], None] | None = None  # (how many, reason)
 
     @property
     def path(self) -> Path:
         return self.file.path
+
+    def _write(self, lines: list[bytes]) -> bool:
+        """Append the records; ``False`` when some were dropped (reported to ``on_drop``)."""
+        dropped = self.file.write_lines(lines)
+        if dropped and self.on_drop is not None:
+            self.on_drop(dropped, "write_failed")
+        return not dropped
 
 
 class JsonlSpanExporter(_JsonlBase, SpanExporter):
     signal = "traces"
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.file.write_lines([_dumps(span_record(s)) for s in spans])
-        return SpanExportResult.SUCCESS
+        ok = self._write([_dumps(span_record(s)) for s in spans])
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
         self.file.close()
@@ -205,8 +152,7 @@ class JsonlLogExporter(_JsonlBase, LogRecordExporter):
                     }
                 )
             )
-        self.file.write_lines(lines)
-        return LogRecordExportResult.SUCCESS
+        return LogRecordExportResult.SUCCESS if self._write(lines) else LogRecordExportResult.FAILURE
 
     def shutdown(self) -> None:
         self.file.close()
@@ -261,9 +207,7 @@ class JsonlMetricExporter(_JsonlBase, MetricExporter):
                                 }
                             )
                         )
-        if lines:
-            self.file.write_lines(lines)
-        return MetricExportResult.SUCCESS
+        return MetricExportResult.SUCCESS if self._write(lines) else MetricExportResult.FAILURE
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return True

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -12,6 +14,8 @@ from opentelemetry import metrics, trace
 
 from gpt_observatory import telemetry
 from gpt_observatory.telemetry import names
+from gpt_observatory.telemetry.backends import _files
+from gpt_observatory.telemetry.backends.jsonl import RotatingFile
 
 
 def _read(path):
@@ -97,3 +101,82 @@ def test_processes_sharing_a_file_rotate_it_without_losing_a_line(tmp_path):
     assert len(files) > 50  # it rotated many times, under three writers
     seen = sorted((r["who"], r["i"]) for f in files for r in _read(f))
     assert seen == sorted((who, i) for who in "abc" for i in range(1500))
+
+
+class FullDisk:
+    """Wraps ``os.write`` for one file: while ``full``, a write puts down half its bytes and then
+    fails with ENOSPC (the worst a failing disk can leave); ``short`` returns a short count instead."""
+
+    def __init__(self, path, monkeypatch):
+        self.path, self.full, self.short = path, False, False
+        real = os.write
+
+        def write(fd, data):
+            if not (self.full or self.short) or not self._is_target(fd):
+                return real(fd, data)
+            half = real(fd, bytes(data)[: len(data) // 2])
+            if self.short:
+                return half
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(os, "write", write)
+
+    def _is_target(self, fd):
+        try:
+            mine, target = os.fstat(fd), os.stat(self.path)
+        except OSError:
+            return False
+        return (mine.st_dev, mine.st_ino) == (target.st_dev, target.st_ino)
+
+
+def _spans(handle, *span_names):
+    tracer = trace.get_tracer("disk")
+    for name in span_names:
+        with tracer.start_as_current_span(name):
+            pass
+    handle.force_flush()
+
+
+def test_a_full_disk_leaves_no_torn_line_counts_the_drops_and_says_so_once_a_minute(tmp_path, monkeypatch):
+    handle = telemetry.configure("full-disk", traces_exporter=["jsonl"], metrics_exporter=["memory"],
+                                 logs_exporter=["memory"])
+    path = tmp_path / "state" / "telemetry" / "traces.jsonl"
+    _spans(handle, "before")
+    disk = FullDisk(path, monkeypatch)
+
+    disk.full = True
+    _spans(handle, "lost-1", "lost-2", "lost-3")  # one export of three
+    _spans(handle, "lost-4")  # within the minute: counted, not logged again
+    disk.full = False
+    _spans(handle, "after")
+
+    # Every line is one whole record, and the ones written after the disk recovered are there.
+    assert [s["name"] for s in _read(path)] == ["before", "after"]
+    dropped = {(p.attributes[names.TELEMETRY_SIGNAL], p.attributes[names.TELEMETRY_BACKEND],
+                p.attributes[names.TELEMETRY_DROP_REASON]): p.value
+               for p in handle.memory.metrics()[names.TELEMETRY_DROPPED.name]}
+    assert dropped[("traces", "jsonl", "write_failed")] == 4
+    assert handle.stats.failures("traces") == 4
+    warnings = [r.log_record.body for r in handle.memory.logs() if "dropped" in str(r.log_record.body)]
+    assert len(warnings) == 1, warnings
+    assert "dropped 3 records" in warnings[0] and str(path) in warnings[0] and "No space left" in warnings[0]
+
+    # A minute later (made shorter here), the next write says how many more were dropped meanwhile.
+    monkeypatch.setattr(_files, "REPORT_EVERY_S", 0.0)
+    _spans(handle, "after-2")
+    warnings = [r.log_record.body for r in handle.memory.logs() if "dropped" in str(r.log_record.body)]
+    assert len(warnings) == 2 and "1 more records were dropped" in warnings[1], warnings
+
+
+def test_a_short_write_is_cut_back_and_the_lines_that_still_fit_are_kept(tmp_path, monkeypatch):
+    path = tmp_path / "logs.jsonl"
+    out = RotatingFile(path, max_bytes=1 << 20, backups=1)
+    out.write_lines([b'{"i": 0}\n'])
+    disk = FullDisk(path, monkeypatch)
+    disk.short = True
+    assert out.write_lines([b'{"i": 1}\n', b'{"i": 2}\n']) == 2  # the batch, then each line: all short
+    assert path.read_bytes() == b'{"i": 0}\n'
+    disk.short = False
+    assert out.write_lines([b'{"i": 3}\n']) == 0
+    out.close()
+    assert [r["i"] for r in _read(path)] == [0, 3]
