@@ -17,7 +17,7 @@ RATE_LIMITED: Final = Event("rate_limited", "a request is refused by a rate limi
 HOT_SWAP: Final = Event("hot_swap", "the gateway hot-swaps to a new model version")
 REGISTRY_ERROR: Final = Event("registry_error", "a model-registry poll fails")
 INFERENCE_ERROR: Final = Event(
-    "inference_error", "a generation ends with an error (e.g. a client leaves mid-stream)"
+    "inference_error", "a generation ends with an error (e.g. the model raises mid-stream; a client leaving is none)"
 )
 UPSTREAM: Final = Event("upstream", "a gateway runs with the upstream (proxy) backend")
 EXPORT_FAILURE: Final = Event("export_failure", "a telemetry export fails")

@@ -4,7 +4,10 @@ The gateways label their GenAI metrics with the serving version and role
 (``observatory.model.version``, ``observatory.model.role``); one query per figure, grouped by
 both, gives the champion and the challenger side by side, summed over every gateway replica:
 
-- requests and errors (``error.type`` set) from ``gen_ai.server.request.duration``'s count;
+- requests and errors (``error.type`` set) from ``gen_ai.server.request.duration``'s count; the
+  GenAI metric carries no HTTP status, so a generation that failed after its 200 went out (the
+  model raised mid-stream, the server cancelled it) counts as an error like any other, and a
+  client that left mid-stream does not;
 - p95 request duration and p95 time to first token (streams only) from their histograms;
 - output tokens per second of generation: output tokens over the summed request durations, a
   speed that does not depend on how much traffic a side gets.

@@ -7,7 +7,10 @@ machine); the panel over ``ALERTS`` is excused too (data only while an alert is 
 Events driven for real: requests before the champion exists (registry errors, 503s, 502s through
 the proxy), refused credentials, malformed and oversized bodies, a rate limit, a pipeline run
 pushing to the Pushgateway, a hot-swap to a new registry version, a gateway in upstream (proxy)
-mode, a client leaving mid-stream, and trace export to an OTLP endpoint nobody listens on.
+mode whose rate-limit store (Redis) is down (fail-open) and which throttles a burst of bad keys, a
+client leaving mid-stream, and trace export to an OTLP endpoint nobody listens on. A generation
+that fails (``inference_error``: the reference model does not fail on any input) is proven on a
+real Prometheus by ``tests/serving_hooks/test_stream_failures.py``.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from tests.dashboards.conftest import prometheus_for
 
 MODEL = "dashboards-live-gpt"  # its own registered model: the session MLflow server is shared
 DRIVEN = {events.RATE_LIMITED, events.HOT_SWAP, events.REGISTRY_ERROR, events.UPSTREAM, events.EXPORT_FAILURE,
-          events.PIPELINE_RUN, events.INFERENCE_ERROR}
-NOT_HERE = {events.GPU, events.GPU_READ_ERROR, events.ALERT_ACTIVE}
+          events.PIPELINE_RUN, events.FAIL_OPEN, events.AUTH_THROTTLED}
+# A series limit of 2,000+ label values is no part of this run (tests/telemetry cover the overflow).
+NOT_HERE = {events.GPU, events.GPU_READ_ERROR, events.ALERT_ACTIVE, events.INFERENCE_ERROR, events.SERIES_OVERFLOW}
 OBSERVATORY = [sys.executable, "-c", "from gpt_observatory.cli import main; main()"]
 
 
@@ -66,6 +70,7 @@ def test_every_panel_and_rule_returns_data_from_real_traffic(tmp_path, mlflow_se
     revoked, record = keys.create("acme")
     keys.revoke(record.key_id)
     a_port, b_port, dead_port = components.free_port(), components.free_port(), components.free_port()
+    dead_redis = components.free_port()
     a, b = f"http://127.0.0.1:{a_port}", f"http://127.0.0.1:{b_port}"
     procs = []
     with prometheus_for(tmp_path / "prom", [f"127.0.0.1:{a_port}", f"127.0.0.1:{b_port}"],
@@ -84,8 +89,11 @@ def test_every_panel_and_rule_returns_data_from_real_traffic(tmp_path, mlflow_se
                                  "--tracking-uri", mlflow_server.url, "--poll-interval", "1", "--port", str(a_port),
                                  "--api-keys-file", str(tmp_path / "api-keys.json"), "--rpm", "30"],
                                 tmp_path / "a.log", gateway_env))
-            # Gateway B proxies A (upstream backend): the GenAI client metrics.
+            # Gateway B proxies A (upstream backend): the GenAI client metrics. Its rate-limit store is
+            # a Redis nobody runs: every request is admitted unchecked (fail-open) and counted.
             procs.append(components.start_process([*OBSERVATORY, "serve", "--backend", "upstream", "--upstream-url", f"{a}/v1",
+                                 "--upstream-models", MODEL, "--redis-url", f"redis://127.0.0.1:{dead_redis}/0",
+                                 "--rpm", "10000",
                                  "--port", str(b_port), "--api-keys-file", str(tmp_path / "api-keys.json")],
                                 tmp_path / "b.log",
                                 _env(tmp_path / "b", OTEL_TRACES_EXPORTER="jsonl", OBSERVATORY_SERVE_UPSTREAM_API_KEY=proxy)))
@@ -138,12 +146,16 @@ def test_every_panel_and_rule_returns_data_from_real_traffic(tmp_path, mlflow_se
                     60, what="A hot-swaps to v2")
                 for stream in (False, True):
                     assert _chat(client, a, globex, stream) == 200
-                # A client that leaves mid-stream: the generation ends with an error (CancelledError).
+                # A client that leaves mid-stream: the generation stops (no error of ours).
                 body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell"}], "max_tokens": 400,
                         "stream": True}
                 with client.stream("POST", f"{a}/v1/chat/completions", json=body,
                                    headers={"authorization": f"Bearer {globex}"}) as r:
                     next(r.iter_bytes())
+                # A burst of bad keys from one address at B: failed-auth throttling answers 429.
+                bad_key = {"authorization": "Bearer obs_000000000000_not-a-real-key-at-all-000000000"}
+                burst = [client.get(f"{b}/v1/models", headers=bad_key).status_code for _ in range(14)]
+                assert burst[0] == 401 and 429 in burst, burst
 
             # Wait until Prometheus has scraped the last requests, the push and the rule results.
             for probe in (sel(s.total(names.MODEL_SWAPS), f'{s.MODEL_VERSION}="{v2.version}"'),

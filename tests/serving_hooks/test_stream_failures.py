@@ -113,9 +113,9 @@ def _fail_twice(prom_url: str, fail: Any, seen: str) -> None:
     fail()
 
 
-def _error_ratio_panel() -> str:
-    board = all_boards()["overview"]
-    panel = next(p for p in board.panels() if p.title == "Server error ratio")
+def _panel(board: str, title: str) -> str:
+    """A committed dashboard panel's query, as Grafana would run it with every variable on "All"."""
+    panel = next(p for p in all_boards()[board].panels() if p.title == title)
     return promql.instant(panel.queries[0].expr)
 
 
@@ -149,7 +149,7 @@ def test_an_upstream_stream_cut_after_5_chunks_is_seen_by_span_metrics_and_the_e
         _fail_twice(prom.url, cut, f'{names.prometheus_series(names.HTTP_SERVER_REQUEST_DURATION)[2]}'
                                    '{error_type="stream_truncated"}')
         sli = _scraped(prom.url, f'{AVAILABILITY.record("5m")}{{job="{GATEWAY_JOB}"}}')
-        panel = _scraped(prom.url, _error_ratio_panel())
+        panel = _scraped(prom.url, _panel("overview", "Server error ratio"))
 
     _assert_request_failed(handle, "stream_truncated", 2)
     client = [s for s in handle.memory.spans() if s.kind is SpanKind.CLIENT and s.name == "chat cut"]
@@ -180,6 +180,8 @@ def test_an_in_process_model_that_raises_mid_stream_is_an_error_the_canary_count
         side = Side("1", "champion")
         figures = LiveQueries(Prometheus(prom.url), MODEL).figures(60, [side])[side]
         sli = _scraped(prom.url, f'{AVAILABILITY.record("5m")}{{job="{GATEWAY_JOB}"}}')
+        ended_by_error = _scraped(prom.url, _panel("inference", "Generations ended by an error"))
+        by_role = _scraped(prom.url, _panel("inference", "Error rate by role"))
 
     _assert_request_failed(handle, "RuntimeError", 2)
     generations = [s for s in handle.memory.spans() if s.name == f"chat {MODEL}"]
@@ -190,7 +192,7 @@ def test_an_in_process_model_that_raises_mid_stream_is_an_error_the_canary_count
     assert prompt_tokens >= 2 * len(PROMPT)  # the chat prompt holds the message, and it reached the model
     # The canary's figures: both failed generations counted as errors (each query extrapolates at its own instant).
     assert figures.errors > 0 and figures.error_rate == pytest.approx(1.0, rel=0.05)
-    assert 0 < sli <= 1
+    assert 0 < sli <= 1 and ended_by_error > 0 and by_role == pytest.approx(1.0, rel=0.05)
 
 
 def test_a_client_that_leaves_mid_stream_is_no_error_but_its_prompt_is_charged(memory_telemetry, keyring):
