@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import atexit
 import socket
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +93,9 @@ class Telemetry:
                 ok = bool(provider.force_flush(timeout_millis)) and ok
         return ok
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Flush and close every provider, all at once, within ``timeout_s`` (default: the
+        ``shutdown_timeout_s`` setting) whatever the exporters do: one still busy then is left behind."""
         global _current
         with _lock:
             if self.closed:
@@ -104,12 +108,58 @@ class Telemetry:
                 extra.stop()
             if self._bridge:
                 self._bridge.uninstall()
-            for provider in (self.tracer_provider, self.logger_provider, self.meter_provider):
-                if provider is not None:
-                    provider.shutdown()
+            budget = self.settings.shutdown_timeout_s if timeout_s is None else timeout_s
+            late = _close_providers(self.tracer_provider, self.logger_provider, self.meter_provider, budget)
+            if late:  # the log sinks are gone by now: say it on stderr
+                sys.stderr.write(
+                    f"telemetry: {' and '.join(late)} did not finish shutting down within {budget:g} s "
+                    "(an exporter is not answering); what they still held is lost\n"
+                )
             if live:  # after the final collection above: the next pipeline counts afresh
                 summed.restart(_globals.meter_provider)
                 _current = None
+
+
+def _close_providers(
+    tracers: TracerProvider | None, loggers: LoggerProvider | None, meters: MeterProvider | None, timeout_s: float
+) -> list[str]:
+    """Shut the providers down in threads of their own, joined against one deadline (the SDK's own
+    shutdowns wait up to 30 s each, one after the other); return the signals still busy at it.
+
+    The meter provider's final collection waits for the other two (so it counts their last exports)
+    but keeps a share of the deadline for itself: a hanging trace exporter does not cost the metrics.
+    """
+    deadline = time.monotonic() + timeout_s
+    threads: dict[str, threading.Thread] = {}
+
+    def start(signal: str, close: Any) -> None:
+        thread = threading.Thread(target=_best_effort, args=(close,), name=f"observatory-shutdown-{signal}", daemon=True)
+        thread.start()
+        threads[signal] = thread
+
+    if tracers is not None:
+        start("traces", tracers.shutdown)
+    if loggers is not None:
+        start("logs", loggers.shutdown)
+    if meters is not None:
+        first, reserve = list(threads.values()), min(1.0, timeout_s / 4)
+
+        def meters_last() -> None:
+            for thread in first:
+                thread.join(max(0.0, deadline - reserve - time.monotonic()))
+            meters.shutdown(timeout_millis=max(0.0, deadline - time.monotonic()) * 1000)
+
+        start("metrics", meters_last)
+    for thread in threads.values():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [signal for signal, thread in threads.items() if thread.is_alive()]
+
+
+def _best_effort(close: Any) -> None:
+    try:
+        close()
+    except Exception as e:  # shutting down: a failing exporter must not stop the others
+        sys.stderr.write(f"telemetry: shutdown failed: {type(e).__name__}: {e}\n")
 
 
 _lock = threading.RLock()
@@ -149,17 +199,18 @@ def configure(service_name: str | None = None, **overrides: Any) -> Telemetry:
         return built
 
 
-def shutdown() -> None:
-    """Flush and close the live pipeline, if any. Counts kept for the global providers start
-    from zero either way: the next ``configure()`` reports only what happens after this."""
-    _shutdown_current()
+def shutdown(timeout_s: float | None = None) -> None:
+    """Flush and close the live pipeline, if any, within ``timeout_s`` (see :meth:`Telemetry.shutdown`).
+    Counts kept for the global providers start from zero either way: the next ``configure()``
+    reports only what happens after this."""
+    _shutdown_current(timeout_s)
     summed.restart(_globals.meter_provider)
 
 
-def _shutdown_current() -> None:
+def _shutdown_current(timeout_s: float | None = None) -> None:
     handle = _current
     if handle is not None:
-        handle.shutdown()
+        handle.shutdown(timeout_s)
 
 
 def _resource(settings: Settings) -> Resource:
@@ -200,7 +251,7 @@ def _build(settings: Settings) -> Telemetry:
     try:
         tracer_provider = None
         if chosen["traces"]:
-            tracer_provider = TracerProvider(resource=resource, sampler=_sampler(settings))
+            tracer_provider = TracerProvider(resource=resource, sampler=_sampler(settings), shutdown_on_exit=False)
             for name in chosen["traces"]:
                 exporter = backends.build("traces", name, settings)
                 created.append(exporter)
@@ -217,7 +268,7 @@ def _build(settings: Settings) -> Telemetry:
 
         logger_provider = None
         if chosen["logs"]:
-            logger_provider = LoggerProvider(resource=resource)
+            logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
             for name in chosen["logs"]:
                 exporter = backends.build("logs", name, settings)
                 created.append(exporter)
@@ -259,7 +310,8 @@ def _build(settings: Settings) -> Telemetry:
     meter_provider = None
     if readers:
         meter_provider = MeterProvider(
-            resource=resource, metric_readers=readers, exemplar_filter=_exemplar_filter(chosen["metrics"])
+            resource=resource, metric_readers=readers, exemplar_filter=_exemplar_filter(chosen["metrics"]),
+            shutdown_on_exit=False,  # our atexit shuts all three down together, within a deadline
         )
 
     console = settings.console_logs if settings.console_logs is not None else not settings.logs_exporter

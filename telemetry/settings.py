@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(8192, gt=0)
     schedule_delay_ms: int = Field(1000, ge=0)
     max_export_batch_size: int = Field(512, gt=0)
+    # Distinct attribute sets kept per metric (the SDK's cardinality limit, default 2,000, and ours for
+    # summed counters); beyond it, measurements fold into one overflow series and are counted.
+    metric_series_limit: int = Field(20_000, gt=0)
+    shutdown_timeout_s: float = Field(10.0, gt=0)  # shutdown() flushes every provider within this
 
     prometheus_host: str = "127.0.0.1"
     prometheus_port: int = Field(9464, ge=0, le=65535)

@@ -3,6 +3,7 @@ and what happens when that endpoint goes away and comes back."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 from loguru import logger
@@ -75,3 +76,26 @@ def test_outage_never_blocks_the_loop_counts_drops_and_recovers():
         time.sleep(0.2)
     receiver.stop()
     assert "after-outage" in receiver.span_names()
+
+
+def test_shutdown_with_an_endpoint_that_never_answers_ends_within_its_timeout(capfd):
+    """A collector that accepts connections and never answers: each provider's shutdown would wait
+    out its export (10 s here, 30 s in the SDK per provider, one after the other); ours run together
+    against one deadline and leave behind whatever still hangs at it."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)  # the kernel completes the handshakes; nothing ever reads or answers
+    try:
+        handle = telemetry.configure("blackhole", otlp_endpoint=f"http://127.0.0.1:{hole.getsockname()[1]}",
+                                     otlp_protocol="grpc", otlp_timeout_ms=10_000, metric_export_interval_ms=60_000)
+        assert handle.backends == {"traces": ["otlp"], "metrics": ["otlp"], "logs": ["otlp"]}
+        with trace.get_tracer("t").start_as_current_span("never-delivered"):
+            logger.info("never delivered either")
+            metrics.get_meter("t").create_counter(names.GATEWAY_REQUESTS.name).add(1)
+        start = time.monotonic()
+        handle.shutdown(timeout_s=2.0)
+        elapsed = time.monotonic() - start
+    finally:
+        hole.close()
+    assert elapsed < 2.0 + 1.0, f"shutdown took {elapsed:.1f}s with a 2 s deadline"
+    assert "did not finish shutting down within 2 s" in capfd.readouterr().err
