@@ -7,7 +7,8 @@ description, so a new setting is a new option. An option given overrides
 Secrets (``upstream_api_key``) are no options: a command line is visible to every user of the
 machine. Authentication details beyond these options are ``OBSERVATORY_AUTH_*`` (see
 ``serving_hooks.auth``). SIGTERM or Ctrl-C stops accepting connections, lets requests in flight
-finish (up to ``--graceful-timeout-s``), closes the model backend and flushes telemetry.
+finish, closes the model backend and flushes telemetry, all within ``--graceful-timeout-s`` of the
+signal (an exporter that does not answer is left behind).
 
 With ``--admin-port`` the admin endpoints (``/metrics``, the docs) get a listener of their own, on
 the same host, in the same process: one uvicorn server with two sockets, each connection handed to
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import socket
+import time
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, get_args, get_origin
 
@@ -130,6 +132,7 @@ def serve(
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    server: Any = None
     try:
         try:
             if settings.admin_port is not None and settings.admin_port == settings.port != 0:
@@ -156,12 +159,13 @@ def serve(
         # request path's short-lived objects trigger do not walk it again each time (bench/README).
         gc.collect()
         gc.freeze()
+        server = _server(config)
         try:
-            uvicorn.Server(config).run(sockets=sockets)
+            server.run(sockets=sockets)
         except _Stop:
             pass
     finally:
-        handle.shutdown()
+        handle.shutdown(_flush_budget(settings.graceful_timeout_s, getattr(server, "stopping_since", None)))
 
 
 app.callback(invoke_without_command=True)(with_options(serve, setting_options(ServeSettings, ALIASES)))
@@ -188,6 +192,29 @@ class ByListener:
             await self.admin(scope, receive, send)
         else:
             await self.api(scope, receive, send)
+
+
+def _server(config: Any) -> Any:
+    """uvicorn's server, noting when the shutdown signal came (``stopping_since``, monotonic)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        stopping_since: float | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.stopping_since is None:
+                self.stopping_since = time.monotonic()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
+def _flush_budget(graceful_timeout_s: float, stopping_since: float | None) -> float | None:
+    """Seconds telemetry may take to flush: what draining the requests left of the graceful timeout
+    since the signal (at least one); ``None`` (the telemetry setting) when no signal stopped it."""
+    if stopping_since is None:
+        return None
+    return max(1.0, graceful_timeout_s - (time.monotonic() - stopping_since))
 
 
 class _Stop(Exception):
