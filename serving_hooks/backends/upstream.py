@@ -146,7 +146,7 @@ class UpstreamBackend(ModelBackend):
                 gen.end()
                 return response
             if not request.stream:
-                response = await self._complete(resp, gen)
+                response = await self._complete(resp, gen, chat)
                 gen.end()
                 return response
         except BaseException as e:
@@ -207,7 +207,7 @@ class UpstreamBackend(ModelBackend):
         headers = {k.decode(): v.decode() for k, v in error.headers}
         return Response(error.body(), status_code=error.status, headers=headers, media_type="application/json")
 
-    async def _complete(self, resp: aiohttp.ClientResponse, gen: Generation) -> Response:
+    async def _complete(self, resp: aiohttp.ClientResponse, gen: Generation, chat: bool) -> Response:
         try:
             data = await resp.read()
         except (TimeoutError, aiohttp.ClientError) as e:
@@ -218,12 +218,12 @@ class UpstreamBackend(ModelBackend):
             answer = orjson.loads(data)
             if not isinstance(answer, dict):
                 raise Malformed("not a JSON object")
-            gen.record(_stats(answer, self.hooks.capture_content))
+            gen.record(_stats(answer, self.hooks.capture_content, chat))
         except (orjson.JSONDecodeError, Malformed, AttributeError, TypeError) as e:
             gen.fail("malformed_response")
             reason = e.args[0] if isinstance(e, Malformed) else "not JSON"
             raise _errors.upstream_failed(f"malformed answer from the upstream ({reason})") from None
-        return Response(data, media_type=resp.headers.get("content-type", "application/json"))
+        return Response(data, media_type="application/json")  # checked JSON: never the upstream's content type
 
     async def _relay(
         self, resp: aiohttp.ClientResponse, gen: Generation, strip_usage: bool, call: Call, departure: Departure
@@ -240,11 +240,14 @@ class UpstreamBackend(ModelBackend):
                 if b"\n\n" not in buffer:
                     continue
                 *events, buffer = buffer.split(b"\n\n")
+                for i, ev in enumerate(events):
+                    if ev.startswith(b"data: [DONE]"):  # the end: whatever follows it is not relayed
+                        events, done = events[: i + 1], True
+                        break
                 out = [ev for ev in events if ev and self._inspect(ev, gen, stats, strip_usage)]
                 if out:
                     yield b"\n\n".join(out) + b"\n\n"
-                if any(ev.startswith(b"data: [DONE]") for ev in events):
-                    done = True
+                if done:
                     break
             if not done:  # ended without [DONE]: cut or truncated
                 failure = "stream_truncated"
@@ -277,29 +280,36 @@ class UpstreamBackend(ModelBackend):
 
     @staticmethod
     def _inspect(event: bytes, gen: Generation, stats: GenerationStats, strip_usage: bool) -> bool:
-        """Meter one SSE event; False drops it (the usage chunk the caller did not ask for)."""
-        if not event.startswith(b"data:") or event.startswith(b"data: [DONE]"):
+        """Check and meter one SSE event; False drops it (the usage chunk the caller did not ask for,
+        and anything that is not a ``data:`` event: comments and other fields are never relayed).
+        A data event that is not a chunk (a JSON object whose ``choices`` is a list of objects) is
+        :class:`Malformed`."""
+        if not event.startswith(b"data:"):
+            return False
+        if event.startswith(b"data: [DONE]"):
             return True
-        first = stats.response_id is None
-        usage = _has_value(event, b'"usage"')
-        if first or usage or _has_value(event, b'"finish_reason"'):
-            try:
-                chunk = orjson.loads(event[5:])
-            except orjson.JSONDecodeError:
-                raise Malformed("not JSON") from None
-            if not isinstance(chunk, dict):
-                raise Malformed("not a JSON object")
-            if first:
-                stats.response_id = chunk.get("id") or ""
-                stats.response_model = chunk.get("model")
-            for choice in chunk.get("choices") or ():
-                if choice.get("finish_reason"):
-                    stats.finish_reasons = (*stats.finish_reasons, choice["finish_reason"])
-            if usage and isinstance(chunk.get("usage"), dict):
-                stats.input_tokens = _count(chunk["usage"], "prompt_tokens")
-                stats.output_tokens = _count(chunk["usage"], "completion_tokens")
-                if not chunk.get("choices"):
-                    return not strip_usage
+        try:
+            chunk = orjson.loads(event[5:])
+        except orjson.JSONDecodeError:
+            raise Malformed("not JSON") from None
+        if not isinstance(chunk, dict):
+            raise Malformed("not a JSON object")
+        choices = _choices(chunk, required=False)
+        if stats.response_id is None:
+            stats.response_id = _text(chunk, "id") or ""
+            stats.response_model = _text(chunk, "model")
+        for choice in choices:
+            reason = _text(choice, "finish_reason")
+            if reason:
+                stats.finish_reasons = (*stats.finish_reasons, reason)
+        usage = chunk.get("usage")
+        if usage is not None:
+            if not isinstance(usage, dict):
+                raise Malformed("usage is not an object")
+            stats.input_tokens = _count(usage, "prompt_tokens")
+            stats.output_tokens = _count(usage, "completion_tokens")
+            if not choices:
+                return not strip_usage
         gen.token()
         return True
 
@@ -330,17 +340,48 @@ def _count(usage: dict[str, Any], key: str) -> int | None:
     return value
 
 
-def _stats(data: dict[str, Any], capture: bool) -> GenerationStats:
+def _text(data: dict[str, Any], key: str) -> str | None:
+    """``data[key]`` when it is a string or absent/null (None); :class:`Malformed` otherwise."""
+    value = data.get(key)
+    if value is None or type(value) is str:
+        return value
+    raise Malformed(f"{key} is not a string")
+
+
+def _choices(data: dict[str, Any], *, required: bool) -> list[dict[str, Any]]:
+    """``data["choices"]``, a list of objects (non-empty when ``required``); :class:`Malformed` otherwise."""
+    choices = data.get("choices")
+    if choices is None and not required:
+        return []
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices) or (required and not choices):
+        raise Malformed("choices is not a list of objects")
+    return choices
+
+
+def _answer(data: dict[str, Any], chat: bool) -> None:
+    """Check that ``data`` is a completion: each choice has a message object (chat) or a text string."""
+    for choice in _choices(data, required=True):
+        if chat:
+            message = choice.get("message")
+            if not isinstance(message, dict):
+                raise Malformed("choice without a message object")
+            _text(message, "content")
+        elif type(choice.get("text")) is not str:
+            raise Malformed("choice without a text string")
+
+
+def _stats(data: dict[str, Any], capture: bool, chat: bool = True) -> GenerationStats:
+    _answer(data, chat)
     usage = data.get("usage") or {}
     if not isinstance(usage, dict):
         raise Malformed("usage is not an object")
-    choices = data.get("choices") or []
-    reasons = tuple(c["finish_reason"] for c in choices if c.get("finish_reason"))
+    choices = data["choices"]
+    reasons = tuple(r for c in choices if (r := _text(c, "finish_reason")))
     completion = None
-    if capture and choices:
+    if capture:
         first = choices[0]
-        completion = (first.get("message") or {}).get("content") if "message" in first else first.get("text")
+        completion = first["message"].get("content") if chat else first["text"]
     return GenerationStats(
-        _count(usage, "prompt_tokens"), _count(usage, "completion_tokens"), reasons, data.get("id"), data.get("model"),
-        completion,
+        _count(usage, "prompt_tokens"), _count(usage, "completion_tokens"), reasons, _text(data, "id"),
+        _text(data, "model"), completion,
     )

@@ -28,7 +28,13 @@ UPSTREAM_KEY = "sk-upstream-0123456789abcdef"
 PROMPT = "proxy prompt text that must stay private"
 
 
+# What the peer answers to (tests/serving_hooks/upstream_peer.py): the gateway serves only named models.
+PEER_MODELS = ["up-model", "fail-500", "bad-request", "echo-401", "slow", "delay-1", "stall", "cut",
+               "string-usage", "negative-usage"]
+
+
 def settings_for(url: str, keyring, **extra):
+    extra.setdefault("upstream_models", PEER_MODELS)
     return load(backend="upstream", upstream_url=url, upstream_timeout_s=0.5, api_keys_file=keyring.path,
                 upstream_api_key=UPSTREAM_KEY, **extra)
 
@@ -127,7 +133,7 @@ def test_upstream_failures_become_clear_502_and_504(proxy, keyring, memory_telem
 def test_an_unreachable_upstream_is_a_502_and_not_ready(memory_telemetry, keyring):
     dead = f"http://127.0.0.1:{free_port()}/v1"
     with serve(create_app(settings_for(dead, keyring))) as gw:
-        answer = httpx.post(gw.v1 + "/completions", json={"model": "m", "prompt": "x"},
+        answer = httpx.post(gw.v1 + "/completions", json={"model": "up-model", "prompt": "x"},
                             headers={"authorization": f"Bearer {keyring.acme}"})
         ready = httpx.get(gw.url + "/readyz")
     assert answer.status_code == 502 and answer.json()["error"]["type"] == "upstream_error"
