@@ -209,12 +209,16 @@ def _server(config: Any) -> Any:
     return Server(config)
 
 
+_EXIT_S = 1.0  # the interpreter's own exit after the flush: tearing down torch, MLflow and the rest
+
+
 def _flush_budget(graceful_timeout_s: float, stopping_since: float | None) -> float | None:
     """Seconds telemetry may take to flush: what draining the requests left of the graceful timeout
-    since the signal (at least one); ``None`` (the telemetry setting) when no signal stopped it."""
+    since the signal, less the exit itself (at least one); ``None`` (the telemetry setting) when no
+    signal stopped the server."""
     if stopping_since is None:
         return None
-    return max(1.0, graceful_timeout_s - (time.monotonic() - stopping_since))
+    return max(1.0, graceful_timeout_s - (time.monotonic() - stopping_since) - _EXIT_S)
 
 
 class _Stop(Exception):
