@@ -215,7 +215,7 @@ class DevIdP:
     def _make_server(self) -> Any:
         import uvicorn
 
-        config = uvicorn.Config(self.app(), log_level="warning", lifespan="off", access_log=False)
+        config = uvicorn.Config(self.app(), log_level="warning", lifespan="off", access_log=False, log_config=None)
         self._server = uvicorn.Server(config)
         return self._server
 
