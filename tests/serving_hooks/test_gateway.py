@@ -21,7 +21,7 @@ from tests.serving_hooks.support import by_name, point_value, serve, settle, spa
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
-ROUTES = frozenset({"/v1/echo", "/v1/stream", "/v1/boom"})
+ROUTES = frozenset({"/v1/echo", "/v1/stream", "/v1/boom", "/v1/chat/completions"})
 
 
 class EchoApp:
@@ -58,6 +58,10 @@ class EchoApp:
                 data = json.loads(body) if body else {}
                 ctx.record_usage(data.get("in", 0), data.get("out", 0))
                 answer = {"tenant": ctx.tenant, "bytes": len(body), "parsed": ctx.json}
+        elif path == "/v1/chat/completions":  # what the gateway validated, as the endpoint would reuse it
+            status = 200
+            request = request_context(scope).request
+            answer = {"type": type(request).__name__, "n": request.n, "completions": request.completions}
         payload = json.dumps(answer).encode()
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -158,6 +162,51 @@ def test_an_app_failure_is_a_500_span_with_its_error_type(gateway, memory_teleme
     [span] = [s for s in memory_telemetry.memory.spans() if s.name == "POST /v1/boom"]
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes[names.ERROR_TYPE] == "RuntimeError"
+
+
+class CountingAuthenticator:
+    """Admits everyone as tenant acme; counts the scope lookups and the authentications it was asked for."""
+
+    def __init__(self) -> None:
+        self.scope_lookups: list[str | None] = []
+        self.calls = 0
+
+    def scopes_for(self, model: str | None) -> tuple[str, ...]:
+        self.scope_lookups.append(model)
+        return ()
+
+    async def authenticate(self, authorization, required_scopes=(), client=None):
+        from gpt_observatory.serving_hooks.auth import Principal
+
+        self.calls += 1
+        return Principal(subject_hash="s", tenant="acme", scopes=frozenset(), method="api_key")
+
+
+def test_completion_bodies_are_validated_bounded_and_held_to_the_catalog_before_anything_reads_them(
+    memory_telemetry, app
+):
+    auth = CountingAuthenticator()
+    config = GatewayConfig(routes=ROUTES, scopes_for=auth.scopes_for, models=frozenset({"tiny-gpt"}), max_n=4)
+    messages = [{"role": "user", "content": "hi"}]
+    with serve(GatewayMiddleware(app, config, authenticator=auth), lifespan="off") as gw:
+        url = gw.url + "/v1/chat/completions"
+        refused = [httpx.post(url, json=body) for body in (
+            {"model": "tiny-gpt", "messages": 5},  # was a 500: iterated before validation
+            {"model": ["tiny-gpt"], "messages": messages},
+            {"model": "tiny-gpt", "messages": messages, "n": 5},
+            {"model": "gpt-17", "messages": messages},
+        )]
+        ok = httpx.post(url, json={"model": "tiny-gpt", "messages": messages, "n": 2, "best_of": 3})
+    assert [(r.status_code, r.json()["error"]["code"]) for r in refused] == [
+        (400, "invalid_request"), (400, "invalid_request"), (400, "integer_above_max_value"), (404, "model_not_found"),
+    ]
+    assert refused[2].json()["error"]["message"] == "n must be at most 4 (OBSERVATORY_SERVE_MAX_N)"
+    assert ok.json() == {"type": "ChatCompletionRequest", "n": 2, "completions": 3}
+    assert (app.calls, auth.calls, auth.scope_lookups) == (1, 1, ["tiny-gpt"])  # nothing else got past the gateway
+    settle(memory_telemetry)
+    rejected = memory_telemetry.memory.metrics()[names.GATEWAY_REJECTIONS.name]
+    assert point_value(rejected, **{names.REJECTION_REASON: "bad_request"}) == 3
+    assert point_value(rejected, **{names.REJECTION_REASON: "not_found"}) == 1
 
 
 def test_auth_refusals_stop_at_the_gateway(memory_telemetry, app, keyring):
