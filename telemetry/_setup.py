@@ -17,6 +17,7 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, ExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace import sampling as _sampling
@@ -311,6 +312,8 @@ def _build(settings: Settings) -> Telemetry:
     if readers:
         meter_provider = MeterProvider(
             resource=resource, metric_readers=readers, exemplar_filter=_exemplar_filter(chosen["metrics"]),
+            # Every instrument keeps metric_series_limit attribute sets (the SDK's default is 2,000).
+            views=[View(instrument_name="*", aggregation_cardinality_limit=settings.metric_series_limit)],
             shutdown_on_exit=False,  # our atexit shuts all three down together, within a deadline
         )
 
@@ -360,6 +363,7 @@ def _install_globals(handle: Telemetry) -> None:
             ", ".join(taken),
         )
     _globals.swap(handle.tracer_provider, handle.meter_provider, handle.logger_provider)
+    summed.set_series_limit(handle.settings.metric_series_limit)
     if handle._bridge is not None:
         handle._bridge.install()
     _start_gpu(handle)

@@ -18,8 +18,10 @@ since the last pipeline behind that provider shut down (:func:`restart`); a prov
 caller's own reports only its own counters.
 
 Attribute values must be hashable (the strings and numbers the telemetry contract uses). The
-number of distinct attribute sets is capped like the SDK's own cardinality limit: beyond it, adds
-go to one overflow series marked ``otel.metric.overflow``.
+number of distinct attribute sets is capped like the SDK's own cardinality limit (both are the
+``metric_series_limit`` setting, applied at ``configure()``): beyond it, adds go to one overflow
+series marked ``otel.metric.overflow``, and each one is counted in
+``observatory.telemetry.series_overflow`` by metric name, so the folding is never silent.
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ from typing import Any
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
-from gpt_observatory.telemetry import _globals
+from gpt_observatory.telemetry import _globals, names
 from gpt_observatory.telemetry.names import Metric
 
-__all__ = ["SummedCounter", "restart"]
+__all__ = ["SummedCounter", "restart", "set_series_limit"]
 
 _OVERFLOW_KEY = (("otel.metric.overflow", True),)
-DEFAULT_MAX_SERIES = 2000  # the SDK's default cardinality limit per instrument
+DEFAULT_MAX_SERIES = 20_000  # the default of the metric_series_limit setting
+_series_limit = DEFAULT_MAX_SERIES
+_SCOPE = "observatory.telemetry"
 
 Key = tuple[str, str]  # (instrumentation scope, metric name)
 
@@ -53,21 +57,25 @@ class SummedCounter:
     users of one synchronous counter share its aggregation.
     """
 
-    __slots__ = ("_max_series", "_mutex", "_sums", "metric", "up_down")
+    __slots__ = ("_home", "_max_series", "_mutex", "_overflow_attrs", "_sums", "metric", "up_down")
 
-    def __init__(self, metric: Metric, up_down: bool = False, max_series: int = DEFAULT_MAX_SERIES) -> None:
+    def __init__(self, metric: Metric, up_down: bool = False, max_series: int | None = None,
+                 home: MeterProvider | None = None) -> None:
         self.metric = metric
         self.up_down = up_down
         self._sums: dict[tuple[tuple[str, Any], ...], float] = {}
         self._mutex = threading.Lock()
-        self._max_series = max_series
+        self._max_series = max_series  # None: the configured metric_series_limit
+        self._home = home  # where its overflow is counted (None: not counted)
+        self._overflow_attrs = {names.TELEMETRY_METRIC: metric.name}
 
     @classmethod
     def of(cls, scope: str, metric: Metric, *, up_down: bool = False,
-           provider: MeterProvider | None = None, max_series: int = DEFAULT_MAX_SERIES) -> SummedCounter:
+           provider: MeterProvider | None = None, max_series: int | None = None) -> SummedCounter:
         """The counter ``metric`` of instrumentation scope ``scope`` reported by ``provider``
         (default: the global SDK provider, else the global provider of ``configure()``).
-        ``max_series`` applies when this call makes the counter."""
+        ``max_series`` (default: the ``metric_series_limit`` setting) applies when this call makes
+        the counter."""
         from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 
         home = provider if provider is not None else metrics.get_meter_provider()
@@ -79,7 +87,7 @@ class SummedCounter:
             counter = counters.get(key)
             made = counter is None
             if made:
-                counter = counters[key] = cls(metric, up_down, max_series)
+                counter = counters[key] = cls(metric, up_down, max_series, home)
         if made:  # outside the lock: registering takes the provider's own locks
             meter = home.get_meter(scope)
             create = meter.create_observable_up_down_counter if up_down else meter.create_observable_counter
@@ -92,10 +100,13 @@ class SummedCounter:
             sums = self._sums
             if key in sums:
                 sums[key] += amount
-            elif len(sums) < self._max_series:
+                return
+            if len(sums) < (self._max_series or _series_limit):
                 sums[key] = amount
-            else:
-                sums[_OVERFLOW_KEY] = sums.get(_OVERFLOW_KEY, 0) + amount
+                return
+            sums[_OVERFLOW_KEY] = sums.get(_OVERFLOW_KEY, 0) + amount
+        if self._home is not None and self.metric is not names.TELEMETRY_SERIES_OVERFLOW:
+            SummedCounter.of(_SCOPE, names.TELEMETRY_SERIES_OVERFLOW, provider=self._home).add(1, self._overflow_attrs)
 
     def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
         with self._mutex:
@@ -111,6 +122,13 @@ class SummedCounter:
     def _clear(self) -> None:
         with self._mutex:
             self._sums.clear()
+
+
+def set_series_limit(limit: int) -> None:
+    """Distinct attribute sets each counter keeps from now on (``metric_series_limit``); what a
+    counter holds already stays."""
+    global _series_limit
+    _series_limit = limit
 
 
 def restart(provider: MeterProvider) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 
+from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from gpt_observatory import telemetry
+from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.names import Metric
 from gpt_observatory.telemetry.summed import SummedCounter
 
@@ -119,3 +121,35 @@ def test_a_provider_of_the_callers_own_reports_only_its_own_counters():
     SummedCounter.of("tests", metric, provider=provider).add(1, {"outcome": "bad_signature"})
     assert _points(reader, metric.name) == {frozenset({("outcome", "bad_signature")}): 1}
     provider.shutdown()
+
+
+def _by_tenant(points) -> dict[str, float]:
+    return {p.attributes.get(names.TENANT, "overflow" if p.attributes.get("otel.metric.overflow") else "?"): p.value
+            for p in points}
+
+
+def test_5000_tenants_are_5000_series_by_default_and_a_lower_limit_counts_what_it_folds():
+    tenants = [f"tenant-{i:04d}" for i in range(5000)]
+    summed_metric, sdk_metric = _metric(), _metric()
+    counted = {}
+    for limit in (None, 1000):
+        handle = telemetry.configure("tenants", metrics_exporter=["memory"], traces_exporter=["none"],
+                                     logs_exporter=["none"], gpu_enabled=False,
+                                     **({"metric_series_limit": limit} if limit else {}))
+        summed = SummedCounter.of("tests.tenants", summed_metric)  # how the gateway counts per tenant
+        sdk = metrics.get_meter("tests.tenants").create_counter(sdk_metric.name)  # an SDK instrument
+        for tenant in tenants:
+            summed.add(1, {names.TENANT: tenant})
+            sdk.add(1, {names.TENANT: tenant})
+        points = handle.memory.metrics()
+        counted[limit] = (_by_tenant(points[summed_metric.name]), _by_tenant(points[sdk_metric.name]),
+                          {p.attributes[names.TELEMETRY_METRIC]: p.value
+                           for p in points.get(names.TELEMETRY_SERIES_OVERFLOW.name, [])})
+
+    summed_series, sdk_series, overflow = counted[None]
+    assert summed_series == sdk_series == dict.fromkeys(tenants, 1)  # every tenant its own series
+    assert overflow == {}
+    summed_series, sdk_series, overflow = counted[1000]
+    assert len(summed_series) == len(sdk_series) == 1001  # 1,000 tenants and the overflow series
+    assert summed_series["overflow"] == sdk_series["overflow"] == 4000
+    assert overflow == {summed_metric.name: 4000}  # the folding is counted, by metric
