@@ -184,6 +184,7 @@ def test_n_1000_cannot_overdraw_the_token_budget(store, request, memory_telemetr
     assert served == counting_peer.calls and served >= budget // bound - 1  # the budget was used, not refused
     tokens = memory_telemetry.memory.metrics()[names.GATEWAY_TOKENS.name]
     charged = point_value(tokens, **{names.TENANT: "acme"})
+    print(f"{store}: {served} of {len(statuses)} served, {charged:g} tokens charged; budget {budget}, bound {bound}")
     assert charged == served * (5 + n * max_tokens)  # every served request used all it declared
     assert charged <= budget + bound, (charged, budget, bound)
     assert names.RATE_LIMIT_FAIL_OPEN.name not in memory_telemetry.memory.metrics()  # every request was checked
