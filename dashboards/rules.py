@@ -202,7 +202,7 @@ def groups() -> tuple[Group, ...]:
               " > 0",
               "0m", "ticket", "{{ $labels.job }} folds {{ $labels.observatory_telemetry_metric }} into its overflow series",
               "The metric reached its series limit (e.g. more tenants than the per-tenant limit): new label values are "
-              "counted in one overflow series, not per value. Raise the limit in the telemetry settings or find what "
+              "counted in one overflow series, not per value. Raise metric_series_limit (OBSERVATORY_METRIC_SERIES_LIMIT) or find what "
               "grows the label set.",
               needs=events.SERIES_OVERFLOW),
         Alert("TelemetryDropping", f"{rate(s.total(names.TELEMETRY_DROPPED), by=per_backend, window='10m')} > 0",
