@@ -13,7 +13,10 @@ import contextlib
 import inspect
 import logging
 import sys
+import threading
+import traceback
 from contextvars import ContextVar
+from types import TracebackType
 from typing import Any
 
 from loguru import logger
@@ -86,6 +89,7 @@ class LoguruBridge:
         self._handler: _InterceptHandler | None = None
         self._quieted: list[tuple[logging.Logger, int]] = []
         self._old_root_level = logging.root.level
+        self._old_hooks: tuple[Any, Any] | None = None
 
     def install(self) -> None:
         logger.configure(patcher=self._patch)
@@ -116,6 +120,9 @@ class LoguruBridge:
         logging.root.addHandler(self._handler)
         if logging.root.level > self._handler.level or logging.root.level == logging.NOTSET:
             logging.root.setLevel(self._handler.level)
+        # Python prints an uncaught exception to stderr itself: mask that traceback as well.
+        self._old_hooks = (sys.excepthook, threading.excepthook)
+        sys.excepthook, threading.excepthook = self._uncaught, self._uncaught_in_thread
 
     def uninstall(self) -> None:
         for handler_id in self._ids:
@@ -130,6 +137,22 @@ class LoguruBridge:
             logging.root.removeHandler(self._handler)
             logging.root.setLevel(self._old_root_level)
             self._handler = None
+        if self._old_hooks is not None:  # unless someone else set them since
+            if sys.excepthook == self._uncaught:
+                sys.excepthook = self._old_hooks[0]
+            if threading.excepthook == self._uncaught_in_thread:
+                threading.excepthook = self._old_hooks[1]
+            self._old_hooks = None
+
+    def _uncaught(self, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        sys.stderr.write(self._redactor.text("".join(traceback.format_exception(exc_type, exc, tb))))
+
+    def _uncaught_in_thread(self, args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else threading.get_ident()
+        sys.stderr.write(f"Exception in thread {name}:\n")
+        self._uncaught(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
 
     def _patch(self, record: Any) -> None:
         ctx = trace.get_current_span().get_span_context()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 from loguru import logger
@@ -78,3 +81,26 @@ def test_the_console_masks_credentials_in_messages_extras_and_tracebacks(capfd, 
     for secret in (API_KEY, BEARER_TOKEN, URL_PASSWORD):
         assert secret not in err
     assert MASK in err and "upstream.internal:8000" in err  # masked in place, the rest kept
+
+
+_UNCAUGHT = """
+import threading
+from gpt_observatory import telemetry
+telemetry.configure("crash", traces_exporter=["none"], metrics_exporter=["none"], logs_exporter=["none"])
+def fail():
+    raise RuntimeError("thread held {key}")
+thread = threading.Thread(target=fail, name="worker")
+thread.start()
+thread.join()
+raise ValueError("main held {key} and http://u:{password}@db.internal/x")
+"""
+
+
+def test_an_uncaught_traceback_on_stderr_is_masked(tmp_path):
+    script = _UNCAUGHT.format(key=API_KEY, password=URL_PASSWORD)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, "OBSERVATORY_STATE_DIR": str(tmp_path / "state")})
+    assert run.returncode == 1
+    assert "Exception in thread worker" in run.stderr and "RuntimeError: thread held" in run.stderr
+    assert "ValueError: main held" in run.stderr and "db.internal/x" in run.stderr
+    assert API_KEY not in run.stderr and URL_PASSWORD not in run.stderr and MASK in run.stderr
