@@ -107,8 +107,9 @@ class RotatingFile:
         return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
 
     def _reopen(self) -> None:
+        fd = self._open()  # first: if it fails, the old descriptor stays valid (never a reused number)
         os.close(self._fd)
-        self._fd = self._open()
+        self._fd = fd
 
     def _rotate(self) -> None:
         if self.backups:
