@@ -311,7 +311,7 @@ def main() -> None:
         results["direct_c16"] = measure(direct, direct_script, 16, d, n)
         port = free_port()
         cmd = [sys.executable, "-m", "gpt_observatory.commands.serve", "--backend", "upstream", "--upstream-url",
-               upstream, "--port", str(port), "--api-keys-file", str(work / "keys.json"),
+               upstream, "--model", "up-model", "--port", str(port), "--api-keys-file", str(work / "keys.json"),
                "--requests-per-minute", str(10**9), "--tokens-per-minute", str(10**12)]
         with process(cmd, f"http://127.0.0.1:{port}/healthz", env):
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
