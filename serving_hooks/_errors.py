@@ -136,6 +136,12 @@ def over_budget(worst: int, budget: int) -> ApiError:
     )
 
 
+def internal() -> ApiError:
+    """A bug of ours: the caller gets a fixed message (no exception text: it may hold request data)."""
+    return ApiError(500, "internal error", "server_error",
+                    "internal_error")
+
+
 def not_ready(detail: str) -> ApiError:
     return ApiError(503, f"no model loaded yet: {detail}", "server_error", "model_not_ready")
 

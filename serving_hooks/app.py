@@ -32,7 +32,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
 from gpt_observatory import telemetry
+from gpt_observatory.generation import DEFAULT_MAX_TOKENS
 from gpt_observatory.serving_hooks import _completions as completions
+from gpt_observatory.serving_hooks import _errors
 from gpt_observatory.serving_hooks._auth_settings import AuthSettings
 from gpt_observatory.serving_hooks._completions import CompletionsEndpoint
 from gpt_observatory.serving_hooks._errors import ApiError
@@ -174,9 +176,17 @@ def _gateway(
         max_best_of=settings.max_best_of,
         max_tokens_limit=settings.max_tokens_limit,
         context_tokens=settings.context_tokens,
-        models=frozenset([settings.model, *settings.upstream_models]),
+        models=served_models(settings),
+        # What a request without max_tokens may generate: the in-process model's default; an upstream's
+        # own default is not known here, so the worst case reserved is the bound.
+        default_max_tokens=DEFAULT_MAX_TOKENS if settings.backend == "mlflow" else None,
     )
     return GatewayMiddleware(app, config, authenticator=authenticator, limiter=limiter)
+
+
+def served_models(settings: ServeSettings) -> frozenset[str]:
+    """The model names callers may use: the served model and the upstream's named ones."""
+    return frozenset([settings.model, *settings.upstream_models])
 
 
 def build_hooks(settings: ServeSettings) -> GenAIHooks:
@@ -188,7 +198,7 @@ def build_hooks(settings: ServeSettings) -> GenAIHooks:
         url = urlsplit(settings.upstream_url or "")
         return GenAIHooks(
             "client", provider=settings.upstream_provider, capture_content=capture,
-            server_address=url.hostname, server_port=url.port,
+            server_address=url.hostname, server_port=url.port, models=served_models(settings),
         )
     return GenAIHooks("server", capture_content=capture)
 
@@ -305,6 +315,10 @@ def _routes(api: FastAPI, router: ModelRouter, *, with_metrics: bool = True) -> 
 
     if with_metrics:
         api.add_api_route("/metrics", metrics, response_class=Response)
+
+    @api.exception_handler(Exception)  # Starlette's ServerErrorMiddleware: answers, then re-raises to log it
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        return Response(_errors.internal().body(), status_code=500, media_type="application/json")
 
     @api.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:

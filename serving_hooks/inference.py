@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -83,8 +84,13 @@ class GenAIHooks:
         capture_content: bool = False,
         server_address: str | None = None,
         server_port: int | None = None,
+        models: Iterable[str] = (),
     ) -> None:
         self.mode = mode
+        # The model names a metric label may carry (the served catalog); an upstream's own answer in
+        # gen_ai.response.model is labelled names.MODEL_OTHER when it is not one, so it cannot grow the
+        # series (the span keeps what the upstream said).
+        self.models = frozenset(models)
         self.provider = provider
         self.capture_content = capture_content
         self._kind = SpanKind.INTERNAL if mode == "server" else SpanKind.CLIENT
@@ -180,7 +186,8 @@ class Generation:
             **hooks._server,
         }
         if stats.response_model:
-            attrs[names.GEN_AI_RESPONSE_MODEL] = stats.response_model
+            known = stats.response_model == request.model or stats.response_model in hooks.models
+            attrs[names.GEN_AI_RESPONSE_MODEL] = stats.response_model if known else names.MODEL_OTHER
         if self.info is not None:
             if self.info.version is not None:
                 attrs[names.MODEL_VERSION] = self.info.version
@@ -218,6 +225,7 @@ class Generation:
         request, info = self.request, self.info
         extra: dict[str, Any] = {
             **attrs,
+            **({names.GEN_AI_RESPONSE_MODEL: stats.response_model[:256]} if stats.response_model else {}),
             names.GEN_AI_REQUEST_STREAM: request.stream,
             names.GEN_AI_USAGE_INPUT_TOKENS: inp,
             names.GEN_AI_USAGE_OUTPUT_TOKENS: out,

@@ -85,11 +85,9 @@ def run_hostile_suite(keyring, dev_idp, upstream_peer) -> tuple[list[str], list[
         answers.append(client.get("/v1/models", headers={"authorization": f"Bearer {jwt}"}))
         answers.append(client.get("/readyz"))
         answers.append(client.get("/metrics"))
-        try:  # on a connection of its own: uvicorn closes it under the 500 of a handler that raised
-            httpx.post(gw.url + "/v1/crash", json={"model": "up-model", "messages": chat},
-                       headers={"authorization": f"Bearer {keyring.acme}"}, timeout=10)
-        except httpx.TransportError:
-            pass
+        # On a connection of its own: uvicorn closes it under the 500 of a handler that raised.
+        answers.append(httpx.post(gw.url + "/v1/crash", json={"model": "up-model", "messages": chat},
+                                  headers={"authorization": f"Bearer {keyring.acme}"}, timeout=10))
     return needles, answers
 
 
@@ -120,6 +118,9 @@ def test_no_needle_in_any_output_and_the_scan_finds_one_with_diagnose_on(
     bodies = [f"{a.status_code} {a.headers!r} {a.text}" for a in answers]
 
     assert "planted handler bug" in err and "Traceback" in err  # the planted bug was logged with its traceback
+    crash = answers[-1]  # our error, in the OpenAI shape, with nothing of the exception
+    assert crash.status_code == 500 and crash.json()["error"]["code"] == "internal_error"
+    assert "planted" not in crash.text
     assert sorted(a.status_code for a in answers if a.status_code >= 500 and a.request.url.path != "/v1/crash") == [
         502, 502, 502]  # fail-500 and the two bad usages; the stalled stream is a 200 with an error event
     found = scan(needles, err, out, exported, *bodies)

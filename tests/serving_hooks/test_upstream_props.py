@@ -189,5 +189,8 @@ def test_no_upstream_answer_makes_a_500_or_reaches_the_caller(memory_telemetry, 
     assert {s for _, s in tried} & {502}  # the run did exercise upstream failures
     text = exported_text(memory_telemetry)
     assert_no_secrets(text, [keyring.acme, UPSTREAM_KEY, PASSWORD])
-    tokens = memory_telemetry.memory.metrics().get(names.GATEWAY_TOKENS.name) or []
-    assert all(p.value >= 0 for p in tokens)
+    metrics = memory_telemetry.memory.metrics()
+    assert all(p.value >= 0 for p in metrics.get(names.GATEWAY_TOKENS.name) or [])
+    # What an upstream calls its model never becomes a label value outside the catalog.
+    labels = {p.attributes.get(names.GEN_AI_RESPONSE_MODEL) for points in metrics.values() for p in points}
+    assert labels <= {None, "m", names.MODEL_OTHER} and names.MODEL_OTHER in labels, labels
