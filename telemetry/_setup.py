@@ -7,7 +7,6 @@ import atexit
 import socket
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +32,7 @@ from gpt_observatory.telemetry._health import (
     HealthStats,
 )
 from gpt_observatory.telemetry._logs import LoguruBridge
+from gpt_observatory.telemetry._shutdown import close_providers
 from gpt_observatory.telemetry.backends.memory import MemoryLogExporter, MemoryMetricReader, MemorySpanExporter
 from gpt_observatory.telemetry.redact import Redactor
 from gpt_observatory.telemetry.settings import Settings, load
@@ -110,7 +110,7 @@ class Telemetry:
             if self._bridge:
                 self._bridge.uninstall()
             budget = self.settings.shutdown_timeout_s if timeout_s is None else timeout_s
-            late = _close_providers(self.tracer_provider, self.logger_provider, self.meter_provider, budget)
+            late = close_providers(self.tracer_provider, self.logger_provider, self.meter_provider, budget)
             if late:  # the log sinks are gone by now: say it on stderr
                 sys.stderr.write(
                     f"telemetry: {' and '.join(late)} did not finish shutting down within {budget:g} s "
@@ -119,48 +119,6 @@ class Telemetry:
             if live:  # after the final collection above: the next pipeline counts afresh
                 summed.restart(_globals.meter_provider)
                 _current = None
-
-
-def _close_providers(
-    tracers: TracerProvider | None, loggers: LoggerProvider | None, meters: MeterProvider | None, timeout_s: float
-) -> list[str]:
-    """Shut the providers down in threads of their own, joined against one deadline (the SDK's own
-    shutdowns wait up to 30 s each, one after the other); return the signals still busy at it.
-
-    The meter provider's final collection waits for the other two (so it counts their last exports)
-    but keeps a share of the deadline for itself: a hanging trace exporter does not cost the metrics.
-    """
-    deadline = time.monotonic() + timeout_s
-    threads: dict[str, threading.Thread] = {}
-
-    def start(signal: str, close: Any) -> None:
-        thread = threading.Thread(target=_best_effort, args=(close,), name=f"observatory-shutdown-{signal}", daemon=True)
-        thread.start()
-        threads[signal] = thread
-
-    if tracers is not None:
-        start("traces", tracers.shutdown)
-    if loggers is not None:
-        start("logs", loggers.shutdown)
-    if meters is not None:
-        first, reserve = list(threads.values()), min(1.0, timeout_s / 4)
-
-        def meters_last() -> None:
-            for thread in first:
-                thread.join(max(0.0, deadline - reserve - time.monotonic()))
-            meters.shutdown(timeout_millis=max(0.0, deadline - time.monotonic()) * 1000)
-
-        start("metrics", meters_last)
-    for thread in threads.values():
-        thread.join(max(0.0, deadline - time.monotonic()))
-    return [signal for signal, thread in threads.items() if thread.is_alive()]
-
-
-def _best_effort(close: Any) -> None:
-    try:
-        close()
-    except Exception as e:  # shutting down: a failing exporter must not stop the others
-        sys.stderr.write(f"telemetry: shutdown failed: {type(e).__name__}: {e}\n")
 
 
 _lock = threading.RLock()
