@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway import PROXY_CHAT, free_port, lua, wrk  # noqa: E402  (bench/gateway.py's wrk driver)
+from gateway import PROXY_CHAT, free_port, lua, wrk  # bench/gateway.py: its wrk driver
 
 REPO = Path(__file__).resolve().parents[1]
 LAYOUT = {"telemetry": "telemetry", "serving_hooks": "serving_hooks", "flows": "flows", "dashboards": "dashboards"}
