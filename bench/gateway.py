@@ -195,9 +195,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def process(cmd: list[str], health: str, env: dict[str, str] | None = None) -> Iterator[None]:
+def process(cmd: list[str], health: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> Iterator[int]:
+    """Run ``cmd`` until the block ends, once ``health`` answers; yields its pid."""
     log = tempfile.NamedTemporaryFile("w+b", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env={**os.environ, **(env or {})})
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -208,7 +209,7 @@ def process(cmd: list[str], health: str, env: dict[str, str] | None = None) -> I
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{cmd} did not start:\n{Path(log.name).read_text()[-2000:]}") from None
                 time.sleep(0.2)
-        yield
+        yield proc.pid
     finally:
         proc.terminate()
         try:

@@ -21,13 +21,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway import PROXY_CHAT, free_port, lua, wrk  # bench/gateway.py: its wrk driver
+from gateway import PROXY_CHAT, free_port, lua, process, wrk  # bench/gateway.py: its wrk driver
 
 REPO = Path(__file__).resolve().parents[1]
 LAYOUT = {"telemetry": "telemetry", "serving_hooks": "serving_hooks", "flows": "flows", "dashboards": "dashboards"}
@@ -43,30 +40,6 @@ def link_farm(tree: Path, into: Path) -> Path:
         (package / name).symlink_to(tree / folder)
     (into / "tests").symlink_to(tree / "tests")
     return into
-
-
-@contextlib.contextmanager
-def process(cmd: list[str], health: str, cwd: Path, env: dict[str, str]) -> Iterator[int]:
-    log = tempfile.NamedTemporaryFile("w+b", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env={**os.environ, **env})
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(health, timeout=2):
-                    break
-            except Exception:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{cmd} did not start:\n{Path(log.name).read_text()[-3000:]}") from None
-                time.sleep(0.2)
-        yield proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        os.unlink(log.name)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -97,7 +70,7 @@ def main() -> None:
         env = {"OBSERVATORY_STATE_DIR": str(work / "state"), "PYTHONPATH": str(REPO)}
         with contextlib.ExitStack() as stack:
             stack.enter_context(process([sys.executable, "-m", "tests.serving_hooks.upstream_peer", "--port",
-                                         str(up_port)], f"{upstream}/models", REPO, env))
+                                         str(up_port)], f"{upstream}/models", env))
             urls, pids = {}, {}
             for side, tree in trees.items():
                 port = free_port()
@@ -106,7 +79,7 @@ def main() -> None:
                        "--api-keys-file", str(work / "keys.json"),
                        "--requests-per-minute", str(10**9), "--tokens-per-minute", str(10**12)]
                 side_env = {"OBSERVATORY_STATE_DIR": str(work / f"state-{side}"), "PYTHONPATH": str(tree)}
-                pids[side] = stack.enter_context(process(cmd, f"http://127.0.0.1:{port}/healthz", tree, side_env))
+                pids[side] = stack.enter_context(process(cmd, f"http://127.0.0.1:{port}/healthz", side_env, tree))
                 urls[side] = f"http://127.0.0.1:{port}/v1/chat/completions"
             script = lua({**PROXY_CHAT, "max_tokens": 16}, key, work)
             runs: dict[tuple[str, int], list[dict[str, float]]] = {}
