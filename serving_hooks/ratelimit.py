@@ -190,7 +190,7 @@ class RateLimiter:
         if now - self._last_warning > 60:
             self._last_warning = now
             logger.warning(
-                "rate-limit storage failed ({}: {}); admitting requests unchecked until it recovers",
+                "rate-limit storage failed ({}: {}); admitting requests unchecked",
                 cause, type(error).__name__,
             )
         return cause

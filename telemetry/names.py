@@ -382,7 +382,8 @@ TELEMETRY_SERIES_OVERFLOW = Metric(
     "Measurements folded into a metric's overflow series because it reached its series limit, by metric.",
 )
 TELEMETRY_DROPPED = Metric(
-    "observatory.telemetry.dropped", "{item}", "counter", "Items dropped before export (queue full), by signal and backend."
+    "observatory.telemetry.dropped", "{item}", "counter",
+    "Items dropped before export, by signal, backend and drop.reason (queue_full, write_failed).",
 )
 
 METRICS: Final[tuple[Metric, ...]] = tuple(v for v in list(globals().values()) if isinstance(v, Metric))

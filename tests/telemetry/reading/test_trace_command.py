@@ -52,7 +52,7 @@ def gateway_files(state_dir, upstream, tmp_path):
         "observatory-gateway", traces_exporter=["jsonl"], logs_exporter=["jsonl"], metrics_exporter=["memory"],
         gpu_enabled=False,
     )
-    settings = load(backend="upstream", upstream_url=upstream.url, upstream_timeout_s=5, api_keys_file=keys.path,
+    settings = load(backend="upstream", upstream_url=upstream.url, model="up-model", upstream_timeout_s=5, api_keys_file=keys.path,
                     redis_url=f"redis://127.0.0.1:{free_port()}/0", requests_per_minute=1000)
     with serve(create_app(settings)) as served:
         client = openai.OpenAI(base_url=served.v1, api_key=key, max_retries=0)
