@@ -245,6 +245,7 @@ class GatewayMiddleware:
         if declared is None and context is not None:  # the model stops at its context
             per_completion = min(per_completion, max(1, (context - prompt) // completions))
         return prompt + completions * per_completion
+
     async def _read_body(self, receive: Receive, headers: dict[str, str]) -> bytes:
         limit = self.config.max_request_bytes
         declared = headers.get("content-length")
