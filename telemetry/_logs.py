@@ -46,6 +46,11 @@ HUMAN_FORMAT = (
 _NO_TRACE = ""
 _SKIP_EXTRA = frozenset({"trace_id", "span_id"})
 _CHATTY = ("httpx", "httpcore", "urllib3")
+# Loggers that others configure with handlers of their own that do not propagate (uvicorn's default
+# config; Prefect's logging.yml gives "uvicorn" its console handler): their records, a handler's
+# traceback among them, would reach stderr around the redaction. While installed, they propagate
+# to the root logger (and so into loguru) and have no handlers of their own.
+_CAPTURED = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
 class _InterceptHandler(logging.Handler):
@@ -88,6 +93,7 @@ class LoguruBridge:
         self._ids: list[int] = []
         self._handler: _InterceptHandler | None = None
         self._quieted: list[tuple[logging.Logger, int]] = []
+        self._captured: list[tuple[logging.Logger, list[logging.Handler], bool]] = []
         self._old_root_level = logging.root.level
         self._old_hooks: tuple[Any, Any] | None = None
 
@@ -116,6 +122,11 @@ class LoguruBridge:
                 lib = logging.getLogger(name)
                 self._quieted.append((lib, lib.level))
                 lib.setLevel(logging.WARNING)
+        for name in _CAPTURED:
+            lib = logging.getLogger(name)
+            self._captured.append((lib, lib.handlers[:], lib.propagate))
+            lib.handlers.clear()
+            lib.propagate = True
         self._handler = _InterceptHandler(level=self._settings.log_level if level != "SUCCESS" else "INFO")
         logging.root.addHandler(self._handler)
         if logging.root.level > self._handler.level or logging.root.level == logging.NOTSET:
@@ -133,6 +144,10 @@ class LoguruBridge:
         for lib, old_level in self._quieted:
             lib.setLevel(old_level)
         self._quieted.clear()
+        for lib, handlers, propagate in self._captured:
+            lib.handlers[:] = handlers
+            lib.propagate = propagate
+        self._captured.clear()
         if self._handler is not None:
             logging.root.removeHandler(self._handler)
             logging.root.setLevel(self._old_root_level)

@@ -83,6 +83,29 @@ def test_the_console_masks_credentials_in_messages_extras_and_tracebacks(capfd, 
     assert MASK in err and "upstream.internal:8000" in err  # masked in place, the rest kept
 
 
+def test_a_server_logger_someone_gave_its_own_handler_goes_through_the_redaction_too(capfd):
+    # Prefect's logging.yml gives "uvicorn" a console handler that does not propagate: a handler's
+    # traceback logged on "uvicorn.error" would reach stderr around the masking.
+    uvicorn = logging.getLogger("uvicorn")
+    own = logging.StreamHandler(sys.stderr)
+    uvicorn.addHandler(own)
+    uvicorn.propagate = False
+    try:
+        telemetry.configure("logs", console_logs=True, traces_exporter=["none"], metrics_exporter=["none"],
+                            logs_exporter=["none"])
+        try:
+            raise RuntimeError(f"handler bug with key {API_KEY}")
+        except RuntimeError:
+            logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+        telemetry.shutdown()
+        err = capfd.readouterr().err
+        assert err.count("Exception in ASGI application") == 1 and API_KEY not in err and MASK in err
+        assert uvicorn.handlers == [own] and uvicorn.propagate is False  # given back as it was
+    finally:
+        uvicorn.removeHandler(own)
+        uvicorn.propagate = True
+
+
 _UNCAUGHT = """
 import threading
 from gpt_observatory import telemetry
