@@ -119,12 +119,17 @@ class GatewayMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        method: str = scope["method"]
+        original: str = scope["method"]
+        # A label value from a closed set: any other method is "_OTHER" (the span keeps the original).
+        method = original if original in names.HTTP_METHODS else names.HTTP_METHOD_OTHER
         path: str = scope["path"]
         headers, repeated = _headers(scope["headers"])
         route = path if path in self.config.routes else None
         parent = propagate.extract(headers)
-        span = self._tracer.start_span(f"{method} {route}" if route else method, parent, SpanKind.SERVER)
+        shown = "HTTP" if method == names.HTTP_METHOD_OTHER else method
+        span = self._tracer.start_span(f"{shown} {route}" if route else shown, parent, SpanKind.SERVER)
+        if method != original:
+            span.set_attribute(names.HTTP_REQUEST_METHOD_ORIGINAL, original[:32])
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         scheme = scope.get("scheme", "http")
         active_attrs = {names.HTTP_REQUEST_METHOD: method, names.URL_SCHEME: scheme}
@@ -295,7 +300,7 @@ class GatewayMiddleware:
             self._tokens.add(ctx.output_tokens, {names.TENANT: ctx.tenant, names.GEN_AI_TOKEN_TYPE: _OUTPUT})
         if span.is_recording():
             if route is not None:
-                span.update_name(f"{method} {route}")
+                span.update_name(f"{'HTTP' if method == names.HTTP_METHOD_OTHER else method} {route}")
             # A new dict: the metrics SDK may keep the one recorded above as a data point's attributes.
             span_attrs = {**attrs, names.URL_PATH: scope["path"], names.TENANT: ctx.tenant}
             if ctx.model is not None:  # the in-process model that answered (canary: which side)

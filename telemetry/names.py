@@ -101,6 +101,9 @@ HOST_NAME: Final = "host.name"
 
 # --------------------------------------------------------------------------- HTTP / gateway
 HTTP_REQUEST_METHOD: Final = http_attributes.HTTP_REQUEST_METHOD
+HTTP_REQUEST_METHOD_ORIGINAL: Final = http_attributes.HTTP_REQUEST_METHOD_ORIGINAL  # span only, with "_OTHER"
+HTTP_METHODS: Final = frozenset(m.value for m in http_attributes.HttpRequestMethodValues) - {"_OTHER"}
+HTTP_METHOD_OTHER: Final = "_OTHER"  # any other method, as a label value (the semantic conventions' closed set)
 HTTP_ROUTE: Final = http_attributes.HTTP_ROUTE
 HTTP_RESPONSE_STATUS_CODE: Final = http_attributes.HTTP_RESPONSE_STATUS_CODE
 URL_PATH: Final = url_attributes.URL_PATH

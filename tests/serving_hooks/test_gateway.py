@@ -119,6 +119,18 @@ def test_paths_without_a_route_are_named_by_method_only(gateway, memory_telemetr
     assert names.HTTP_ROUTE not in span.attributes
 
 
+def test_any_method_is_a_label_from_the_closed_set_and_the_span_keeps_the_original(gateway, memory_telemetry):
+    webdav = ["PROPFIND", "MKCOL", "LOCK", "UNLOCK", "PURGE", "SEARCH", "REPORT", "MOVE", "COPY"]  # the parser knows
+    for method in webdav:
+        httpx.request(method, gateway.url + "/v1/echo")
+    httpx.get(gateway.url + "/v1/echo")
+    settle(memory_telemetry)
+    points = memory_telemetry.memory.metrics()[names.HTTP_SERVER_REQUEST_DURATION.name]
+    assert {p.attributes[names.HTTP_REQUEST_METHOD] for p in points} == {"GET", "_OTHER"}
+    odd = [s for s in memory_telemetry.memory.spans() if s.name == "HTTP /v1/echo"]
+    assert sorted(s.attributes[names.HTTP_REQUEST_METHOD_ORIGINAL] for s in odd) == sorted(webdav)
+
+
 def test_streaming_responses_are_not_buffered(gateway, app):
     with httpx.stream("GET", gateway.url + "/v1/stream", timeout=10) as r:
         lines = r.iter_lines()
