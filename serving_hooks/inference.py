@@ -8,6 +8,10 @@ the gateway meters (the split vLLM keeps between its engine stats and its metric
 Two modes, per the GenAI conventions: ``server`` (the model runs in this process: INTERNAL span,
 ``gen_ai.server.*`` metrics and ``observatory.gen_ai.server.token.usage``) and ``client`` (we call an
 upstream model server: CLIENT span, ``gen_ai.client.*`` metrics, chunks instead of tokens).
+Names: the ``opentelemetry-semantic-conventions`` 0.66b0 ones by default; the pinned GenAI release's
+(``telemetry/_genai_latest.py``) when ``OTEL_SEMCONV_STABILITY_OPT_IN`` holds
+``gen_ai_latest_experimental`` (both with ``gen_ai_latest_experimental/dup``), chosen once per hooks
+object so a request pays nothing for the choice.
 Prompt and completion text are recorded only when ``capture_content`` is on. GPU figures come
 from torch's host-side allocator counters when CUDA is already initialised: no NVML call and no
 synchronisation per request.
@@ -15,6 +19,7 @@ synchronisation per request.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -85,7 +90,9 @@ class GenAIHooks:
         server_address: str | None = None,
         server_port: int | None = None,
         models: Iterable[str] = (),
+        semconv_opt_in: str | None = None,
     ) -> None:
+        """``semconv_opt_in``: the ``OTEL_SEMCONV_STABILITY_OPT_IN`` value (read from the environment if None)."""
         self.mode = mode
         # The model names a metric label may carry (the served catalog); an upstream's own answer in
         # gen_ai.response.model is labelled names.MODEL_OTHER when it is not one, so it cannot grow the
@@ -105,16 +112,38 @@ class GenAIHooks:
         def histogram(m: names.Metric, buckets: tuple[float, ...]):
             return meter.create_histogram(m.name, m.unit, m.description, explicit_bucket_boundaries_advisory=buckets)
 
-        if mode == "server":
-            self._duration = histogram(names.GEN_AI_SERVER_REQUEST_DURATION, names.DURATION_BUCKETS)
-            self._ttft = histogram(names.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN, names.TTFT_BUCKETS)
-            self._tpot = histogram(names.GEN_AI_SERVER_TIME_PER_OUTPUT_TOKEN, names.TPOT_BUCKETS)
+        def counter(m: names.Metric):
+            return meter.create_counter(m.name, m.unit, m.description)
+
+        emit = names.gen_ai_emission(os.environ.get(names.SEMCONV_OPT_IN_ENV) if semconv_opt_in is None else semconv_opt_in)
+        # Content on spans: the request's own shape (0.66b0) or the release's messages schema.
+        self.structured_content = emit.latest
+        # Tokens by gen_ai.token.type on one histogram (ours in process, 0.66b0's as a client) ...
+        self._usage: Any = None
+        # ... or the release's: one histogram and one counter per direction (client only).
+        self._usage_latest: tuple[Any, Any, Any, Any] | None = None
+        if mode == "server":  # the release keeps the server names; ours for tokens stays too
+            durations = ((names.GEN_AI_SERVER_REQUEST_DURATION, names.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN,
+                          names.GEN_AI_SERVER_TIME_PER_OUTPUT_TOKEN),)
             self._usage = histogram(names.GEN_AI_SERVER_TOKEN_USAGE, names.TOKEN_BUCKETS)
         else:
-            self._duration = histogram(names.GEN_AI_CLIENT_OPERATION_DURATION, names.DURATION_BUCKETS)
-            self._ttft = histogram(names.GEN_AI_CLIENT_TIME_TO_FIRST_CHUNK, names.TTFT_BUCKETS)
-            self._tpot = histogram(names.GEN_AI_CLIENT_TIME_PER_OUTPUT_CHUNK, names.TPOT_BUCKETS)
-            self._usage = histogram(names.GEN_AI_CLIENT_TOKEN_USAGE, names.TOKEN_BUCKETS)
+            durations = ()
+            if emit.legacy:
+                durations += ((names.GEN_AI_CLIENT_OPERATION_DURATION, names.GEN_AI_CLIENT_TIME_TO_FIRST_CHUNK,
+                               names.GEN_AI_CLIENT_TIME_PER_OUTPUT_CHUNK),)
+                self._usage = histogram(names.GEN_AI_CLIENT_TOKEN_USAGE, names.TOKEN_BUCKETS)
+            if emit.latest:
+                durations += ((names.GEN_AI_CLIENT_INFERENCE_DURATION, names.GEN_AI_CLIENT_INFERENCE_TIME_TO_FIRST_CHUNK,
+                               names.GEN_AI_CLIENT_INFERENCE_TIME_PER_OUTPUT_CHUNK),)
+                self._usage_latest = (
+                    histogram(names.GEN_AI_CLIENT_INFERENCE_OPERATION_INPUT_TOKENS, names.TOKEN_BUCKETS),
+                    histogram(names.GEN_AI_CLIENT_INFERENCE_OPERATION_OUTPUT_TOKENS, names.TOKEN_BUCKETS),
+                    counter(names.GEN_AI_CLIENT_INFERENCE_USAGE_INPUT_TOKENS),
+                    counter(names.GEN_AI_CLIENT_INFERENCE_USAGE_OUTPUT_TOKENS),
+                )
+        self._duration = tuple(histogram(d, names.DURATION_BUCKETS) for d, _, _ in durations)
+        self._ttft = tuple(histogram(t, names.TTFT_BUCKETS) for _, t, _ in durations)
+        self._tpot = tuple(histogram(t, names.TPOT_BUCKETS) for _, _, t in durations)
         self._output_tokens = SummedCounter.of(__name__, names.GEN_AI_OUTPUT_TOKENS)
 
     def generation(
@@ -195,16 +224,28 @@ class Generation:
                 attrs[names.MODEL_ROLE] = self.info.role
         if error is not None:
             attrs[names.ERROR_TYPE] = error
-        hooks._duration.record(end - self._start, attrs)
+        for h in hooks._duration:
+            h.record(end - self._start, attrs)
         if self._first is not None and error is None:
-            hooks._ttft.record(self._first - self._start, attrs)
+            for h in hooks._ttft:
+                h.record(self._first - self._start, attrs)
             chunks = self._tokens if hooks.mode == "client" else output_tokens
             if chunks > 1:
-                hooks._tpot.record((end - self._first) / (chunks - 1), attrs)
-        if stats.input_tokens is not None:
-            hooks._usage.record(input_tokens, {**attrs, names.GEN_AI_TOKEN_TYPE: names.GEN_AI_TOKEN_TYPE_INPUT})
-        if stats.output_tokens is not None or self._tokens:
-            hooks._usage.record(output_tokens, {**attrs, names.GEN_AI_TOKEN_TYPE: names.GEN_AI_TOKEN_TYPE_OUTPUT})
+                for h in hooks._tpot:
+                    h.record((end - self._first) / (chunks - 1), attrs)
+        if hooks._usage is not None:
+            if stats.input_tokens is not None:
+                hooks._usage.record(input_tokens, {**attrs, names.GEN_AI_TOKEN_TYPE: names.GEN_AI_TOKEN_TYPE_INPUT})
+            if stats.output_tokens is not None or self._tokens:
+                hooks._usage.record(output_tokens, {**attrs, names.GEN_AI_TOKEN_TYPE: names.GEN_AI_TOKEN_TYPE_OUTPUT})
+        if hooks._usage_latest is not None:
+            # The release: recorded for every operation, failed ones too, 0 when no usage came back.
+            in_hist, out_hist, in_count, out_count = hooks._usage_latest
+            in_hist.record(input_tokens, attrs)
+            out_hist.record(output_tokens, attrs)
+            by_modality = {**attrs, names.GEN_AI_TOKEN_MODALITY: names.GEN_AI_TOKEN_MODALITY_UNKNOWN}
+            in_count.add(input_tokens, by_modality)
+            out_count.add(output_tokens, by_modality)
         if output_tokens:
             hooks._output_tokens.add(output_tokens, attrs)
         if self.sink is not None:
@@ -246,10 +287,13 @@ class Generation:
         if gpu is not None:
             extra[names.GPU_DEVICE_INDEX], extra[names.GPU_PEAK_MEMORY] = gpu
         if self._hooks.capture_content:
+            structured = self._hooks.structured_content
             if request.prompt is not None:
-                extra[names.GEN_AI_INPUT_MESSAGES] = _json(request.prompt)
+                prompt = _input_messages(request.prompt) if structured else request.prompt
+                extra[names.GEN_AI_INPUT_MESSAGES] = _json(prompt)
             if stats.completion is not None:
-                extra[names.GEN_AI_OUTPUT_MESSAGES] = _json(stats.completion)
+                completion = _output_messages(stats.completion, stats.finish_reasons) if structured else stats.completion
+                extra[names.GEN_AI_OUTPUT_MESSAGES] = _json(completion)
         span.set_attributes(extra)  # one call: the SDK takes its lock once
         if exc is not None:
             span.record_exception(exc)
@@ -268,3 +312,31 @@ def _gpu_figures() -> tuple[int, int] | None:
 
 def _json(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    """A message's content as the release's ``parts`` (text parts; any other part keeps its type only)."""
+    if isinstance(content, str):
+        return [{"type": "text", "content": content}]
+    parts: list[dict[str, Any]] = []
+    for item in content if isinstance(content, list) else ():
+        if isinstance(item, dict) and isinstance(item.get("text"), str):
+            parts.append({"type": "text", "content": item["text"]})
+        elif isinstance(item, dict):
+            parts.append({"type": str(item.get("type", "unknown"))})
+    return parts
+
+
+def _input_messages(prompt: Any) -> list[dict[str, Any]]:
+    """The request's prompt as the release's input messages (a bare prompt is one user message)."""
+    if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+        return [{"role": str(m.get("role", "user")), "parts": _parts(m.get("content", ""))} for m in prompt]
+    texts = prompt if isinstance(prompt, list) else [prompt]
+    return [{"role": "user", "parts": [{"type": "text", "content": str(t)} for t in texts]}]
+
+
+def _output_messages(completion: str, finish_reasons: tuple[str, ...]) -> list[dict[str, Any]]:
+    message: dict[str, Any] = {"role": "assistant", "parts": [{"type": "text", "content": completion}]}
+    if finish_reasons:
+        message["finish_reason"] = finish_reasons[0]
+    return [message]

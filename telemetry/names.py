@@ -24,6 +24,8 @@ from opentelemetry.semconv.attributes import (
 )
 from opentelemetry.semconv.metrics import http_metrics as _http_m
 
+from gpt_observatory.telemetry import _genai_latest
+
 SEMCONV_SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.37.0"
 
 InstrumentKind = Literal["counter", "updowncounter", "histogram", "gauge"]
@@ -246,6 +248,37 @@ GEN_AI_OPERATION_CHAT: Final = "chat"  # gen_ai.operation.name values we emit
 GEN_AI_OPERATION_TEXT_COMPLETION: Final = "text_completion"
 GEN_AI_TOKEN_TYPE_INPUT: Final = "input"  # gen_ai.token.type values
 GEN_AI_TOKEN_TYPE_OUTPUT: Final = "output"
+
+# The pinned GenAI release (telemetry/_genai_latest.py): emitted instead of the 0.66b0 names above when
+# OTEL_SEMCONV_STABILITY_OPT_IN holds gen_ai_latest_experimental, beside them with .../dup. Server
+# metrics keep their names; the client ones and the token usage change. Decided once per GenAIHooks.
+SEMCONV_OPT_IN_ENV: Final = _genai_latest.OPT_IN_ENV
+GenAIEmission = _genai_latest.Emission
+gen_ai_emission = _genai_latest.emission
+GEN_AI_TOKEN_MODALITY: Final = _genai_latest.TOKEN_MODALITY
+GEN_AI_TOKEN_MODALITY_UNKNOWN: Final = _genai_latest.TOKEN_MODALITY_UNKNOWN
+GEN_AI_CLIENT_INFERENCE_DURATION = Metric(
+    _genai_latest.CLIENT_INFERENCE_DURATION, "s", "histogram", "GenAI client inference duration (pinned release)."
+)
+GEN_AI_CLIENT_INFERENCE_TIME_TO_FIRST_CHUNK = Metric(
+    _genai_latest.CLIENT_INFERENCE_TIME_TO_FIRST_CHUNK, "s", "histogram", "Time to the first streamed chunk (pinned release)."
+)
+GEN_AI_CLIENT_INFERENCE_TIME_PER_OUTPUT_CHUNK = Metric(
+    _genai_latest.CLIENT_INFERENCE_TIME_PER_OUTPUT_CHUNK, "s", "histogram",
+    "Time per streamed chunk after the first (pinned release).",
+)
+GEN_AI_CLIENT_INFERENCE_OPERATION_INPUT_TOKENS = Metric(
+    _genai_latest.CLIENT_INFERENCE_OPERATION_INPUT_TOKENS, "{token}", "histogram", "Input tokens per inference operation."
+)
+GEN_AI_CLIENT_INFERENCE_OPERATION_OUTPUT_TOKENS = Metric(
+    _genai_latest.CLIENT_INFERENCE_OPERATION_OUTPUT_TOKENS, "{token}", "histogram", "Output tokens per inference operation."
+)
+GEN_AI_CLIENT_INFERENCE_USAGE_INPUT_TOKENS = Metric(
+    _genai_latest.CLIENT_INFERENCE_USAGE_INPUT_TOKENS, "{token}", "counter", "Input tokens used, by gen_ai.token.modality."
+)
+GEN_AI_CLIENT_INFERENCE_USAGE_OUTPUT_TOKENS = Metric(
+    _genai_latest.CLIENT_INFERENCE_USAGE_OUTPUT_TOKENS, "{token}", "counter", "Output tokens used, by gen_ai.token.modality."
+)
 
 # Serving: the model the gateway serves from the MLflow registry.
 MODEL_SWAPS = Metric(
