@@ -10,16 +10,19 @@ No driver or no GPU: one log line, no series, nothing raised.
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from gpt_observatory.telemetry._dcgm import DcgmCollector
 from gpt_observatory.telemetry._gpu_series import GpuInstruments, Points, otel_points
+from gpt_observatory.telemetry._interconnect import InterconnectCollector
 from gpt_observatory.telemetry._nvml import (
     Device,
     GpuInfo,
@@ -55,8 +58,17 @@ class GpuCollector:
         slow_interval_s: float = 10.0,
         dcgm_names: bool = False,
         meter_provider: MeterProvider | None = None,
+        interconnect_interval_s: float = 0.0,
+        infiniband_root: Path = Path("/sys/class/infiniband"),
+        nvml: Any = None,
     ) -> None:
+        """``interconnect_interval_s`` > 0 also samples NVLink, PCIe and InfiniBand on a thread of
+        its own; ``nvml`` stands in for the ``pynvml`` module (tests and benchmarks)."""
         self.interval_s = interval_s
+        self.interconnect_interval_s = interconnect_interval_s
+        self.infiniband_root = infiniband_root
+        self.interconnect: InterconnectCollector | None = None
+        self._nvml_module = nvml
         self.slow_interval_s = slow_interval_s
         self.dcgm_names = dcgm_names
         self.status: str | None = None  # "ok", or why there is no GPU telemetry
@@ -83,7 +95,7 @@ class GpuCollector:
             if self.status is not None:
                 return self.status == "ok"
             try:
-                import pynvml
+                pynvml = self._nvml_module or importlib.import_module("pynvml")
             except ImportError:
                 return self._unavailable("nvidia-ml-py is not installed; no GPU telemetry")
             try:
@@ -114,6 +126,12 @@ class GpuCollector:
                 except ValueError:  # the DCGM names are taken: a configuration error, raised here
                     self.stop()
                     raise
+            if self.interconnect_interval_s > 0:
+                gpus = [(dev.info, dev.handle) for dev in self._devices if dev.info.parent_uuid is None]
+                self.interconnect = InterconnectCollector(
+                    pynvml, gpus, self.infiniband_root, self.interconnect_interval_s, self._meter_provider
+                )
+                self.interconnect.start(background)
             if background:
                 self._thread = threading.Thread(target=self._run, name="observatory-gpu-sampler", daemon=True)
                 self._thread.start()
@@ -124,6 +142,8 @@ class GpuCollector:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
+        if self.interconnect is not None:
+            self.interconnect.stop()
         with self._lock:
             for registry, collector in self._registered:
                 try:
@@ -288,5 +308,7 @@ def start_from_settings(settings: Settings, meter_provider: MeterProvider | None
         slow_interval_s=settings.gpu_slow_interval_s,
         dcgm_names=settings.gpu_dcgm_names,
         meter_provider=meter_provider,
+        interconnect_interval_s=settings.interconnect_interval_s,
+        infiniband_root=settings.interconnect_infiniband_root,
     )
     return collector if collector.start() else None

@@ -422,6 +422,61 @@ TELEMETRY_DROPPED = Metric(
     "Items dropped before export, by signal, backend and drop.reason (queue_full, write_failed).",
 )
 
+# --------------------------------------------------------------------------- interconnect (NVLink, PCIe, InfiniBand)
+# Sampled on their own slow schedule (telemetry/_interconnect.py). GPU links carry the GPU's hw.id and
+# hw.type=gpu; an InfiniBand port is hw.type=network with hw.id "<hca>/<port>". Errors go to hw.errors.
+NETWORK_IO_DIRECTION: Final = "network.io.direction"  # "transmit" | "receive"
+NETWORK_IO_DIRECTIONS: Final = ("transmit", "receive")
+HW_TYPE_NETWORK: Final = "network"
+GPU_LINK_TYPE: Final = "observatory.gpu.link.type"  # "nvlink" | "pcie" on hw.gpu.io
+GPU_LINK_TYPES: Final = ("nvlink", "pcie")
+GPU_NVLINK_LINK: Final = "observatory.gpu.nvlink.link"  # NVLink link index (0..17 on an H100/H200)
+GPU_PCIE_LINK_BOUND: Final = "observatory.gpu.pcie.link.bound"  # "current" | "max"
+GPU_PCIE_LINK_BOUNDS: Final = ("current", "max")
+IB_DEVICE: Final = "observatory.infiniband.device"  # HCA name, e.g. "mlx5_0"
+IB_PORT: Final = "observatory.infiniband.port"  # port number on the HCA
+IB_LINK_LAYER: Final = "observatory.infiniband.link_layer"  # "InfiniBand" | "Ethernet" (RoCE)
+IB_RATE: Final = "observatory.infiniband.rate"  # sysfs text on hw.network.up, e.g. "400 Gb/sec (4X NDR)"
+INTERCONNECT_SOURCE: Final = "observatory.interconnect.source"  # NVML function or sysfs file of a failed read
+# error.type values on hw.errors for GPU links (NVML error counters and the PCIe replay counter).
+GPU_LINK_ERROR_TYPES: Final = ("nvlink_replay", "nvlink_recovery", "nvlink_crc_flit", "nvlink_crc_data", "pcie_replay")
+# error.type values on hw.errors for an InfiniBand port: the sysfs counters/ and hw_counters/ files read.
+IB_ERROR_TYPES: Final = (
+    "symbol_error", "link_error_recovery", "link_downed", "port_rcv_errors", "port_rcv_remote_physical_errors",
+    "port_rcv_switch_relay_errors", "port_xmit_discards", "port_xmit_constraint_errors",
+    "port_rcv_constraint_errors", "local_link_integrity_errors", "excessive_buffer_overrun_errors",
+    "VL15_dropped", "port_xmit_wait",
+    "out_of_buffer", "out_of_sequence", "packet_seq_err", "local_ack_timeout_err", "rnr_nak_retry_err",
+    "implied_nak_seq_err",
+)
+
+HW_GPU_IO = Metric(
+    _hw_m.HW_GPU_IO, "By", "counter",
+    "Bytes a GPU sent and received, by network.io.direction and link type (NVLink per link, PCIe).",
+)
+GPU_NVLINK_UP = Metric("observatory.gpu.nvlink.up", "1", "gauge", "1 while an NVLink link is active, 0 when down.")
+GPU_PCIE_LINK_WIDTH = Metric(
+    "observatory.gpu.pcie.link.width", "{lane}", "gauge", "PCIe link width, current and max (observatory.gpu.pcie.link.bound).",
+)
+GPU_PCIE_LINK_GENERATION = Metric(
+    "observatory.gpu.pcie.link.generation", "1", "gauge",
+    "PCIe link generation, current and max (the current one drops while the GPU idles).",
+)
+GPU_PCIE_LINK_DOWNTRAINED = Metric(
+    "observatory.gpu.pcie.link.downtrained", "1", "gauge", "1 while the PCIe link runs at fewer lanes than its max.",
+)
+HW_NETWORK_IO = Metric(_hw_m.HW_NETWORK_IO, "By", "counter", "Bytes an InfiniBand port sent and received.")
+HW_NETWORK_PACKETS = Metric(
+    _hw_m.HW_NETWORK_PACKETS, "{packet}", "counter", "Packets an InfiniBand port sent and received."
+)
+HW_NETWORK_UP = Metric(
+    _hw_m.HW_NETWORK_UP, "1", "updowncounter", "1 while an InfiniBand port is ACTIVE, else 0 (with its rate and link layer)."
+)
+INTERCONNECT_READ_ERRORS = Metric(
+    "observatory.interconnect.read_errors", "{reading}", "counter",
+    "Interconnect readings dropped because the NVML call or sysfs read failed, by function.",
+)
+
 METRICS: Final[tuple[Metric, ...]] = tuple(v for v in list(globals().values()) if isinstance(v, Metric))
 """Every metric the project emits."""
 

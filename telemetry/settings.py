@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     gpu_interval_s: float = Field(1.0, gt=0)
     gpu_slow_interval_s: float = Field(10.0, gt=0)
     gpu_dcgm_names: bool = False
+    # NVLink, PCIe and InfiniBand counters, on their own schedule beside the GPU collector (0: off).
+    interconnect_interval_s: float = Field(10.0, ge=0)
+    interconnect_infiniband_root: Path = Path("/sys/class/infiniband")
 
     @field_validator("resource_attributes", "otlp_headers", mode="before")
     @classmethod

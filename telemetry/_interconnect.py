@@ -1,0 +1,249 @@
+"""Interconnect collector: NVLink per link and PCIe from NVML, InfiniBand ports from sysfs.
+
+Started by the GPU collector with its NVML handles and sampled on a thread of its own every
+``interval_s`` (10 s by default), so the GPU fast path neither waits for nor shares a lock with it.
+Which NVLink links a GPU has is probed once at start; an NVML call or field a device does not
+support is dropped after its first failure and never asked again. Instruments read the points
+of the last sample.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
+
+from gpt_observatory.telemetry import _infiniband as ib
+from gpt_observatory.telemetry import names
+from gpt_observatory.telemetry._gpu_series import Points, device_attributes
+from gpt_observatory.telemetry._nvml import GpuInfo, Reading, read, try_call
+
+INTERCONNECT_METRICS: tuple[names.Metric, ...] = (
+    names.HW_GPU_IO,
+    names.GPU_NVLINK_UP,
+    names.GPU_PCIE_LINK_WIDTH,
+    names.GPU_PCIE_LINK_GENERATION,
+    names.GPU_PCIE_LINK_DOWNTRAINED,
+    names.HW_ERRORS,
+    names.HW_NETWORK_IO,
+    names.HW_NETWORK_PACKETS,
+    names.HW_NETWORK_UP,
+    names.INTERCONNECT_READ_ERRORS,
+)
+# names.GPU_LINK_ERROR_TYPES[i] is NVML's NvLink error counter i (DL_REPLAY, DL_RECOVERY, DL_CRC_FLIT, DL_CRC_DATA).
+NVLINK_ERROR_COUNTERS = range(4)
+_SINGLE = ("pcie_width_current", "pcie_width_max", "pcie_generation_current", "pcie_generation_max", "pcie_replay")
+
+
+@dataclass(slots=True)
+class GpuLinks:
+    """One GPU's interconnect: its NVLink links, the calls it answers and the fields it reports."""
+
+    info: GpuInfo
+    handle: Any
+    links: tuple[int, ...]
+    calls: tuple[Reading, ...]
+    fields: dict[tuple[int, int], tuple[str, int | None, str]]  # (NVML field, scope) -> (link type, link, direction)
+    values: dict[str, Any] = field(default_factory=dict)  # last reading: call key or "field:<type>:<link>:<dir>"
+
+
+def probe(nvml: Any, info: GpuInfo, handle: Any) -> GpuLinks:
+    """Which links and fields ``handle`` has: one NvLinkState call per possible link, once."""
+    links = tuple(
+        link
+        for link in range(nvml.NVML_NVLINK_MAX_LINKS)
+        if try_call(nvml.nvmlDeviceGetNvLinkState, handle, link) is not None
+    )
+    calls = [
+        Reading("pcie_width_current", nvml.nvmlDeviceGetCurrPcieLinkWidth),
+        Reading("pcie_width_max", nvml.nvmlDeviceGetMaxPcieLinkWidth),
+        Reading("pcie_generation_current", nvml.nvmlDeviceGetCurrPcieLinkGeneration),
+        Reading("pcie_generation_max", nvml.nvmlDeviceGetMaxPcieLinkGeneration),
+        Reading("pcie_replay", nvml.nvmlDeviceGetPcieReplayCounter),
+    ]
+    fields: dict[tuple[int, int], tuple[str, int | None, str]] = {
+        (nvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, 0): ("pcie", None, "transmit"),
+        (nvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, 0): ("pcie", None, "receive"),
+    }
+    for link in links:
+        calls.append(Reading(f"nvlink_up:{link}", nvml.nvmlDeviceGetNvLinkState, (link,)))
+        calls += [
+            Reading(f"nvlink_error:{link}:{counter}", nvml.nvmlDeviceGetNvLinkErrorCounter, (link, counter))
+            for counter in NVLINK_ERROR_COUNTERS
+        ]
+        fields[(nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, link)] = ("nvlink", link, "transmit")
+        fields[(nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, link)] = ("nvlink", link, "receive")
+    return GpuLinks(info, handle, links, tuple(calls), fields)
+
+
+def read_links(nvml: Any, dev: GpuLinks, errors: Counter[tuple[str, str, str]]) -> None:
+    """Make ``dev``'s calls and its one field-values call; drop what the device does not support."""
+    values, dev.calls = read(dev.handle, dev.info.uuid, dev.calls, errors)
+    if dev.fields:
+        call = (Reading("fields", nvml.nvmlDeviceGetFieldValues, (list(dev.fields),)),)
+        got, kept = read(dev.handle, dev.info.uuid, call, errors)
+        if not kept:  # the call itself is unsupported
+            dev.fields = {}
+        for fv in got.get("fields", ()):
+            key = (fv.fieldId, fv.scopeId)
+            kind, link, direction = dev.fields[key]
+            if fv.nvmlReturn != nvml.NVML_SUCCESS:
+                error = type(nvml.NVMLError(fv.nvmlReturn)).__name__
+                errors[(dev.info.uuid, f"nvmlDeviceGetFieldValues:{fv.fieldId}", error)] += 1
+                if fv.nvmlReturn in (nvml.NVML_ERROR_NOT_SUPPORTED, nvml.NVML_ERROR_INVALID_ARGUMENT):
+                    del dev.fields[key]
+                continue
+            scale = 1024 if kind == "nvlink" else 1  # NVLink throughput fields count KiB; PCIe's count bytes
+            values[f"field:{kind}:{link}:{direction}"] = int(fv.value.ullVal) * scale
+    dev.values = values
+
+
+def otel_points(
+    gpus: Sequence[GpuLinks], ports: Sequence[ib.IbReading], read_errors: dict[tuple[str, str, str], int]
+) -> Points:
+    """The last readings as OTel observations (bytes, counts, 0/1); a reading not taken yields no point."""
+    out: Points = {m.name: [] for m in INTERCONNECT_METRICS}
+
+    def add(metric: names.Metric, value: float | None, attrs: dict[str, Any]) -> None:
+        if value is not None:
+            out[metric.name].append((value, attrs))
+
+    for dev in gpus:
+        base, v = device_attributes(dev.info), dev.values
+        for key, value in v.items():
+            if key.startswith("field:"):
+                _, kind, link, direction = key.split(":")
+                attrs = {**base, names.GPU_LINK_TYPE: kind, names.NETWORK_IO_DIRECTION: direction}
+                if kind == "nvlink":
+                    attrs[names.GPU_NVLINK_LINK] = int(link)
+                add(names.HW_GPU_IO, value, attrs)
+            elif key.startswith("nvlink_up:"):
+                add(names.GPU_NVLINK_UP, int(bool(value)), {**base, names.GPU_NVLINK_LINK: int(key.split(":")[1])})
+            elif key.startswith("nvlink_error:"):
+                _, link, counter = key.split(":")
+                error = names.GPU_LINK_ERROR_TYPES[int(counter)]
+                add(names.HW_ERRORS, value, {**base, names.GPU_NVLINK_LINK: int(link), names.HW_ERROR_TYPE: error})
+        for bound in names.GPU_PCIE_LINK_BOUNDS:
+            attrs = {**base, names.GPU_PCIE_LINK_BOUND: bound}
+            add(names.GPU_PCIE_LINK_WIDTH, v.get(f"pcie_width_{bound}"), attrs)
+            add(names.GPU_PCIE_LINK_GENERATION, v.get(f"pcie_generation_{bound}"), attrs)
+        current, widest = v.get("pcie_width_current"), v.get("pcie_width_max")
+        if current is not None and widest is not None:
+            add(names.GPU_PCIE_LINK_DOWNTRAINED, int(current < widest), base)
+        add(names.HW_ERRORS, v.get("pcie_replay"), {**base, names.HW_ERROR_TYPE: "pcie_replay"})
+    for r in ports:
+        base = {
+            names.HW_ID: r.port.hw_id,
+            names.HW_NAME: r.port.device,
+            names.HW_TYPE: names.HW_TYPE_NETWORK,
+            names.IB_DEVICE: r.port.device,
+            names.IB_PORT: r.port.port,
+        }
+        for direction in names.NETWORK_IO_DIRECTIONS:
+            add(names.HW_NETWORK_IO, r.bytes.get(direction), {**base, names.NETWORK_IO_DIRECTION: direction})
+            add(names.HW_NETWORK_PACKETS, r.packets.get(direction), {**base, names.NETWORK_IO_DIRECTION: direction})
+        for error, count in r.errors.items():
+            add(names.HW_ERRORS, count, {**base, names.HW_ERROR_TYPE: error})
+        add(names.HW_NETWORK_UP, r.up, {**base, names.IB_RATE: r.rate, names.IB_LINK_LAYER: r.port.link_layer})
+    for (hw_id, source, error), count in read_errors.items():
+        add(names.INTERCONNECT_READ_ERRORS, count, {names.HW_ID: hw_id, names.INTERCONNECT_SOURCE: source,
+                                                    names.HW_ERROR_TYPE: error})  # fmt: skip
+    return out
+
+
+class InterconnectCollector:
+    """Samples NVLink, PCIe and InfiniBand counters on its own thread; instruments read the last points."""
+
+    def __init__(
+        self,
+        nvml: Any,
+        gpus: Iterable[tuple[GpuInfo, Any]],
+        infiniband_root: Path = Path("/sys/class/infiniband"),
+        interval_s: float = 10.0,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        self.interval_s = interval_s
+        self._nvml = nvml
+        self._gpu_handles = list(gpus)
+        self._root = Path(infiniband_root)
+        self._meter_provider = meter_provider
+        self._gpus: list[GpuLinks] = []
+        self._ports: list[ib.IbPort] = []
+        self._readings: list[ib.IbReading] = []
+        self._errors: Counter[tuple[str, str, str]] = Counter()
+        self._points: Points = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.instruments: list[Any] = []
+
+    def start(self, background: bool = True) -> None:
+        """Probe links and ports, take a first sample, register instruments, start the thread."""
+        with self._lock:
+            self._gpus = [probe(self._nvml, info, handle) for info, handle in self._gpu_handles]
+            self._ports = ib.discover(self._root)
+        links = sum(len(g.links) for g in self._gpus)
+        logger.info("Interconnect telemetry: {} NVLink link(s) on {} GPU(s), {} InfiniBand port(s) under {}",
+                    links, len(self._gpus), len(self._ports), self._root)  # fmt: skip
+        self.sample()
+        meter = get_meter(__name__, meter_provider=self._meter_provider, schema_url=names.SEMCONV_SCHEMA_URL)
+        create = {
+            "gauge": meter.create_observable_gauge,
+            "counter": meter.create_observable_counter,
+            "updowncounter": meter.create_observable_up_down_counter,
+        }
+        self.instruments = [
+            create[m.kind](m.name, callbacks=[self._callback(m.name)], unit=m.unit, description=m.description)
+            for m in INTERCONNECT_METRICS
+        ]
+        if background:
+            self._thread = threading.Thread(target=self._run, name="observatory-interconnect-sampler", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sampling (before NVML is shut down). Final."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        with self._lock:
+            self._gpus, self._ports, self._readings, self._points = [], [], [], {}
+
+    def sample(self) -> Points:
+        """Read every GPU link and InfiniBand port now and publish the points."""
+        with self._lock:
+            for dev in self._gpus:
+                read_links(self._nvml, dev, self._errors)
+            self._readings = [ib.read_port(port, self._errors) for port in self._ports]
+            self._points = otel_points(self._gpus, self._readings, dict(self._errors))
+            return self._points
+
+    def points(self) -> Points:
+        """The last sample's observations (empty after ``stop()``)."""
+        return self._points
+
+    @property
+    def read_errors(self) -> dict[tuple[str, str, str], int]:
+        """Failed reads so far: (hw.id, NVML function or sysfs file, error class) -> count."""
+        return dict(self._errors)
+
+    def _callback(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(value, attrs) for value, attrs in self._points.get(name, ())]
+
+        return observe
+
+    def _run(self) -> None:
+        failed = False
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.sample()
+            except Exception:  # the sampler's boundary: log the first failure, keep sampling
+                if not failed:
+                    logger.opt(exception=True).warning("Interconnect sampling failed; it keeps retrying")
+                failed = True
