@@ -14,11 +14,18 @@ contrib ``file`` exporter to the traces and logs pipelines, beside the stores: O
 exporter's lumberjack rotation leaves ``traces-<time>.json`` backups). Point ``observatory trace`` and
 ``observatory logs`` at that folder with ``--source <files_dir>`` to read the collector's view of
 the live system in a terminal; searches across days stay with the trace store and Loki.
+
+Option, off in the committed config: ``collector_config(vllm_targets=("vllm:8001",))`` has the
+Collector scrape vLLM's own ``/metrics`` (its ``prometheus`` receiver, job ``vllm``) into a
+``metrics/vllm`` pipeline out through the same Prometheus exporter, for a deployment where Prometheus
+reaches only the Collector; where Prometheus reaches vLLM, the ``vllm`` job of ``prometheus.yml`` does.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
+
+from gpt_observatory.dashboards.scrape import VLLM_JOB
 
 SIGNALS: Final = ("traces", "metrics", "logs")
 
@@ -75,16 +82,33 @@ def file_exporters(files_dir: str, rotation: dict[str, Any] | None = None) -> di
     }
 
 
+def vllm_receiver(targets: list[str] | tuple[str, ...], interval: str = "15s") -> dict[str, Any]:
+    """The ``prometheus`` receiver scraping vLLM's ``/metrics``: the job is ``vllm`` (its service.name,
+    so the exporter labels the series ``job="vllm"`` as Prometheus's own scrape would)."""
+    return {"config": {"scrape_configs": [{
+        "job_name": VLLM_JOB, "scrape_interval": interval, "metrics_path": "/metrics",
+        "static_configs": [{"targets": list(targets)}],
+    }]}}
+
+
 def collector_config(
     traces_endpoint: str = "tempo:4317",
     loki_endpoint: str = "http://loki:3100/otlp",
     prometheus_endpoint: str = "0.0.0.0:8889",
     files_dir: str | None = None,
     file_rotation: dict[str, Any] | None = None,
+    vllm_targets: list[str] | tuple[str, ...] = (),
+    vllm_interval: str = "15s",
 ) -> dict[str, Any]:
     """The Collector configuration (endpoints are placeholders for a compose/k8s deployment); with
-    ``files_dir``, traces and logs are also written there by the ``file`` exporter."""
+    ``files_dir``, traces and logs are also written there by the ``file`` exporter; with
+    ``vllm_targets``, the Collector scrapes those vLLM servers' metrics too."""
     config = _config(traces_endpoint, loki_endpoint, prometheus_endpoint)
+    if vllm_targets:
+        config["receivers"]["prometheus/vllm"] = vllm_receiver(vllm_targets, vllm_interval)
+        config["service"]["pipelines"]["metrics/vllm"] = {
+            "receivers": ["prometheus/vllm"], "processors": ["memory_limiter", "batch"], "exporters": ["prometheus"],
+        }
     if files_dir is not None:
         config["exporters"].update(file_exporters(files_dir, file_rotation))
         for signal in FILE_SIGNALS:

@@ -1,14 +1,20 @@
-"""``prometheus.yml``: scrape the gateway, the GPU collector, the Pushgateway and the Collector."""
+"""``prometheus.yml``: scrape the gateway, the GPU collector, the Pushgateway, the Collector and a
+vLLM upstream's own ``/metrics``."""
 
 from __future__ import annotations
 
 from typing import Any, Final
 
+from gpt_observatory.dashboards.events import Event
+
 GATEWAY_JOB: Final = "observatory-gateway"  # = the gateway's default service.name
 GPU_JOB: Final = "observatory-gpu"  # processes with the telemetry `prometheus` backend (GPU collector)
 PUSHGATEWAY_JOB: Final = "pushgateway"  # batch flow runs push here; their own job label is kept
 COLLECTOR_JOB: Final = "otel-collector"  # the Collector's Prometheus exporter (OTLP-fed metrics)
+VLLM_JOB: Final = "vllm"  # a vLLM upstream's own metrics (its API port; 8001 as in the README's examples)
 RULE_FILE: Final = "alerts.yml"
+# What the vLLM panels wait for (a proxy to another OpenAI-compatible server has no vllm:* series).
+VLLM_SCRAPED: Final = Event("vllm", "Prometheus scrapes a vLLM server's /metrics (the vllm job)")
 
 
 def scrape_config(
@@ -16,6 +22,7 @@ def scrape_config(
     gpu: list[str] | tuple[str, ...] = ("127.0.0.1:9464",),
     pushgateway: list[str] | tuple[str, ...] = ("127.0.0.1:9091",),
     collector: list[str] | tuple[str, ...] = ("127.0.0.1:8889",),
+    vllm: list[str] | tuple[str, ...] = ("127.0.0.1:8001",),
     interval: str = "15s",
     rule_files: tuple[str, ...] = (RULE_FILE,),
 ) -> dict[str, Any]:
@@ -33,6 +40,8 @@ def scrape_config(
     job(PUSHGATEWAY_JOB, pushgateway, honor_labels=True)
     # The Collector's exporter sets job/instance from each resource's service.name/instance id.
     job(COLLECTOR_JOB, collector, honor_labels=True)
+    # vLLM serves its metrics on the API port, beside /v1; they carry its own model_name label.
+    job(VLLM_JOB, vllm, metrics_path="/metrics")
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": list(rule_files),

@@ -103,7 +103,47 @@ SERVER_ERRORS: Final = f'{STATUS_CODE}=~"5.."'
 HAS_ERROR: Final = f'{ERROR_TYPE}!=""'
 NO_ERROR: Final = f'{ERROR_TYPE}=""'
 
-# Prometheus's own series the artefacts may read besides the project's metrics.
+# vLLM's own metrics, which a vLLM upstream serves on its /metrics (scraped by the `vllm` job): the
+# names of vLLM 0.10's V1 engine (vllm/v1/metrics/loggers.py, PrometheusStatLogger; labels model_name
+# and engine). vllm:kv_cache_usage_perc replaced vllm:gpu_cache_usage_perc in 0.9. The project does not
+# emit these; they are listed here, like Prometheus's own series, so the check knows them.
+VLLM_RUNNING: Final = "vllm:num_requests_running"
+VLLM_WAITING: Final = "vllm:num_requests_waiting"
+VLLM_KV_CACHE_USAGE: Final = "vllm:kv_cache_usage_perc"
+VLLM_PREEMPTIONS: Final = "vllm:num_preemptions_total"
+VLLM_PROMPT_TOKENS: Final = "vllm:prompt_tokens_total"
+VLLM_GENERATION_TOKENS: Final = "vllm:generation_tokens_total"
+VLLM_TTFT: Final = "vllm:time_to_first_token_seconds"
+VLLM_E2E: Final = "vllm:e2e_request_latency_seconds"
+VLLM_QUEUE_TIME: Final = "vllm:request_queue_time_seconds"
+VLLM_PREFILL_TIME: Final = "vllm:request_prefill_time_seconds"
+VLLM_DECODE_TIME: Final = "vllm:request_decode_time_seconds"
+VLLM_GAUGES: Final = {
+    VLLM_RUNNING: "requests in model execution batches",
+    VLLM_WAITING: "requests waiting to be scheduled",
+    VLLM_KV_CACHE_USAGE: "KV-cache usage, 1 = full",
+}
+VLLM_COUNTERS: Final = {
+    VLLM_PREEMPTIONS: "requests preempted by the engine (KV cache full; recomputed later)",
+    VLLM_PROMPT_TOKENS: "prefill tokens processed",
+    VLLM_GENERATION_TOKENS: "generation tokens processed",
+}
+VLLM_HISTOGRAMS: Final = {
+    VLLM_TTFT: "time to first token (s)",
+    VLLM_E2E: "end-to-end request latency (s)",
+    VLLM_QUEUE_TIME: "time a request spent WAITING (s)",
+    VLLM_PREFILL_TIME: "time a request spent in PREFILL (s)",
+    VLLM_DECODE_TIME: "time a request spent in DECODE (s)",
+}
+VLLM_MODEL: Final = "model_name"  # vLLM's served model name
+VLLM_ENGINE: Final = "engine"  # engine core index (data parallelism)
+VLLM_SERIES: Final = {
+    **VLLM_GAUGES, **VLLM_COUNTERS,
+    **{f"{h}{suffix}": meaning for h, meaning in VLLM_HISTOGRAMS.items() for suffix in ("_bucket", "_sum", "_count")},
+}
+BY_VLLM_MODEL: Final = f'{VLLM_MODEL}=~"$model"'
+
+# Series the artefacts may read besides the project's metrics: Prometheus's own, and vLLM's.
 UP: Final = "up"
 SCRAPE_DURATION: Final = "scrape_duration_seconds"
 TARGET_INFO: Final = "target_info"
@@ -113,9 +153,10 @@ PROMETHEUS_SERIES: Final = {
     SCRAPE_DURATION: "scrape latency, written by Prometheus for every target",
     TARGET_INFO: "OTel resource attributes, written by the OTel Prometheus exporter",
     ALERTS: "alert states, written by Prometheus's rule manager",
+    **{name: f"vLLM: {meaning}" for name, meaning in VLLM_SERIES.items()},
 }
 PROMETHEUS_LABELS: Final = frozenset(
     {JOB, INSTANCE, LE, "__name__", "alertname", "alertstate", "severity", "slo", "quantile",
-     "otel_scope_name", "otel_scope_version"}
+     "otel_scope_name", "otel_scope_version", VLLM_MODEL, VLLM_ENGINE}
 )
 GPU_NAME_PREFIXES: Final = ("hw.", "observatory.gpu.")  # metrics only a GPU machine emits

@@ -1,6 +1,8 @@
 """Inference: latency (request, TTFT, TPOT), throughput, tokens per tenant, the serving model
 version, the canary (champion vs challenger: the figures the canary flow judges), energy per output
-token, and the same signals when proxying an upstream server."""
+token, the same signals when proxying an upstream server, and a vLLM upstream's own engine metrics
+(queue, prefill and decode time, KV-cache usage, preemptions) to say whether a slow first token was
+queueing or prefill."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from gpt_observatory.dashboards import events
 from gpt_observatory.dashboards import series as s
 from gpt_observatory.dashboards._grafana import Board, Panel, Row, q
 from gpt_observatory.dashboards.boards._common import GPU_VAR, JOB_VAR, MODEL_VAR, TENANT_VAR
-from gpt_observatory.dashboards.query import RANGE, quantile, rate, ratio, sel
+from gpt_observatory.dashboards.query import RANGE, agg, quantile, rate, ratio, sel
+from gpt_observatory.dashboards.scrape import VLLM_SCRAPED
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.names import Metric, prometheus_series
 
@@ -50,6 +53,53 @@ def _canary_row(served: str, output: str) -> Row:
         Panel("p95 time to first token by role",
               (q(quantile(0.95, names.GEN_AI_SERVER_TIME_TO_FIRST_TOKEN, s.BY_JOB, s.BY_MODEL, by=side), legend),),
               unit="s", width=12, description="Streamed generations only."),
+    ))
+
+
+_VLLM_PHASES = (("queue", s.VLLM_QUEUE_TIME), ("prefill", s.VLLM_PREFILL_TIME), ("decode", s.VLLM_DECODE_TIME))
+_VLLM_LEGEND = f"{{{{{s.VLLM_MODEL}}}}}"
+
+
+def _vllm_quantile(p: float, histogram: str) -> str:
+    by = (s.VLLM_MODEL, s.LE)
+    return f"histogram_quantile({p}, {rate(histogram + '_bucket', s.BY_VLLM_MODEL, by=by)})"
+
+
+def _vllm_row() -> Row:
+    """vLLM's own metrics beside ours: where an upstream request's time went, and why."""
+    by = (s.VLLM_MODEL,)
+
+    def mean(histogram: str) -> str:
+        return (f"{rate(histogram + '_sum', s.BY_VLLM_MODEL, by=by)} / "
+                f"{rate(histogram + '_count', s.BY_VLLM_MODEL, by=by)}")
+
+    def gauge(series: str, fn: str = "sum") -> str:
+        return agg(fn, sel(series, s.BY_VLLM_MODEL), by)
+
+    return Row("vLLM engine (the upstream's own metrics)", (
+        Panel("vLLM mean time per request: queue, prefill, decode",
+              tuple(q(mean(h), f"{phase} {_VLLM_LEGEND}") for phase, h in _VLLM_PHASES),
+              unit="s", width=8, stack=True, needs=VLLM_SCRAPED,
+              description="Where a finished request's time went inside vLLM: waiting to be scheduled, "
+                          "prefilling the prompt, decoding. A slow TTFT with a tall queue band is queueing."),
+        Panel("vLLM p95 queue, prefill and decode time",
+              (*(q(_vllm_quantile(0.95, h), f"{phase} {_VLLM_LEGEND}") for phase, h in _VLLM_PHASES),
+               q(_vllm_quantile(0.95, s.VLLM_TTFT), f"TTFT {_VLLM_LEGEND}")),
+              unit="s", width=8, needs=VLLM_SCRAPED),
+        Panel("vLLM requests running and waiting",
+              (q(gauge(s.VLLM_RUNNING), f"running {_VLLM_LEGEND}"), q(gauge(s.VLLM_WAITING), f"waiting {_VLLM_LEGEND}")),
+              width=8, needs=VLLM_SCRAPED,
+              description="Waiting grows when the engine has no room (KV cache full or max_num_seqs reached)."),
+        Panel("vLLM KV-cache usage", (q(gauge(s.VLLM_KV_CACHE_USAGE, "max"), _VLLM_LEGEND),),
+              unit="percentunit", width=8, needs=VLLM_SCRAPED,
+              description="Fraction of KV-cache blocks in use (the fullest engine). Near 1, requests are preempted."),
+        Panel("vLLM preemptions", (q(rate(s.VLLM_PREEMPTIONS, s.BY_VLLM_MODEL, by=by), _VLLM_LEGEND),),
+              unit="reqps", width=8, needs=VLLM_SCRAPED,
+              description="Requests evicted to free KV cache and recomputed later: latency spikes, not errors."),
+        Panel("vLLM tokens per second: prompt and generation",
+              (q(rate(s.VLLM_PROMPT_TOKENS, s.BY_VLLM_MODEL, by=by), f"prompt {_VLLM_LEGEND}"),
+               q(rate(s.VLLM_GENERATION_TOKENS, s.BY_VLLM_MODEL, by=by), f"generation {_VLLM_LEGEND}")),
+              width=8, needs=VLLM_SCRAPED),
     ))
 
 
@@ -115,5 +165,6 @@ def board() -> Board:
                       unit="reqps", needs=events.UPSTREAM, width=12,
                       description="Upstream errors and timeouts (answered 502/504)."),
             )),
+            _vllm_row(),
         ),
     )
