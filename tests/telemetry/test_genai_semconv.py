@@ -7,15 +7,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import openai
 import orjson
 import pytest
 import yaml
 
+from gpt_observatory.serving_hooks.app import create_app
 from gpt_observatory.serving_hooks.inference import GenAIHooks, GenAIRequest, GenerationStats, ModelInfo
+from gpt_observatory.serving_hooks.settings import load
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.redact import MASK
 from tests.serving_hooks import conftest as gateway_fixtures
-from tests.serving_hooks.support import point_value
+from tests.serving_hooks.support import point_value, serve, settle
+from tests.serving_hooks.upstream_peer import PROMPT_TOKENS
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE = ROOT / "tests" / "data" / "semconv-genai" / "model" / "gen-ai"
@@ -24,7 +28,10 @@ DUP = "gen_ai_latest_experimental/dup"
 SECRET = "sk-live-0123456789abcdefghij"
 INFO = ModelInfo("tiny-gpt", "7", "champion", "champion")
 
-memory_telemetry = gateway_fixtures.memory_telemetry  # the gateway tests' in-memory pipeline
+# The gateway tests' fixtures: the in-memory pipeline, an API-key file, the local OpenAI-compatible upstream.
+memory_telemetry = gateway_fixtures.memory_telemetry
+keyring = gateway_fixtures.keyring
+upstream_peer = gateway_fixtures.upstream_peer
 
 # The names the pinned release defines for what we emit with the opt-in.
 PINNED = (
@@ -212,3 +219,20 @@ def test_captured_content_follows_the_release_s_messages_and_the_redaction(memor
         gen.record(GenerationStats(5, 2, ("stop",), completion="short"))
     attrs = memory_telemetry.memory.spans()[-1].attributes
     assert names.GEN_AI_INPUT_MESSAGES not in attrs and names.GEN_AI_OUTPUT_MESSAGES not in attrs
+
+
+def test_the_gateway_proxying_an_upstream_emits_the_release_s_names_when_opted_in(
+    monkeypatch, memory_telemetry, upstream_peer, keyring
+):
+    monkeypatch.setenv(names.SEMCONV_OPT_IN_ENV, LATEST)  # before the app builds its hooks
+    settings = load(backend="upstream", upstream_url=upstream_peer.url, upstream_models=["up-model"],
+                    api_keys_file=keyring.path)
+    with serve(create_app(settings)) as served:
+        client = openai.OpenAI(base_url=served.v1, api_key=keyring.acme, max_retries=0)
+        client.chat.completions.create(model="up-model", messages=[{"role": "user", "content": "hello"}])
+        settle(memory_telemetry)
+    got = memory_telemetry.memory.metrics()
+    assert names.GEN_AI_CLIENT_OPERATION_DURATION.name not in got and names.GEN_AI_CLIENT_TOKEN_USAGE.name not in got
+    assert point_value(got[names.GEN_AI_CLIENT_INFERENCE_DURATION.name], **{names.GEN_AI_REQUEST_MODEL: "up-model"}) == 1
+    usage = got[names.GEN_AI_CLIENT_INFERENCE_USAGE_INPUT_TOKENS.name]
+    assert point_value(usage, **{names.GEN_AI_TOKEN_MODALITY: names.GEN_AI_TOKEN_MODALITY_UNKNOWN}) == PROMPT_TOKENS
