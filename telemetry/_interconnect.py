@@ -38,48 +38,71 @@ INTERCONNECT_METRICS: tuple[names.Metric, ...] = (
 )
 # names.GPU_LINK_ERROR_TYPES[i] is NVML's NvLink error counter i (DL_REPLAY, DL_RECOVERY, DL_CRC_FLIT, DL_CRC_DATA).
 NVLINK_ERROR_COUNTERS = range(4)
-_SINGLE = ("pcie_width_current", "pcie_width_max", "pcie_generation_current", "pcie_generation_max", "pcie_replay")
+Series = tuple[names.Metric, dict[str, Any]]
 
 
 @dataclass(slots=True)
 class GpuLinks:
-    """One GPU's interconnect: its NVLink links, the calls it answers and the fields it reports."""
+    """One GPU's interconnect: the calls it answers, the fields it reports, and the series of each
+    reading (metric and attributes, bound once at start)."""
 
     info: GpuInfo
     handle: Any
     links: tuple[int, ...]
     calls: tuple[Reading, ...]
-    fields: dict[tuple[int, int], tuple[str, int | None, str]]  # (NVML field, scope) -> (link type, link, direction)
-    values: dict[str, Any] = field(default_factory=dict)  # last reading: call key or "field:<type>:<link>:<dir>"
+    fields: dict[tuple[int, int], str]  # (NVML field id, scope) -> reading key
+    series: dict[str, Series]  # reading key -> its series
+    values: dict[str, int] = field(default_factory=dict)  # the last reading, by key
 
 
 def probe(nvml: Any, info: GpuInfo, handle: Any) -> GpuLinks:
-    """Which links and fields ``handle`` has: one NvLinkState call per possible link, once."""
+    """Which links ``handle`` has (one NvLinkState call per possible link, once) and what to read."""
     links = tuple(
         link
         for link in range(nvml.NVML_NVLINK_MAX_LINKS)
         if try_call(nvml.nvmlDeviceGetNvLinkState, handle, link) is not None
     )
-    calls = [
-        Reading("pcie_width_current", nvml.nvmlDeviceGetCurrPcieLinkWidth),
-        Reading("pcie_width_max", nvml.nvmlDeviceGetMaxPcieLinkWidth),
-        Reading("pcie_generation_current", nvml.nvmlDeviceGetCurrPcieLinkGeneration),
-        Reading("pcie_generation_max", nvml.nvmlDeviceGetMaxPcieLinkGeneration),
-        Reading("pcie_replay", nvml.nvmlDeviceGetPcieReplayCounter),
-    ]
-    fields: dict[tuple[int, int], tuple[str, int | None, str]] = {
-        (nvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, 0): ("pcie", None, "transmit"),
-        (nvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, 0): ("pcie", None, "receive"),
-    }
+    base = device_attributes(info)
+    calls: list[Reading] = []
+    series: dict[str, Series] = {}
+    for bound, width, generation in (
+        ("current", nvml.nvmlDeviceGetCurrPcieLinkWidth, nvml.nvmlDeviceGetCurrPcieLinkGeneration),
+        ("max", nvml.nvmlDeviceGetMaxPcieLinkWidth, nvml.nvmlDeviceGetMaxPcieLinkGeneration),
+    ):
+        calls += [Reading(f"pcie_width_{bound}", width), Reading(f"pcie_generation_{bound}", generation)]
+        attrs = {**base, names.GPU_PCIE_LINK_BOUND: bound}
+        series[f"pcie_width_{bound}"] = (names.GPU_PCIE_LINK_WIDTH, attrs)
+        series[f"pcie_generation_{bound}"] = (names.GPU_PCIE_LINK_GENERATION, attrs)
+    calls.append(Reading("pcie_replay", nvml.nvmlDeviceGetPcieReplayCounter))
+    series["pcie_replay"] = (names.HW_ERRORS, {**base, names.HW_ERROR_TYPE: "pcie_replay"})
+    series["pcie_downtrained"] = (names.GPU_PCIE_LINK_DOWNTRAINED, base)
+    fields: dict[tuple[int, int], str] = {}
+    io = {**base, names.GPU_LINK_TYPE: "pcie"}
+    for direction, field_id in zip(
+        names.NETWORK_IO_DIRECTIONS,
+        (nvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, nvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES),
+        strict=True,
+    ):
+        fields[(field_id, 0)] = f"pcie_bytes:{direction}"
+        series[f"pcie_bytes:{direction}"] = (names.HW_GPU_IO, {**io, names.NETWORK_IO_DIRECTION: direction})
     for link in links:
+        on_link = {**base, names.GPU_NVLINK_LINK: link}
         calls.append(Reading(f"nvlink_up:{link}", nvml.nvmlDeviceGetNvLinkState, (link,)))
-        calls += [
-            Reading(f"nvlink_error:{link}:{counter}", nvml.nvmlDeviceGetNvLinkErrorCounter, (link, counter))
-            for counter in NVLINK_ERROR_COUNTERS
-        ]
-        fields[(nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, link)] = ("nvlink", link, "transmit")
-        fields[(nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, link)] = ("nvlink", link, "receive")
-    return GpuLinks(info, handle, links, tuple(calls), fields)
+        series[f"nvlink_up:{link}"] = (names.GPU_NVLINK_UP, on_link)
+        for counter in NVLINK_ERROR_COUNTERS:
+            key = f"nvlink_error:{link}:{counter}"
+            calls.append(Reading(key, nvml.nvmlDeviceGetNvLinkErrorCounter, (link, counter)))
+            series[key] = (names.HW_ERRORS, {**on_link, names.HW_ERROR_TYPE: names.GPU_LINK_ERROR_TYPES[counter]})
+        io = {**on_link, names.GPU_LINK_TYPE: "nvlink"}
+        for direction, field_id in zip(
+            names.NETWORK_IO_DIRECTIONS,
+            (nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX),
+            strict=True,
+        ):
+            key = f"nvlink_bytes:{link}:{direction}"
+            fields[(field_id, link)] = key
+            series[key] = (names.HW_GPU_IO, {**io, names.NETWORK_IO_DIRECTION: direction})
+    return GpuLinks(info, handle, links, tuple(calls), fields, series)
 
 
 def read_links(nvml: Any, dev: GpuLinks, errors: Counter[tuple[str, str, str]]) -> None:
@@ -91,16 +114,19 @@ def read_links(nvml: Any, dev: GpuLinks, errors: Counter[tuple[str, str, str]]) 
         if not kept:  # the call itself is unsupported
             dev.fields = {}
         for fv in got.get("fields", ()):
-            key = (fv.fieldId, fv.scopeId)
-            kind, link, direction = dev.fields[key]
-            if fv.nvmlReturn != nvml.NVML_SUCCESS:
-                error = type(nvml.NVMLError(fv.nvmlReturn)).__name__
-                errors[(dev.info.uuid, f"nvmlDeviceGetFieldValues:{fv.fieldId}", error)] += 1
-                if fv.nvmlReturn in (nvml.NVML_ERROR_NOT_SUPPORTED, nvml.NVML_ERROR_INVALID_ARGUMENT):
-                    del dev.fields[key]
+            spec, status = (fv.fieldId, fv.scopeId), fv.nvmlReturn
+            if status != nvml.NVML_SUCCESS:
+                error = type(nvml.NVMLError(status)).__name__
+                errors[(dev.info.uuid, f"nvmlDeviceGetFieldValues:{spec[0]}", error)] += 1
+                if status in (nvml.NVML_ERROR_NOT_SUPPORTED, nvml.NVML_ERROR_INVALID_ARGUMENT):
+                    del dev.fields[spec]
                 continue
-            scale = 1024 if kind == "nvlink" else 1  # NVLink throughput fields count KiB; PCIe's count bytes
-            values[f"field:{kind}:{link}:{direction}"] = int(fv.value.ullVal) * scale
+            key = dev.fields[spec]
+            # NVLink throughput fields count KiB; the PCIe ones count bytes.
+            values[key] = fv.value.ullVal * 1024 if key.startswith("nvlink") else fv.value.ullVal
+    width, widest = values.get("pcie_width_current"), values.get("pcie_width_max")
+    if width is not None and widest is not None:
+        values["pcie_downtrained"] = int(width < widest)
     dev.values = values
 
 
@@ -115,28 +141,9 @@ def otel_points(
             out[metric.name].append((value, attrs))
 
     for dev in gpus:
-        base, v = device_attributes(dev.info), dev.values
-        for key, value in v.items():
-            if key.startswith("field:"):
-                _, kind, link, direction = key.split(":")
-                attrs = {**base, names.GPU_LINK_TYPE: kind, names.NETWORK_IO_DIRECTION: direction}
-                if kind == "nvlink":
-                    attrs[names.GPU_NVLINK_LINK] = int(link)
-                add(names.HW_GPU_IO, value, attrs)
-            elif key.startswith("nvlink_up:"):
-                add(names.GPU_NVLINK_UP, int(bool(value)), {**base, names.GPU_NVLINK_LINK: int(key.split(":")[1])})
-            elif key.startswith("nvlink_error:"):
-                _, link, counter = key.split(":")
-                error = names.GPU_LINK_ERROR_TYPES[int(counter)]
-                add(names.HW_ERRORS, value, {**base, names.GPU_NVLINK_LINK: int(link), names.HW_ERROR_TYPE: error})
-        for bound in names.GPU_PCIE_LINK_BOUNDS:
-            attrs = {**base, names.GPU_PCIE_LINK_BOUND: bound}
-            add(names.GPU_PCIE_LINK_WIDTH, v.get(f"pcie_width_{bound}"), attrs)
-            add(names.GPU_PCIE_LINK_GENERATION, v.get(f"pcie_generation_{bound}"), attrs)
-        current, widest = v.get("pcie_width_current"), v.get("pcie_width_max")
-        if current is not None and widest is not None:
-            add(names.GPU_PCIE_LINK_DOWNTRAINED, int(current < widest), base)
-        add(names.HW_ERRORS, v.get("pcie_replay"), {**base, names.HW_ERROR_TYPE: "pcie_replay"})
+        for key, value in dev.values.items():
+            metric, attrs = dev.series[key]
+            out[metric.name].append((int(value != 0) if metric is names.GPU_NVLINK_UP else value, attrs))
     for r in ports:
         base = {
             names.HW_ID: r.port.hw_id,

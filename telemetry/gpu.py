@@ -5,7 +5,8 @@ memory total), takes a first sample and starts a sampler thread: the cheap gette
 on an H100) every ``interval_s``; the slow ones (energy counter ~3 ms, per-process memory, ECC
 counts, XID events) every ``slow_interval_s``. The OpenTelemetry instruments and the optional
 DCGM-compatible Prometheus collector read the cached snapshot; no export or request calls NVML.
-No driver or no GPU: one log line, no series, nothing raised.
+No driver or no GPU: one log line, no series, nothing raised. With ``interconnect_interval_s`` set,
+NVLink, PCIe and InfiniBand are sampled by :mod:`._interconnect` on a thread of its own.
 """
 
 from __future__ import annotations
