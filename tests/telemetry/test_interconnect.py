@@ -249,3 +249,26 @@ def test_prometheus_scrapes_the_interconnect_series_and_the_gpu_board_panels_ret
     assert not empty, empty
     assert [r["value"][1] for r in bytes_tx] == [str(1 << 20)]
     assert ib_up[0]["value"][1] == "1" and ib_up[0]["metric"]["observatory_infiniband_rate"] == "400 Gb/sec (4X NDR)"
+
+
+# --------------------------------------------------------------------------- on a GPU (device machine)
+@pytest.mark.gpu
+def test_real_nvlink_and_pcie_readings_are_sane_and_printed():
+    """Prints what NVML returned for every link (run with -s); H200 boards have NVLink."""
+    collector = GpuCollector(interconnect_interval_s=3600, meter_provider=NoOpMeterProvider())
+    if not collector.start(background=False):
+        pytest.skip(collector.status)
+    try:
+        points = collector.interconnect.sample()
+        errors = collector.interconnect.read_errors
+    finally:
+        collector.stop()
+    for metric, observed in points.items():
+        for value, attrs in observed:
+            shown = {k: v for k, v in attrs.items() if k not in (names.HW_NAME, names.HW_TYPE, names.GPU_INDEX)}
+            print(f"{metric} {value} {shown}")
+    print("read errors:", errors)
+    widths = {a[names.GPU_PCIE_LINK_BOUND]: v for v, a in points[names.GPU_PCIE_LINK_WIDTH.name]}
+    assert 1 <= widths["current"] <= widths["max"] <= 32, widths
+    for value, _ in points[names.GPU_NVLINK_UP.name]:
+        assert value in (0, 1)
