@@ -27,6 +27,8 @@ PIPELINE_RUN: Final = Event("pipeline_run", "a pipeline run pushes its metrics")
 FAIL_OPEN: Final = Event("fail_open", "the rate-limit store fails and a request is admitted unchecked")
 SERIES_OVERFLOW: Final = Event("series_overflow", "a metric reaches its series limit")
 AUTH_THROTTLED: Final = Event("auth_throttled", "failed-auth throttling refuses a client (429)")
+# What the vLLM panels wait for (a proxy to another OpenAI-compatible server has no vllm:* series).
+VLLM_SCRAPED: Final = Event("vllm", "Prometheus scrapes a vLLM server's /metrics (the vllm job)")
 
 ALL: Final = (GPU, RATE_LIMITED, HOT_SWAP, REGISTRY_ERROR, INFERENCE_ERROR, UPSTREAM, EXPORT_FAILURE, ALERT_ACTIVE,
-              GPU_READ_ERROR, PIPELINE_RUN, FAIL_OPEN, SERIES_OVERFLOW, AUTH_THROTTLED)
+              GPU_READ_ERROR, PIPELINE_RUN, FAIL_OPEN, SERIES_OVERFLOW, AUTH_THROTTLED, VLLM_SCRAPED)

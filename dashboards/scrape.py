@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from gpt_observatory.dashboards.events import Event
+from gpt_observatory.dashboards import events
 
 GATEWAY_JOB: Final = "observatory-gateway"  # = the gateway's default service.name
 GPU_JOB: Final = "observatory-gpu"  # processes with the telemetry `prometheus` backend (GPU collector)
@@ -13,8 +13,7 @@ PUSHGATEWAY_JOB: Final = "pushgateway"  # batch flow runs push here; their own j
 COLLECTOR_JOB: Final = "otel-collector"  # the Collector's Prometheus exporter (OTLP-fed metrics)
 VLLM_JOB: Final = "vllm"  # a vLLM upstream's own metrics (its API port; 8001 as in the README's examples)
 RULE_FILE: Final = "alerts.yml"
-# What the vLLM panels wait for (a proxy to another OpenAI-compatible server has no vllm:* series).
-VLLM_SCRAPED: Final = Event("vllm", "Prometheus scrapes a vLLM server's /metrics (the vllm job)")
+VLLM_SCRAPED: Final = events.VLLM_SCRAPED
 
 
 def scrape_config(
