@@ -310,7 +310,10 @@ HW_GPU_MEMORY_UTILIZATION = Metric(_hw_m.HW_GPU_MEMORY_UTILIZATION, "1", "gauge"
 HW_POWER = Metric("hw.power", "W", "gauge", "Instantaneous power drawn.")
 HW_ENERGY = Metric(_hw_m.HW_ENERGY, "J", "counter", "Energy consumed since the driver loaded.")
 HW_TEMPERATURE = Metric("hw.temperature", "Cel", "gauge", "GPU temperature.")
-HW_ERRORS = Metric(_hw_m.HW_ERRORS, "{error}", "counter", "GPU errors (ECC, XID-style) by error.type.")
+HW_ERRORS = Metric(
+    _hw_m.HW_ERRORS, "{error}", "counter",
+    "Hardware errors by error.type: GPU (ECC, XID-style), NVLink and PCIe link, InfiniBand port.",
+)
 GPU_CLOCK = Metric("observatory.gpu.clock", "Hz", "gauge", "Current clock by observatory.gpu.clock.domain.")
 GPU_CLOCK_EVENT = Metric(
     "observatory.gpu.clock_event", "1", "gauge", "1 while a clock-event (throttle) reason is active, by reason."
