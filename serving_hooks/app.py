@@ -11,7 +11,9 @@ need that bearer token wherever they are (:mod:`serving_hooks.production`, which
 backend serves ``models:/NAME@champion`` in process, the ``upstream`` backend proxies an
 OpenAI-compatible server. With a canary configured (``canary_share``/``canary_tenants``) the
 ``mlflow`` backend also follows the ``challenger`` alias and a
-:class:`~serving_hooks.backends.canary.CanaryRouter` splits the traffic.
+:class:`~serving_hooks.backends.canary.CanaryRouter` splits the traffic; with shadow traffic
+(``shadow_share``/``shadow_tenants``) a :class:`~serving_hooks.backends.shadow.ShadowRouter` serves
+everyone from the champion and mirrors copies to the challenger.
 
 The layers, outside in: :class:`~serving_hooks.gateway.GatewayMiddleware`, then
 :class:`~serving_hooks._completions.CompletionsEndpoint` (the two completion operations, as plain
@@ -223,11 +225,10 @@ def build_backend(settings: ServeSettings, hooks: GenAIHooks) -> ModelBackend:
 
 
 def build_router(settings: ServeSettings, hooks: GenAIHooks) -> ModelRouter:
-    """The champion alone, or champion and challenger behind a canary router when one is configured."""
+    """The champion alone, or champion and challenger behind a canary or a shadow router when one is configured."""
     champion = build_backend(settings, hooks)
-    if not settings.canary:
+    if not (settings.canary or settings.shadow):
         return ModelRouter({names.MODEL_ROLE_CHAMPION: champion})
-    from gpt_observatory.serving_hooks.backends.canary import CanaryPolicy, CanaryRouter
     from gpt_observatory.serving_hooks.backends.mlflow import MlflowBackend
 
     challenger = MlflowBackend(
@@ -235,6 +236,14 @@ def build_router(settings: ServeSettings, hooks: GenAIHooks) -> ModelRouter:
         tracking_uri=settings.tracking_uri, poll_interval_s=settings.poll_interval_s, workers=settings.generation_threads,
         optional=True,
     )
+    if settings.shadow:
+        from gpt_observatory.serving_hooks.backends.shadow import ShadowPolicy, ShadowRouter
+
+        shadow = ShadowPolicy.of(settings.shadow_share, settings.shadow_tenants, queue_size=settings.shadow_queue_size,
+                                 concurrency=settings.generation_threads)
+        return ShadowRouter(champion, challenger, shadow)  # type: ignore[arg-type]  # mlflow: in-process
+    from gpt_observatory.serving_hooks.backends.canary import CanaryPolicy, CanaryRouter
+
     policy = CanaryPolicy.of(settings.canary_share, settings.canary_tenants, settings.canary_sticky)
     return CanaryRouter(champion, challenger, policy)  # type: ignore[arg-type]  # mlflow: in-process
 

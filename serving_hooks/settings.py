@@ -80,6 +80,18 @@ class ServeSettings(TableSettings):
     )
     challenger_alias: str = Field("challenger", description="Registry alias of the canary's challenger.")
 
+    # Shadow traffic (mlflow backend; serving_hooks.backends.shadow): copies of live requests go to the
+    # challenger after the champion's answer is sent; users only ever see the champion.
+    shadow_share: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of requests (0..1) mirrored to the challenger alias while it exists, "
+                                         "after the champion answered (mlflow backend); never seen by the caller."
+    )
+    shadow_tenants: CommaList = Field([], description="Tenants whose every request is mirrored to the challenger.")
+    shadow_queue_size: int = Field(
+        256, ge=1, le=1_000_000, description="Mirrors waiting for the challenger at most; past it a mirror is dropped "
+                                             "(counted), never the user request."
+    )
+
     # Listener.
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
@@ -151,9 +163,18 @@ class ServeSettings(TableSettings):
             raise ValueError("backend 'upstream' needs upstream_url (--upstream-url / OBSERVATORY_SERVE_UPSTREAM_URL)")
         if self.backend == "upstream" and self.canary:
             raise ValueError("canary routing (canary_share / canary_tenants) needs the 'mlflow' backend")
-        if self.canary and self.challenger_alias == self.alias:
+        if self.backend == "upstream" and self.shadow:
+            raise ValueError("shadow traffic (shadow_share / shadow_tenants) needs the 'mlflow' backend")
+        if self.canary and self.shadow:
+            raise ValueError("canary routing and shadow traffic judge the same challenger: set canary_* or shadow_*")
+        if (self.canary or self.shadow) and self.challenger_alias == self.alias:
             raise ValueError(f"challenger_alias must differ from alias ({self.alias!r})")
         return self
+
+    @property
+    def shadow(self) -> bool:
+        """Whether requests are mirrored to a challenger at all (a share above 0 or named tenants)."""
+        return self.shadow_share > 0 or bool(self.shadow_tenants)
 
     @property
     def canary(self) -> bool:

@@ -480,6 +480,43 @@ INTERCONNECT_READ_ERRORS = Metric(
     "Interconnect readings dropped because the NVML call or sysfs read failed, by function.",
 )
 
+# --------------------------------------------------------------------------- shadow traffic
+# serving_hooks/backends/shadow.py: a share of live requests mirrored to the challenger after the
+# champion's answer went out. Each side of a mirrored request (observatory.model.role) is measured the
+# same way, as the gateway's client sees it, so the canary flow can judge them with its live rules.
+SPAN_SHADOW: Final = "observatory.shadow"  # root of a mirror's own trace, linked to the user request's span
+SHADOW: Final = "observatory.shadow"  # span attribute: true on every span of a mirrored call
+SHADOW_MATCH: Final = "observatory.shadow.match"  # "exact" | "differs" (challenger text vs champion's)
+SHADOW_MATCHES: Final = ("exact", "differs")
+SHADOW_DROP_REASON: Final = "observatory.shadow.drop.reason"  # "queue_full" | "no_challenger"
+SHADOW_DROP_REASONS: Final = ("queue_full", "no_challenger")
+SHADOW_LENGTH_RATIO_BUCKETS: Final = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)
+SHADOW_REQUEST_DURATION = Metric(
+    "observatory.shadow.request.duration", "s", "histogram",
+    "Duration of each side of a mirrored request, by observatory.model.role/version and error.type.",
+)
+SHADOW_TIME_TO_FIRST_TOKEN = Metric(
+    "observatory.shadow.time_to_first_token", "s", "histogram", "Time to the first token of each side (streams).",
+)
+SHADOW_TIME_PER_OUTPUT_TOKEN = Metric(
+    "observatory.shadow.time_per_output_token", "s", "histogram", "Time per output token after the first, each side.",
+)
+SHADOW_OUTPUT_TOKENS = Metric(
+    "observatory.shadow.output_tokens", "{token}", "counter", "Output tokens each side produced on mirrored requests.",
+)
+SHADOW_COMPARISONS = Metric(
+    "observatory.shadow.comparisons", "{request}", "counter",
+    "Mirrored requests both sides answered, by observatory.shadow.match (exact-match rate = exact / all).",
+)
+SHADOW_LENGTH_RATIO = Metric(
+    "observatory.shadow.length_ratio", "1", "histogram",
+    "Challenger output tokens over the champion's on the same request (1: same length).",
+)
+SHADOW_DROPPED = Metric(
+    "observatory.shadow.dropped", "{request}", "counter",
+    "Mirrors not sent to the challenger, by observatory.shadow.drop.reason (the user request is never affected).",
+)
+
 METRICS: Final[tuple[Metric, ...]] = tuple(v for v in list(globals().values()) if isinstance(v, Metric))
 """Every metric the project emits."""
 
