@@ -13,6 +13,11 @@ history record, Prefect artifact, span, counter):
 - ``inconclusive`` (too little traffic): the window is extended up to ``max_extensions`` times
   (``on_inconclusive = "extend"``), then ``inconclusive`` is recorded. Never a promotion.
 
+With ``canary_source = "shadow"`` the figures are those of mirrored requests instead
+(``serving_hooks.backends.shadow``: gateways started with ``shadow_share`` copy requests to the
+challenger after the champion answered), judged by the same rules: no user is served by the
+challenger, and the decision's figures add its exact-match rate and length ratio.
+
 Every outcome deletes the ``challenger`` alias, which is what sets the canary share back to 0 in
 every gateway at its next alias poll (no restart, no message to each replica). After a promotion,
 ``guard`` (run by ``canary`` when ``guard_duration_s`` > 0) watches the new champion; a breach of an
@@ -29,7 +34,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from loguru import logger
-from prefect import flow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 
 from gpt_observatory.flows import tasks
 from gpt_observatory.flows._flowkit import call, observed
@@ -38,7 +44,7 @@ from gpt_observatory.flows.decisions import champion_lock, new_decision, publish
 from gpt_observatory.flows.gates import LiveResult, judge_canary, judge_guard
 from gpt_observatory.flows.history import Decision, DecisionKind
 from gpt_observatory.flows.instruments import PipelineInstruments, tracer
-from gpt_observatory.flows.live import Side
+from gpt_observatory.flows.live import LiveFigures, LiveQueries, Prometheus, Side
 from gpt_observatory.flows.promotion import rollback
 from gpt_observatory.flows.registry import CHALLENGER, CHAMPION
 from gpt_observatory.flows.settings import CanarySettings, load_canary_settings
@@ -92,6 +98,20 @@ def _live(context: RunContext) -> CanarySettings:
     return context.canary or load_canary_settings()
 
 
+@task(name="read-shadow-figures", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def read_shadow(live: CanarySettings, model: str, window_s: float, sides: list[Side]) -> dict[Side, LiveFigures]:
+    """Both sides' figures on mirrored requests (``observatory.shadow.*``)."""
+    queries = LiveQueries(Prometheus(live.prometheus_url, live.query_timeout_s), model, live.selector, "shadow")
+    return queries.figures(window_s, sides)
+
+
+def _read(live: CanarySettings, name: str, window_s: float, sides: list[Side]) -> dict[Side, LiveFigures]:
+    """The figures the canary judges: the users' (``live``) or the mirrored requests' (``shadow``)."""
+    if live.canary_source == "shadow":
+        return read_shadow(live, name, window_s, sides)
+    return tasks.read_live(live, name, window_s, sides)
+
+
 def _analyse(live: CanarySettings, name: str, challenger: Side, champion: Side) -> tuple[LiveResult, int, float]:
     """Look every ``step_s`` over the window so far; (result, windows used, seconds analysed)."""
     start = time.monotonic()
@@ -100,7 +120,7 @@ def _analyse(live: CanarySettings, name: str, challenger: Side, champion: Side) 
     while True:
         time.sleep(max(0.0, min(live.step_s, deadline - time.monotonic())))
         elapsed = time.monotonic() - start
-        figures = tasks.read_live(live, name, elapsed, [challenger, champion])
+        figures = _read(live, name, elapsed, [challenger, champion])
         result = judge_canary(figures[challenger], figures[champion], live.gates())
         done = time.monotonic() >= deadline - 1e-3
         logger.debug("canary {} v{} at {:.0f}s: {} ({})", name, challenger.version, elapsed, result.verdict,
@@ -180,8 +200,8 @@ def canary(
             raise ValueError(f"v{candidate} already is the champion of {name}: nothing to compare")
         if version is not None:  # starts the canary: gateways load it at their next poll
             call(tasks.set_challenger, context, "setting the challenger alias", uri, name, candidate)
-        logger.info("canary {}: v{} (challenger) against v{} (champion) for {:.0f}s from {}", name, candidate,
-                    champion, live.window_s, live.prometheus_url)
+        logger.info("canary {}: v{} (challenger) against v{} (champion) for {:.0f}s from {} ({} figures)", name,
+                    candidate, champion, live.window_s, live.prometheus_url, live.canary_source)
         attrs = {names.MODEL_NAME: name, names.PIPELINE_TO_VERSION: candidate, names.PIPELINE_FROM_VERSION: champion}
         with tracer().start_as_current_span(names.SPAN_CANARY_ANALYSIS, attributes=attrs) as span:
             try:

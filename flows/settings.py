@@ -128,6 +128,10 @@ class CanarySettings(TableSettings):
         "", description='Extra PromQL label matchers for the gateways\' series, e.g. job="observatory-gateway".'
     )
     query_timeout_s: float = Field(10.0, gt=0, le=300)
+    canary_source: Literal["live", "shadow"] = Field(
+        "live", description="Figures the canary judges: 'live' (the share of users the challenger serves) or "
+                            "'shadow' (mirrored requests no user sees; gateways with shadow_share)."
+    )
 
     # the analysis window
     window_s: float = Field(300.0, gt=0, le=86_400, description="Length of one analysis window.")

@@ -6,6 +6,9 @@ alone (real app on real uvicorn, real API keys; the last test on real MLflow, Pr
 from __future__ import annotations
 
 import threading
+import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +21,8 @@ from gpt_observatory.serving_hooks.inference import ModelInfo
 from gpt_observatory.serving_hooks.settings import load
 from gpt_observatory.telemetry import names
 from tests import components
+from tests.flows.canary_support import Load, bootstrap_champion, gateway, readyz, register
+from tests.flows.conftest import flows_env, prefect_server  # noqa: F401  # the canary flow's real Prefect server
 from tests.serving_hooks.echo_model import EchoModel
 from tests.serving_hooks.support import point_value, serve, settle
 
@@ -147,3 +152,76 @@ def test_a_policy_outside_its_bounds_is_refused():
         ShadowPolicy.of(1.5)
     with pytest.raises(ValueError, match="shadow traffic"):
         load(allow_anonymous=True, shadow_share=0.5, canary_share=0.5)
+
+
+GARBAGE_MODEL = """
+import mlflow.pyfunc
+from mlflow.models import set_model
+
+
+class Garbage(mlflow.pyfunc.PythonModel):
+    # Rows that are no answer: no text, token counts that are not numbers, streams without text.
+    def predict(self, context, model_input, params=None):
+        return [{"text": None, "prompt_tokens": "many", "completion_tokens": "lots", "finish_reason": 7}
+                for _ in range(len(model_input))]
+
+    def predict_stream(self, context, model_input, params=None):
+        yield {"junk": True}
+        yield {"finish_reason": "length", "completion_tokens": "lots"}
+
+
+set_model(Garbage())
+"""
+
+
+def register_garbage(tracking_uri: str, name: str, workdir: Path) -> str:
+    import mlflow
+
+    code = workdir / "garbage_model.py"
+    code.write_text(GARBAGE_MODEL)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    with mlflow.start_run(run_name="shadow test garbage"):
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(code), registered_model_name=name)
+    return str(info.registered_model_version)
+
+
+def test_a_garbage_challenger_is_rejected_from_shadow_figures_alone_and_no_user_sees_it(
+    tmp_path, mlflow_server, prefect_server  # noqa: F811
+):
+    from gpt_observatory.flows.canary import canary
+    from gpt_observatory.flows.registry import CHALLENGER, CHAMPION, Registry
+    from gpt_observatory.flows.stores import client_for
+
+    model = f"shadow-{uuid.uuid4().hex[:8]}"
+    first = register(mlflow_server.url, model, label="v1", delay_s=0.005)
+    bootstrap_champion(mlflow_server.url, model, first)
+    garbage = register_garbage(mlflow_server.url, model, tmp_path)
+    settings = {"step_s": 1.0, "min_requests": 15, "max_error_rate": 0.05, "max_error_rate_increase": 0.02,
+                "max_p95_duration_s": 5, "max_p95_ttft_s": 5, "latency_tolerance_s": 0.5, "guard_duration_s": 0,
+                "canary_source": "shadow"}
+    with (
+        gateway(tmp_path, model, mlflow_server.url, "--shadow-share", "1.0") as url,
+        components.prometheus(tmp_path / "prom", [url.removeprefix("http://")]) as prom,
+    ):
+        components.wait_for(lambda: (readyz(url).get("model") or {}).get("version") == first, 90, what="the champion")
+        load = Load([url], model, threads=2, pause_s=0.02).start()
+        try:
+            out = canary(model_name=model, version=garbage, prometheus_url=prom.url, window_s=20,
+                         canary_settings=settings, overrides={"tracking_uri": mlflow_server.url, "progress": False,
+                                                              "retry_delay_s": 0.5, "lease_settle_s": 0.1})
+            time.sleep(1)
+        finally:
+            load.stop()
+        mirrored = httpx.get(url + "/metrics").text
+    figures = out.decision.figures
+    print(f"shadow canary: {out.decision.reason}; after {out.analysed_s:.1f}s; {len(load.answers)} user answers; "
+          f"figures {({k: v for k, v in figures.items() if k != 'gates'})}")
+    assert (out.verdict, out.decision.decision) == ("fail", "rejected"), out.decision.reason
+    assert "error rate" in out.decision.reason and figures["challenger_error_rate"] > settings["max_error_rate"]
+    assert figures["champion_requests"] >= settings["min_requests"] and figures["champion_error_rate"] == 0
+    registry = Registry(client_for(mlflow_server.url), model)
+    assert (registry.alias(CHAMPION), registry.alias(CHALLENGER)) == (first, None)
+    answers = load.answers
+    assert answers and all(a.ok and a.label == "v1" for a in answers), [a for a in answers if a.label != "v1"][:3]
+    assert names.SHADOW_REQUEST_DURATION.prometheus in mirrored
