@@ -147,6 +147,36 @@ def test_mirrors_are_not_metered_against_the_tenant_nor_rate_limited(memory_tele
     assert rejected == 1
 
 
+def test_named_tenants_are_always_mirrored_the_share_of_the_rest_and_nothing_without_a_challenger():
+    import asyncio
+
+    from gpt_observatory.serving_hooks._openai import ChatCompletionRequest
+    from gpt_observatory.serving_hooks.backends.base import Call
+    from gpt_observatory.serving_hooks.context import RequestContext
+
+    settings = load(allow_anonymous=True, model=MODEL)
+    policy = ShadowPolicy.of(0.25, ["globex"])
+    request = ChatCompletionRequest(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+
+    def mirrored(router: ShadowRouter, tenant: str, n: int) -> float:
+        call = Call(names.GEN_AI_OPERATION_CHAT, request, b"", RequestContext(tenant=tenant))
+        return sum(router.select(call) is not router.champion for _ in range(n)) / n
+
+    async def shares(router: ShadowRouter) -> tuple[float, float]:
+        await router.start()
+        try:
+            return mirrored(router, "globex", 200), mirrored(router, "acme", 20_000)
+        finally:
+            await router.close()
+
+    globex, acme = asyncio.run(shares(shadow_router(settings, EchoModel("b"), policy)))
+    assert globex == 1.0 and 0.23 < acme < 0.27
+    hooks = build_hooks(settings)
+    champion = InProcessBackend(hooks, MODEL, model=EchoModel("a"), info=ModelInfo(MODEL, "1", "champion", "champion"))
+    unloaded = ShadowRouter(champion, InProcessBackend(hooks, MODEL, role="challenger"), policy)  # no alias
+    assert asyncio.run(shares(unloaded)) == (0.0, 0.0)
+
+
 def test_a_policy_outside_its_bounds_is_refused():
     with pytest.raises(ValueError, match="shadow share"):
         ShadowPolicy.of(1.5)
