@@ -18,7 +18,10 @@ from typing import Any, Literal
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-DecisionKind = Literal["promoted", "rejected", "rolled_back", "inconclusive"]  # inconclusive: canary only
+# inconclusive: canary only; approved (moves champion), rejected_by_approver, approval_timeout: the approval gate
+DecisionKind = Literal["promoted", "rejected", "rolled_back", "inconclusive", "approved", "rejected_by_approver",
+                       "approval_timeout"]
+MOVES_CHAMPION: tuple[DecisionKind, ...] = ("promoted", "approved")
 DECISION_TAG_PREFIX = "observatory.decision."
 LAST_DECISION_TAG = "observatory.last_decision"
 LAST_REASON_TAG = "observatory.last_decision_reason"
@@ -39,6 +42,9 @@ class Decision:
     flow_run_name: str | None = None
     at: str = ""
     seq: str = ""
+    approver: str | None = None  # the approval gate's decisions: who answered, why, after how long
+    approval_reason: str | None = None
+    waited_s: float | None = None
 
     @classmethod
     def new(cls, **fields: Any) -> Decision:
@@ -97,7 +103,7 @@ def champion_line(decisions: Iterable[Decision]) -> list[str]:
     """Versions that held ``champion``, oldest first, with rolled-back ones taken off."""
     line: list[str] = []
     for d in decisions:
-        if d.decision == "promoted":
+        if d.decision in MOVES_CHAMPION:
             line.append(d.version)
         elif d.decision == "rolled_back":
             if line and line[-1] == d.from_version:

@@ -110,7 +110,7 @@ class PipelineInstruments:
         with tracer().start_as_current_span(names.SPAN_PIPELINE_DECISION, attributes=attrs):
             pass
         self.decisions.add(1, {names.PIPELINE_DECISION: d.decision, names.MODEL_NAME: d.model})
-        if d.decision in ("promoted", "rolled_back"):
+        if d.decision in ("promoted", "approved", "rolled_back"):
             self.last_promotion.set(time.time(), {names.MODEL_NAME: d.model})
 
     def analysed(self, flow: str, model: str, verdict: str) -> None:

@@ -1,5 +1,6 @@
-"""Prefect flows that move the ``champion`` alias: ``promote`` (behind the offline gates) and
-``rollback``, each deciding under the promotion locks (:mod:`~gpt_observatory.flows.decisions`).
+"""Prefect flows that move the ``champion`` alias: ``promote`` (behind the offline gates, and the
+approval gate where it is required: :mod:`~gpt_observatory.flows.approval`) and ``rollback``, each
+deciding under the promotion locks (:mod:`~gpt_observatory.flows.decisions`).
 
 Deployment entrypoints (``prefect.yaml``): ``gpt_observatory.flows.promotion.promote``,
 ``gpt_observatory.flows.promotion.rollback``.
@@ -13,12 +14,12 @@ from typing import Any
 from loguru import logger
 from prefect import flow
 
-from gpt_observatory.flows import history, tasks
+from gpt_observatory.flows import approval, history, tasks
 from gpt_observatory.flows._flowkit import call, in_process_subflows, observed
 from gpt_observatory.flows.context import RunContext
 from gpt_observatory.flows.decisions import champion_lock, new_decision, publish
-from gpt_observatory.flows.gates import EvalSummary, judge
-from gpt_observatory.flows.history import Decision
+from gpt_observatory.flows.gates import EvalSummary, GateResult, judge
+from gpt_observatory.flows.history import MOVES_CHAMPION, Decision, DecisionKind
 from gpt_observatory.flows.lifecycle import evaluate
 from gpt_observatory.flows.registry import CHALLENGER, CHAMPION
 
@@ -50,7 +51,8 @@ def promote(
     overrides: dict[str, Any] | None = None,
     context: RunContext | None = None,
 ) -> Decision | None:
-    """Judge ``version`` (default: the ``challenger``) against the champion and move the alias if it passes.
+    """Judge ``version`` (default: the ``challenger``) against the champion and move the alias if it passes
+    (and, with ``approval = "required"`` for the model, once a person approves).
 
     Returns the recorded decision, or None when the version already is the champion.
     ``context``: the calling flow's (it stands in for ``model_name`` and ``overrides``).
@@ -66,22 +68,59 @@ def promote(
             if champion == candidate:
                 logger.info("{} v{} already is the champion", name, candidate)
                 return None
-            challenger_eval = _eval_of(context, candidate)
-            champion_eval = _eval_of(context, champion) if champion else None
-            if champion_eval is not None:
-                challenger_eval, champion_eval = _side_by_side(context, candidate, champion,
-                                                               challenger_eval, champion_eval)
-            result = judge(challenger_eval, champion_eval, settings.gates())
-            if result.passed:
-                call(tasks.move_champion, context, "moving the champion alias", uri, name, candidate, champion)
-            decision = new_decision(
-                "promoted" if result.passed else "rejected", context, version=candidate, from_version=champion,
-                champion=candidate if result.passed else champion, reason=result.reason, figures=result.figures,
-            )
-            call(tasks.record_decision, context, "recording the decision", uri, decision)
+            result = _judge(context, candidate, champion)
+            gated = result.passed and settings.approval_for(name) == "required"
+            if not gated:
+                decision = _decide("promoted" if result.passed else "rejected", context, candidate, champion,
+                                   result.reason, result.figures)
+        if gated:
+            # Waiting holds neither lock: other promotions and rollbacks go ahead meanwhile.
+            said = approval.wait(name, candidate, champion, result.figures, settings.approval_timeout_s,
+                                 settings.approval_poll_s)
+            with champion_lock(context):
+                decision = _after_approval(context, candidate, champion, result, said)
         publish(decision, instruments)
         logger.info("{} v{}: {} ({})", name, candidate, decision.decision, decision.reason)
         return decision
+
+
+def _judge(context: RunContext, candidate: str, champion: str | None) -> GateResult:
+    challenger_eval = _eval_of(context, candidate)
+    champion_eval = _eval_of(context, champion) if champion else None
+    if champion_eval is not None:
+        challenger_eval, champion_eval = _side_by_side(context, candidate, champion, challenger_eval, champion_eval)
+    return judge(challenger_eval, champion_eval, context.settings.gates())
+
+
+def _decide(kind: DecisionKind, context: RunContext, candidate: str, champion: str | None, reason: str,
+            figures: dict[str, Any], **approval_fields: Any) -> Decision:
+    """Move the alias when ``kind`` says so and record the decision (inside the locks)."""
+    uri, name = context.tracking_uri, context.model_name
+    moves = kind in MOVES_CHAMPION
+    if moves:
+        call(tasks.move_champion, context, "moving the champion alias", uri, name, candidate, champion)
+    decision = new_decision(kind, context, version=candidate, from_version=champion,
+                            champion=candidate if moves else champion, reason=reason, figures=figures,
+                            **approval_fields)
+    call(tasks.record_decision, context, "recording the decision", uri, decision)
+    return decision
+
+
+def _after_approval(
+    context: RunContext, candidate: str, judged_against: str | None, result: GateResult, said: approval.Answer
+) -> Decision:
+    """The approver's answer, applied to the champion as it is now (re-read inside the locks)."""
+    uri, name = context.tracking_uri, context.model_name
+    champion = call(tasks.read_alias, context, "reading the champion", uri, name, CHAMPION)
+    fields = {"approver": said.approver, "approval_reason": said.reason, "waited_s": round(said.waited_s, 3)}
+    who = f" by {said.approver}" if said.approver else ""
+    if said.kind == "approved" and champion != judged_against:
+        why = (f"approved{who}, but the champion moved from v{judged_against or '-'} to v{champion or '-'} "
+               f"while waiting: the figures are stale, promote again")
+        return _decide("rejected", context, candidate, champion, why, result.figures, **fields)
+    words = {"approved": "approved", "rejected_by_approver": "rejected", "approval_timeout": "not approved"}
+    why = f"{words[said.kind]}{who} after {said.waited_s:.0f}s: {said.reason}; gates {result.reason}"
+    return _decide(said.kind, context, candidate, champion, why, result.figures, **fields)
 
 
 @flow(name="rollback")

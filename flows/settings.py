@@ -10,9 +10,10 @@ value raises :class:`~gpt_observatory.telemetry.ConfigError` naming the key.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import Field, field_serializer, model_validator
+from pydantic import Field, field_serializer, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from gpt_observatory.flows.model.training import TrainParams
@@ -82,6 +83,33 @@ class PipelineSettings(TableSettings):
     lease_ttl_s: float = Field(300.0, ge=60, le=86_400, description="Registry lease lifetime (crash safety).")
     lease_settle_s: float = Field(0.5, ge=0, le=60, description="Pause before a registry lease is trusted.")
     progress: bool = Field(True, description="Show a training progress bar.")
+
+    # the human approval gate (flows/approval.py)
+    approval: Literal["none", "required"] = Field(
+        "none", description="After the gates pass: move the alias (none) or wait for a person to approve (required)."
+    )
+    approval_models: dict[str, Literal["none", "required"]] = Field(
+        default_factory=dict, description='Per-model override of approval, e.g. "tiny-gpt:required,other:none" or JSON.'
+    )
+    approval_timeout_s: int = Field(
+        86_400, ge=1, le=30 * 86_400, description="Seconds a promotion waits for approval; then it counts as rejected."
+    )
+    approval_poll_s: int = Field(10, ge=1, le=600, description="Seconds between looks at Prefect for an answer.")
+
+    @field_validator("approval_models", mode="before")
+    @classmethod
+    def _model_pairs(cls, value: Any) -> Any:
+        # --set and observatory.toml give a string: JSON, or "model:required,model:none"
+        if not isinstance(value, str):
+            return value
+        if value.strip().startswith("{"):
+            return json.loads(value)
+        pairs = (p.rpartition(":") for p in value.split(",") if p.strip())
+        return {name.strip(): mode.strip() for name, _, mode in pairs}
+
+    def approval_for(self, model: str) -> Literal["none", "required"]:
+        """The approval mode of ``model``: its override, else :attr:`approval`."""
+        return self.approval_models.get(model, self.approval)
 
     @field_serializer("tracking_uri")
     def _recorded_without_credentials(self, uri: str | None) -> str | None:

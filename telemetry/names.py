@@ -367,9 +367,10 @@ DCGM_MIG_LABELS: Final = ("GPU_I_PROFILE", "GPU_I_ID")  # added on a MIG instanc
 
 # --------------------------------------------------------------------------- pipeline (Prefect + MLflow)
 PIPELINE_FLOW: Final = "observatory.pipeline.flow"
-PIPELINE_DECISION: Final = "observatory.pipeline.decision"  # promoted | rejected | rolled_back | inconclusive
+PIPELINE_DECISION: Final = "observatory.pipeline.decision"  # one of PIPELINE_DECISIONS_ALL
 PIPELINE_OUTCOME: Final = "observatory.pipeline.outcome"  # completed | failed
-PIPELINE_DECISIONS_ALL: Final = ("promoted", "rejected", "rolled_back", "inconclusive")
+PIPELINE_DECISIONS_ALL: Final = ("promoted", "rejected", "rolled_back", "inconclusive",
+                                  "approved", "rejected_by_approver", "approval_timeout")  # the last 3: approval gate
 SPAN_PIPELINE_DECISION: Final = "pipeline.decision"
 
 PIPELINE_RUNS = Metric("observatory.pipeline.runs", "{run}", "counter", "Pipeline flow runs by flow and outcome.")

@@ -15,7 +15,7 @@ import typer
 if TYPE_CHECKING:
     from gpt_observatory.flows.history import Decision
 
-app = typer.Typer(help="MLOps pipeline: train → register → evaluate → promote, rollback, decision history.")
+app = typer.Typer(help="MLOps pipeline: train → register → evaluate → [approval] → promote, rollback, decision history.")
 
 MODEL_HELP = "Registered model name (default: the model_name setting, 'tiny-gpt')."
 SET_HELP = "Override a pipeline setting for this run, as KEY=VALUE (repeatable), e.g. --set steps=50."
@@ -70,7 +70,8 @@ def _print_decision(d: Decision | None, as_json: bool) -> None:
     elif d is None:
         Console().print("nothing to do: that version already is the champion")
     else:
-        colour = {"promoted": "green", "rejected": "yellow", "rolled_back": "cyan", "inconclusive": "magenta"}[d.decision]
+        colour = {"promoted": "green", "approved": "green", "rejected": "yellow", "rejected_by_approver": "yellow",
+                  "approval_timeout": "yellow", "rolled_back": "cyan", "inconclusive": "magenta"}[d.decision]
         Console().print(f"[{colour}]{d.decision}[/] {d.model} v{d.version} "
                         f"(champion v{d.from_version or '-'} → v{d.champion or '-'}): {d.reason}")
 
@@ -166,6 +167,73 @@ def history(
                       f"v{d.from_version or '-'} → v{d.champion or '-'}",
                       d.reason + (f" [dim]· {run}[/]" if run else ""))
     Console().print(table)
+
+
+@app.command()
+def pending(as_json: bool = typer.Option(False, "--json", help="Print the waiting runs as a JSON list.")) -> None:
+    """Promotions waiting for approval (approval = "required"): flow run, model, versions, figures, since."""
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.table import Table
+
+    _embedded_prefect()
+    from gpt_observatory.flows.approval import pending as waiting
+    from gpt_observatory.flows.approval import side_by_side
+
+    runs = waiting()
+    if as_json:
+        typer.echo(json.dumps([asdict(p) for p in runs], indent=2, default=str))
+        return
+    if not runs:
+        Console().print("no promotion is waiting for approval")
+        return
+    table = Table(title="promotions waiting for approval")
+    for column in ("flow run", "model", "candidate", "champion", "waiting since (UTC)"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("figures (candidate / champion)", ratio=1, overflow="fold")
+    for p in runs:
+        figures = "; ".join(f"{metric} {mine} / {theirs}" for metric, mine, theirs in side_by_side(p.figures))
+        table.add_row(f"{p.run_id}\n[dim]{p.run_name}[/]", p.model, f"v{p.version}", f"v{p.champion or '-'}",
+                      p.since[:19].replace("T", " "), figures)
+    Console().print(table)
+
+
+def _answer(run_id: str, approve: bool, approver: str, reason: str) -> None:
+    from rich.console import Console
+
+    _embedded_prefect()
+    from gpt_observatory.flows.approval import NotPending, answer
+
+    try:
+        answer(run_id, approve, approver, reason)
+    except NotPending as e:
+        Console(stderr=True).print(f"[red]not pending:[/] {e}")
+        raise typer.Exit(1) from None
+    Console().print(f"{'approved' if approve else 'rejected'} flow run {run_id}: it resumes and records the decision")
+
+
+APPROVER_HELP = "Who decides (recorded in the alias history)."
+
+
+@app.command()
+def approve(
+    run_id: str = typer.Argument(..., help="The waiting flow run (observatory pipeline pending)."),
+    approver: str = typer.Option(..., "--approver", help=APPROVER_HELP),
+    reason: str = typer.Option(..., "--reason", help="Why (recorded in the alias history)."),
+) -> None:
+    """Approve a waiting promotion: the flow run resumes and moves 'champion' (if it still is the one judged)."""
+    _answer(run_id, True, approver, reason)
+
+
+@app.command()
+def reject(
+    run_id: str = typer.Argument(..., help="The waiting flow run (observatory pipeline pending)."),
+    approver: str = typer.Option(..., "--approver", help=APPROVER_HELP),
+    reason: str = typer.Option(..., "--reason", help="Why (recorded in the alias history)."),
+) -> None:
+    """Reject a waiting promotion: the flow run resumes and records it; 'champion' stays."""
+    _answer(run_id, False, approver, reason)
 
 
 CANARY_SET_HELP = ("Override a canary setting (min_requests, max_error_rate, max_p95_duration_s, on_inconclusive, "
