@@ -33,7 +33,7 @@ class PipelineResult:
     model: str
     version: str
     registered: bool  # False: the same data, code and params were already registered
-    decision: str | None  # promoted | rejected | None (the version already was the champion)
+    decision: str | None  # promoted | rejected | approved | rejected_by_approver | approval_timeout | None (already champion)
     reason: str
     champion: str | None
     tracking_uri: str
