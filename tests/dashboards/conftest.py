@@ -18,12 +18,19 @@ from tests import components
 def prometheus_for(workdir: Path, gateways: list[str], pushgateway: str) -> Iterator[components.Service]:
     """Prometheus scraping ``gateways`` and ``pushgateway`` every second with the committed
     ``alerts.yml`` (recording rules evaluated every second too)."""
-    port = components.free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
     config = scrape_config(
         gateway=gateways, gpu=[], pushgateway=[pushgateway], collector=[], interval="1s",
         rule_files=(str(ROOT / "prometheus" / RULE_FILE),),
     )
+    with prometheus_with(workdir, config) as svc:
+        yield svc
+
+
+@contextlib.contextmanager
+def prometheus_with(workdir: Path, config: dict) -> Iterator[components.Service]:
+    """A real Prometheus on a free loopback port with the scrape configuration ``config``."""
+    port = components.free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     log = workdir / "prometheus.log"

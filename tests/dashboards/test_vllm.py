@@ -17,30 +17,17 @@ from gpt_observatory.dashboards.otelcol import collector_config, problems
 from gpt_observatory.dashboards.scrape import VLLM_JOB, VLLM_SCRAPED, scrape_config
 from gpt_observatory.dashboards.verify import evaluate, live_queries, query, report
 from tests import components
+from tests.dashboards.conftest import prometheus_with
 from tests.dashboards.fake_vllm import MODEL, FakeVllm
 
 
 @contextlib.contextmanager
 def _prometheus_scraping_vllm(workdir: Path, target: str) -> Iterator[components.Service]:
     """A real Prometheus with our scrape configuration, only its ``vllm`` job, every second."""
-    port = components.free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
     config = scrape_config(gateway=[], gpu=[], pushgateway=[], collector=[], vllm=[target], interval="1s",
                            rule_files=())
-    path = workdir / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    log = workdir / "prometheus.log"
-    proc = components.start_process(
-        [components.require_binary("prometheus"), f"--config.file={path}", f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        log,
-    )
-    svc = components.Service(f"http://127.0.0.1:{port}", port, proc, log)
-    try:
-        components.wait_http(svc.url + "/-/ready", timeout=60, proc=proc, log=log)
+    with prometheus_with(workdir, config) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 def _vllm_queries():
