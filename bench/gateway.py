@@ -230,17 +230,18 @@ def lua(body: dict, key: str | None, folder: Path) -> Path:
 
 
 def wrk(url: str, script: Path, connections: int, duration: float) -> dict[str, float]:
-    """req/s and p50 latency (ms) of ``duration`` seconds of load; raises on any non-2xx answer."""
+    """req/s and p50/p90/p99 latency (ms) of ``duration`` seconds of load; raises on any non-2xx answer."""
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True,
     ).stdout
     if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk saw failures against {url}:\n{out}")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    value, unit = re.search(r"50%\s+([\d.]+)(us|ms|s)", out).groups()
-    p50 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    return {"rps": rps, "p50_ms": p50}
+    row = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    for q in (50, 90, 99):
+        value, unit = re.search(rf"{q}%\s+([\d.]+)(us|ms|s)", out).groups()
+        row[f"p{q}_ms"] = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return row
 
 
 def best(runs: list[dict[str, float]]) -> dict[str, float]:

@@ -20,9 +20,7 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -32,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from gateway import CHAT, NoopModel, free_port, lua, process  # noqa: E402  (bench/gateway.py)
+from gateway import CHAT, NoopModel, free_port, lua, process, wrk  # noqa: E402  (bench/gateway.py)
 
 MODES = ("off", "on")
 
@@ -59,21 +57,6 @@ def shadow_app(mode: str, keys: str, delay_ms: float):
     challenger = InProcessBackend(hooks, "tiny-gpt", model=NoopModel(delay), role="challenger",
                                   info=ModelInfo("tiny-gpt", "2", "challenger", "challenger"))
     return create_app(settings, router=ShadowRouter(champion, challenger, ShadowPolicy.of(1.0, concurrency=8)))
-
-
-def wrk(url: str, script: Path, connections: int, duration: float) -> dict[str, float]:
-    """req/s and p50/p90/p99 latency (ms) of ``duration`` seconds of load; raises on any non-2xx answer."""
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise RuntimeError(f"wrk saw failures against {url}:\n{out}")
-    row = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
-    for q in (50, 90, 99):
-        value, unit = re.search(rf"{q}%\s+([\d.]+)(us|ms|s)", out).groups()
-        row[f"p{q}_ms"] = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    return row
 
 
 def mirrors(base: str) -> dict[str, float]:
