@@ -102,11 +102,18 @@ def _ratio(pct: float | None) -> float | None:
 
 
 class GpuInstruments:
-    """One observable instrument per GPU metric; callbacks return the latest converted points."""
+    """One observable instrument per metric of ``metrics`` (the GPU ones by default; the interconnect
+    collector passes its own); callbacks return the latest converted points."""
 
-    def __init__(self, points: Callable[[], Points], meter_provider: MeterProvider | None = None) -> None:
+    def __init__(
+        self,
+        points: Callable[[], Points],
+        meter_provider: MeterProvider | None = None,
+        metrics: Iterable[names.Metric] | None = None,
+        scope: str = __name__,
+    ) -> None:
         self._points = points
-        meter = get_meter(__name__, meter_provider=meter_provider, schema_url=names.SEMCONV_SCHEMA_URL)
+        meter = get_meter(scope, meter_provider=meter_provider, schema_url=names.SEMCONV_SCHEMA_URL)
         create = {
             "gauge": meter.create_observable_gauge,
             "counter": meter.create_observable_counter,
@@ -114,7 +121,7 @@ class GpuInstruments:
         }
         self.instruments = [
             create[m.kind](m.name, callbacks=[self._callback(m.name)], unit=m.unit, description=m.description)
-            for m in GPU_METRICS
+            for m in (GPU_METRICS if metrics is None else metrics)
         ]
 
     def _callback(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
+from opentelemetry.metrics import MeterProvider
 
 from gpt_observatory.telemetry import _infiniband as ib
 from gpt_observatory.telemetry import names
-from gpt_observatory.telemetry._gpu_series import Points, device_attributes
+from gpt_observatory.telemetry._gpu_series import GpuInstruments, Points, device_attributes
 from gpt_observatory.telemetry._nvml import GpuInfo, Reading, read, try_call
 
 INTERCONNECT_METRICS: tuple[names.Metric, ...] = (
@@ -199,16 +199,9 @@ class InterconnectCollector:
         logger.info("Interconnect telemetry: {} NVLink link(s) on {} GPU(s), {} InfiniBand port(s) under {}",
                     links, len(self._gpus), len(self._ports), self._root)  # fmt: skip
         self.sample()
-        meter = get_meter(__name__, meter_provider=self._meter_provider, schema_url=names.SEMCONV_SCHEMA_URL)
-        create = {
-            "gauge": meter.create_observable_gauge,
-            "counter": meter.create_observable_counter,
-            "updowncounter": meter.create_observable_up_down_counter,
-        }
-        self.instruments = [
-            create[m.kind](m.name, callbacks=[self._callback(m.name)], unit=m.unit, description=m.description)
-            for m in INTERCONNECT_METRICS
-        ]
+        self.instruments = GpuInstruments(
+            lambda: self._points, self._meter_provider, INTERCONNECT_METRICS, scope=__name__
+        ).instruments
         if background:
             self._thread = threading.Thread(target=self._run, name="observatory-interconnect-sampler", daemon=True)
             self._thread.start()
@@ -238,12 +231,6 @@ class InterconnectCollector:
     def read_errors(self) -> dict[tuple[str, str, str], int]:
         """Failed reads so far: (hw.id, NVML function or sysfs file, error class) -> count."""
         return dict(self._errors)
-
-    def _callback(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        def observe(options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(value, attrs) for value, attrs in self._points.get(name, ())]
-
-        return observe
 
     def _run(self) -> None:
         failed = False
