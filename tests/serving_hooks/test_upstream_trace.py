@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
 
 from gpt_observatory.serving_hooks.app import create_app
+from gpt_observatory.serving_hooks.gateway import read_body
 from gpt_observatory.serving_hooks.settings import load
 from gpt_observatory.telemetry import names
 from tests.serving_hooks.support import by_name, serve, settle, spans_of
@@ -41,7 +42,7 @@ class InstrumentedUpstream:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
+            while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
@@ -50,12 +51,7 @@ class InstrumentedUpstream:
         route = scope["path"]
         with self.tracer.start_as_current_span(f"{scope['method']} {route}", context=parent, kind=SpanKind.SERVER,
                                                attributes={names.HTTP_ROUTE: route}):
-            body = b""
-            more = True
-            while more:
-                message = await receive()
-                body += message.get("body", b"")
-                more = message.get("more_body", False)
+            body = await read_body(receive)
             if scope["method"] == "GET":
                 await _json(send, {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "t"}]})
                 return
