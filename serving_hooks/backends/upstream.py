@@ -321,15 +321,6 @@ def _body(call: Call) -> Mapping[str, Any]:
     return orjson.loads(call.raw)
 
 
-def _has_value(event: bytes, key: bytes) -> bool:
-    """Whether ``key`` occurs in ``event`` with a non-null value (without parsing the JSON)."""
-    at = event.find(key)
-    if at < 0:
-        return False
-    rest = event[at + len(key):].lstrip(b": ")
-    return not rest.startswith(b"null")
-
-
 def _count(usage: dict[str, Any], key: str) -> int | None:
     """``usage[key]`` when it is a non-negative integer count (absent: None); :class:`Malformed` otherwise."""
     value = usage.get(key)
