@@ -22,7 +22,8 @@ as a bare proxy on this machine).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -45,8 +46,54 @@ from gpt_observatory.telemetry.settings import ConfigError
 _MAX_COUNT = 1 << 31  # a token count above this is not a count
 
 
+_RETRYABLE_STATUS = frozenset((502, 503, 504))  # the upstream (or a proxy before it) did not act on the call
+
+
 class Malformed(ValueError):
     """The upstream's answer is not a valid OpenAI answer."""
+
+
+class UpstreamFailure(Exception):
+    """A call that got no usable response headers from one upstream, so nothing reached the caller yet.
+
+    ``error`` is the caller's answer if no other upstream takes the call; ``error_type`` what the
+    GenAI span records; ``outcome`` the bounded kind (``connect_error``, ``reset``, ``timeout``,
+    ``server_error``, ``bad_status``, ``error``); ``retryable`` whether the upstream cannot have acted
+    on it (never connected, reset before any header, 502/503/504), so another may take it.
+    """
+
+    def __init__(self, error: _errors.ApiError, error_type: str, outcome: str, retryable: bool,
+                 status: int | None = None) -> None:
+        super().__init__(outcome)
+        self.error, self.error_type, self.outcome, self.retryable, self.status = (
+            error, error_type, outcome, retryable, status)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One call on its way upstream: its generation, the body to send and where.
+
+    ``on_settled`` (set by a pool) is called once when the answer is over (a stream at its end) with
+    None, or the kind of failure (``malformed`` or the stream's failure) after the headers came.
+    """
+
+    call: Call
+    gen: Generation
+    body: bytes
+    path: str  # under the upstream's base URL
+    chat: bool
+    strip_usage: bool
+    on_settled: Callable[[str | None], None] | None = None
+
+    def give_up(self, failure: UpstreamFailure) -> _errors.ApiError:
+        """Mark the generation failed by ``failure``; the error to raise to the caller."""
+        self.gen.fail(failure.error_type)
+        return failure.error
+
+    def settle(self, failure: str | None) -> None:
+        settled, self.on_settled = self.on_settled, None
+        if settled is not None:
+            settled(failure)
 
 
 class UpstreamBackend(ModelBackend):
@@ -118,6 +165,20 @@ class UpstreamBackend(ModelBackend):
             raise _errors.upstream_failed(type(e).__name__) from None
 
     async def handle(self, call: Call) -> Response:
+        exchange = self.begin(call)
+        try:
+            try:
+                resp = await self.send(exchange, exchange.gen.context())
+            except UpstreamFailure as failure:
+                raise exchange.give_up(failure) from None
+            return await self.answer(exchange, resp)
+        except BaseException as e:
+            exchange.gen.end(e)
+            raise
+
+    def begin(self, call: Call) -> Exchange:
+        """Start the generation (the GenAI CLIENT span) of ``call`` and prepare its upstream body; the
+        same exchange can then be :meth:`send` to one upstream after another (a pool's retries)."""
         request = call.request
         chat = isinstance(request, ChatCompletionRequest)
         captured = None
@@ -127,32 +188,51 @@ class UpstreamBackend(ModelBackend):
             call.operation, request.model, request.limit(), request.temperature, request.top_p, request.stream, captured
         )
         gen = self.hooks.generation(genai, None, call.ctx)
-        headers = self._headers()
-        self._trace_headers(gen, headers)
         strip_usage = request.stream and not request.include_usage
         body = call.raw
         if strip_usage:
             fields = dict(call.ctx.json) if call.ctx is not None and call.ctx.json is not None else orjson.loads(body)
             fields["stream_options"] = {**(fields.get("stream_options") or {}), "include_usage": True}
             body = orjson.dumps(fields)
-        url = self.base_url + ("/chat/completions" if chat else "/completions")
+        return Exchange(call, gen, body, "/chat/completions" if chat else "/completions", chat, strip_usage)
+
+    async def send(self, exchange: Exchange, trace_context: Context) -> aiohttp.ClientResponse:
+        """POST the exchange to this upstream, ``trace_context``'s span as the ``traceparent``. Returns the
+        response once its headers came with 200 or a 4xx (for :meth:`answer`); raises
+        :class:`UpstreamFailure` for everything else (nothing of it reached the caller yet)."""
+        headers = self._headers()
+        self._trace_headers(trace_context, headers)
         try:
+            resp = await self._http.post(self.base_url + exchange.path, data=exchange.body, headers=headers)
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise self._failure(e) from None
+        if resp.status == 200 or 400 <= resp.status < 500:
+            return resp
+        await _drain(resp)
+        retryable = resp.status in _RETRYABLE_STATUS
+        raise UpstreamFailure(_errors.upstream_failed(f"HTTP {resp.status} from {self.base_url}"), str(resp.status),
+                              "server_error" if resp.status >= 500 else "bad_status", retryable, resp.status)
+
+    async def answer(self, exchange: Exchange, resp: aiohttp.ClientResponse) -> Response:
+        """The caller's response from the upstream's (a 4xx gets our own body; a stream is relayed as it
+        comes); ends the generation, or leaves that to the stream's end. Raises ``ApiError`` (after
+        ending the generation as failed) for an answer that cannot be passed on."""
+        gen = exchange.gen
+        if resp.status != 200:
+            response = await self._not_ok(resp, gen)
+            gen.end()
+            exchange.settle(None)
+            return response
+        if not exchange.call.request.stream:
             try:
-                resp = await self._http.post(url, data=body, headers=headers)
-            except (TimeoutError, aiohttp.ClientError) as e:
-                raise self._failed(gen, e, f"calling {self.base_url}") from None
-            if resp.status != 200:
-                response = await self._not_ok(resp, gen)
-                gen.end()
-                return response
-            if not request.stream:
-                response = await self._complete(resp, gen, chat)
-                gen.end()
-                return response
-        except BaseException as e:
-            gen.end(e)
-            raise
-        return EventStream(lambda departure: self._relay(resp, gen, strip_usage, call, departure))
+                response = await self._complete(resp, gen, exchange.chat)
+            except _errors.ApiError:
+                exchange.settle("malformed")
+                raise
+            gen.end()
+            exchange.settle(None)
+            return response
+        return EventStream(lambda departure: self._relay(resp, exchange, departure))
 
     @property
     def _http(self) -> aiohttp.ClientSession:
@@ -168,9 +248,23 @@ class UpstreamBackend(ModelBackend):
         gen.fail(type(error).__qualname__)
         return _errors.upstream_failed(f"{type(error).__name__} {doing}")
 
-    def _trace_headers(self, gen: Generation, headers: dict[str, str]) -> None:
-        """``traceparent`` of the CLIENT span, and the caller's baggage and tracestate entries named to pass."""
-        context = gen.context()
+    def _failure(self, error: TimeoutError | aiohttp.ClientError) -> UpstreamFailure:
+        """A request that got no response headers: which kind, and whether another upstream may take it."""
+        doing = f"calling {self.base_url}"
+        name = type(error).__qualname__
+        if isinstance(error, aiohttp.ConnectionTimeoutError):  # never connected: the upstream saw nothing
+            return UpstreamFailure(_errors.upstream_timeout(self.timeout_s), "timeout", "connect_error", True)
+        if isinstance(error, TimeoutError):  # before ClientError: aiohttp's timeouts are both
+            return UpstreamFailure(_errors.upstream_timeout(self.timeout_s), "timeout", "timeout", False)
+        api_error = _errors.upstream_failed(f"{type(error).__name__} {doing}")
+        if isinstance(error, aiohttp.ClientConnectorError):
+            return UpstreamFailure(api_error, name, "connect_error", True)
+        if isinstance(error, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
+            return UpstreamFailure(api_error, name, "reset", True)  # reset before any header came back
+        return UpstreamFailure(api_error, name, "error", False)
+
+    def _trace_headers(self, context: Context, headers: dict[str, str]) -> None:
+        """``traceparent`` of ``context``'s CLIENT span, and the caller's baggage and tracestate entries named to pass."""
         span = trace.get_current_span(context).get_span_context()
         if not span.is_valid:
             return
@@ -194,15 +288,8 @@ class UpstreamBackend(ModelBackend):
         return headers
 
     async def _not_ok(self, resp: aiohttp.ClientResponse, gen: Generation) -> Response:
-        try:
-            await resp.read()  # drained and dropped (never shown): the connection goes back to the pool
-        except (aiohttp.ClientError, TimeoutError):
-            pass
-        finally:
-            resp.release()
+        await _drain(resp)
         gen.fail(str(resp.status))
-        if resp.status >= 500 or resp.status < 400:
-            raise _errors.upstream_failed(f"HTTP {resp.status} from {self.base_url}")
         error = _errors.upstream_refused(resp.status, resp.headers.get("retry-after"))
         headers = {k.decode(): v.decode() for k, v in error.headers}
         return Response(error.body(), status_code=error.status, headers=headers, media_type="application/json")
@@ -225,9 +312,8 @@ class UpstreamBackend(ModelBackend):
             raise _errors.upstream_failed(f"malformed answer from the upstream ({reason})") from None
         return Response(data, media_type="application/json")  # checked JSON: never the upstream's content type
 
-    async def _relay(
-        self, resp: aiohttp.ClientResponse, gen: Generation, strip_usage: bool, call: Call, departure: Departure
-    ) -> AsyncIterator[bytes]:
+    async def _relay(self, resp: aiohttp.ClientResponse, exchange: Exchange, departure: Departure) -> AsyncIterator[bytes]:
+        gen, strip_usage, call = exchange.gen, exchange.strip_usage, exchange.call
         ctx = call.ctx
         stats = GenerationStats()
         error: BaseException | None = None
@@ -277,6 +363,7 @@ class UpstreamBackend(ModelBackend):
                 stats.input_tokens = bytes_per_token_estimate(_body(call))
             gen.record(stats)
             gen.end(error)
+            exchange.settle(failure)
 
     @staticmethod
     def _inspect(event: bytes, gen: Generation, stats: GenerationStats, strip_usage: bool) -> bool:
@@ -312,6 +399,16 @@ class UpstreamBackend(ModelBackend):
                 return not strip_usage
         gen.token()
         return True
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    """Read and drop a body that is never shown, so the connection goes back to the pool."""
+    try:
+        await resp.read()
+    except (aiohttp.ClientError, TimeoutError):
+        pass
+    finally:
+        resp.release()
 
 
 def _body(call: Call) -> Mapping[str, Any]:
