@@ -518,6 +518,67 @@ SHADOW_DROPPED = Metric(
     "Mirrors not sent to the challenger, by observatory.shadow.drop.reason (the user request is never affected).",
 )
 
+# fleet (issue 16)
+# serving_hooks/backends/pool.py: an upstream model served by a pool of replicas. Every label value is
+# bounded: the pool is a catalog model, the replica its catalog-defined name, the outcome and state below.
+FLEET_POOL: Final = "observatory.fleet.pool"  # the pool's model (catalog name)
+FLEET_REPLICA: Final = "observatory.fleet.replica"  # the replica's catalog name
+FLEET_OUTCOME: Final = "observatory.fleet.outcome"  # how one attempt on one replica ended
+FLEET_OUTCOMES: Final = (
+    "ok",             # answered (2xx), streams to their end
+    "client_error",   # the replica answered 4xx (passed on, not retried, not held against it)
+    "connect_error",  # never connected (refused, connect timeout): retried elsewhere
+    "reset",          # connection reset before any response header: retried elsewhere
+    "timeout",        # no response header within the read timeout (the replica may be working: not retried)
+    "server_error",   # 5xx (502/503/504 retried elsewhere)
+    "bad_status",     # a status that is neither 2xx, 4xx nor 5xx
+    "answer_failed",  # headers came, then the body was malformed, cut or stalled
+    "error",          # any other client error before the headers
+)
+FLEET_STATE: Final = "observatory.fleet.state"  # a replica's health state
+FLEET_STATES: Final = (
+    "healthy",    # takes requests
+    "ejected",    # passive outlier ejection: consecutive failures, for a backoff that grows per ejection
+    "unhealthy",  # active probes failed unhealthy_threshold times in a row
+)
+HTTP_REQUEST_RESEND_COUNT: Final = "http.request.resend_count"  # on a retry's attempt span (1 = first retry)
+SPAN_FLEET_ATTEMPT: Final = "POST"  # one CLIENT span per attempt (HTTP client convention: the method)
+EVENT_FLEET_RETRY: Final = "observatory.fleet.retry"  # on the GenAI span: an attempt failed, another replica next
+EVENT_FLEET_EJECTED: Final = "observatory.fleet.ejected"  # on the attempt span whose failure ejected its replica
+FLEET_REPLICA_OUTSTANDING = Metric(
+    "observatory.fleet.replica.outstanding", "{request}", "updowncounter",
+    "Requests in flight on each replica (streams until their end), by observatory.fleet.pool/replica.",
+)
+FLEET_REPLICA_REQUESTS = Metric(
+    "observatory.fleet.replica.requests", "{request}", "counter",
+    "Attempts on each replica by observatory.fleet.outcome (retries included: one per attempt).",
+)
+FLEET_REPLICA_DURATION = Metric(
+    "observatory.fleet.replica.duration", "s", "histogram",
+    "Duration of each attempt on a replica, to its answer's end (a stream's last byte), by outcome.",
+)
+FLEET_REPLICA_EJECTIONS = Metric(
+    "observatory.fleet.replica.ejections", "{ejection}", "counter",
+    "Passive outlier ejections of each replica, by the observatory.fleet.outcome that tipped it.",
+)
+FLEET_REPLICA_STATE = Metric(
+    "observatory.fleet.replica.state", "1", "gauge",
+    "1 for each replica's current observatory.fleet.state, 0 for the others (healthy replicas: sum of state=healthy).",
+)
+FLEET_RETRIES = Metric(
+    "observatory.fleet.retries", "{retry}", "counter",
+    "Attempts sent to another replica after a retryable failure, by pool and the outcome retried "
+    "(retry ratio: this over the pool's first attempts).",
+)
+FLEET_RETRIES_DENIED = Metric(
+    "observatory.fleet.retries.denied", "{retry}", "counter",
+    "Retryable failures not retried because the pool-wide retry budget was spent, by pool.",
+)
+FLEET_UNAVAILABLE = Metric(
+    "observatory.fleet.unavailable", "{request}", "counter",
+    "Requests a pool refused with no replica able to take them (the catalog's fallback chain takes over).",
+)
+
 METRICS: Final[tuple[Metric, ...]] = tuple(v for v in list(globals().values()) if isinstance(v, Metric))
 """Every metric the project emits."""
 
