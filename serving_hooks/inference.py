@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -153,6 +154,12 @@ class GenAIHooks:
         return Generation(self, request, model, usage_sink)
 
 
+# Set (by serving_hooks.backends.shadow) around a mirrored call: its generation spans carry
+# observatory.shadow=true, so no reader takes them for answers a user got.
+MIRRORED: ContextVar[bool] = ContextVar("observatory_mirrored", default=False)
+_MIRROR_ATTRS = {names.SHADOW: True}
+
+
 class Generation:
     """One generation in progress; call :meth:`token` from the generation loop as tokens are produced."""
 
@@ -167,7 +174,8 @@ class Generation:
         self._tokens = 0
         self._first: float | None = None
         self._error: str | None = None
-        self._span = hooks._tracer.start_span(f"{request.operation} {request.model}", kind=hooks._kind)
+        self._span = hooks._tracer.start_span(f"{request.operation} {request.model}", kind=hooks._kind,
+                                              attributes=_MIRROR_ATTRS if MIRRORED.get() else None)
         self._start = time.perf_counter()
 
     # -- called by model code -------------------------------------------------------------

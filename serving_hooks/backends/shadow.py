@@ -41,6 +41,7 @@ from starlette.types import Message, Receive, Scope, Send
 from gpt_observatory.serving_hooks._errors import ApiError
 from gpt_observatory.serving_hooks.backends.base import Call, ModelBackend, ModelRouter, Readiness
 from gpt_observatory.serving_hooks.backends.inprocess import InProcessBackend
+from gpt_observatory.serving_hooks.inference import MIRRORED
 from gpt_observatory.telemetry import names
 
 _SCOPE: Scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "method": "POST"}
@@ -280,6 +281,7 @@ class ShadowRouter(ModelRouter):
         async def receive() -> Message:  # never asked with ASGI spec 2.4 (disconnects surface as send errors)
             return {"type": "http.disconnect"}
 
+        mirrored = MIRRORED.set(True)
         try:
             async with asyncio.timeout(self.policy.timeout_s):
                 response = await self._challenger.handle(call)
@@ -290,6 +292,8 @@ class ShadowRouter(ModelRouter):
             answer.error = "timeout"
         except Exception as e:
             answer.error = type(e).__qualname__
+        finally:
+            MIRRORED.reset(mirrored)
         return answer
 
     def _record(self, model: str, role: str, version: str | None, reading: Reading) -> None:

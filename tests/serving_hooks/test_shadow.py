@@ -102,6 +102,9 @@ def test_with_share_one_every_request_is_mirrored_and_callers_get_the_champion(m
         assert user.attributes[names.MODEL_ROLE] == "champion"
     chats = [s for s in spans if s.name.startswith("chat ") and s.attributes[names.MODEL_ROLE] == "challenger"]
     assert {s.context.trace_id for s in chats} == {s.context.trace_id for s in mirrors}
+    assert all(s.attributes.get(names.SHADOW) is True for s in chats), "a mirrored generation is flagged"
+    users = [s for s in spans if s.name.startswith("chat ") and s.attributes[names.MODEL_ROLE] == "champion"]
+    assert len(users) == n and not any(names.SHADOW in s.attributes for s in users)
 
 
 def test_a_hanging_challenger_fills_the_queue_mirrors_are_dropped_and_no_caller_waits(memory_telemetry, keyring):
