@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gpt_observatory.serving_hooks._auth_settings import DEFAULT_SUBJECT_SALT, ENV_PREFIX, AuthSettings
 from gpt_observatory.serving_hooks._errors import ApiError
 from gpt_observatory.serving_hooks._jwks import is_loopback_host
+from gpt_observatory.serving_hooks._worker_metrics import exposition
 from gpt_observatory.serving_hooks.settings import ServeSettings
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.settings import ConfigError
@@ -107,11 +108,11 @@ def admin_paths(api: FastAPI) -> frozenset[str]:
     return frozenset(p for p in paths if p)
 
 
-def metrics() -> Response:
-    """Prometheus exposition of this process's metrics."""
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+async def metrics() -> Response:
+    """Prometheus exposition of this process's metrics (of every worker's, with ``serve --workers N``)."""
+    from prometheus_client import CONTENT_TYPE_LATEST
 
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(await exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 class AdminGuard:

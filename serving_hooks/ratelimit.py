@@ -1,6 +1,8 @@
 """Requests-per-minute and tokens-per-minute limits per key, on the ``limits`` library's async strategies.
 
-Storage is in memory (one process) or Redis (shared by gateway replicas; ``redis://`` URLs).
+Storage is in memory (one process), Redis (shared by gateway replicas; ``redis://`` URLs), or the
+in-host store the worker supervisor serves (shared by the workers of one ``serve --workers N``; see
+``serving_hooks._hoststore``). :func:`limiter_for` picks one from the serve settings.
 
 How a request is held to the token budget: reserve, then settle. Before the call :meth:`RateLimiter.admit`
 charges the request's *worst case* (the prompt estimate plus ``n x max_tokens``: what it may use at
@@ -16,7 +18,7 @@ bound. A reservation that outlives its window is settled without going below zer
 then lands in the new window, at most one request's reservation.
 
 Storage failures and timeouts (the Redis client has connect and socket timeouts of ``timeout_s``
-and does not retry) fail open: the request is admitted unchecked, counted on
+and does not retry; each call to the host store is bounded by ``timeout_s``) fail open: the request is admitted unchecked, counted on
 ``observatory.gateway.rate_limit.fail_open`` by ``observatory.rate_limit.failure`` (``timeout`` or
 ``error``), and logged at most once a minute. After a failure the store is left alone for
 ``retry_after_failure_s``: requests in that time are admitted (and counted) without waiting on it,
@@ -29,16 +31,22 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from limits import RateLimitItemPerMinute
 from limits.aio.strategies import STRATEGIES, FixedWindowRateLimiter
 from limits.storage import storage_from_string
 from loguru import logger
 
+from gpt_observatory.serving_hooks import _hoststore
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.summed import SummedCounter
 
-__all__ = ["RateLimiter", "Refusal", "Reservation", "storage_uri"]
+if TYPE_CHECKING:
+    from gpt_observatory.serving_hooks.settings import ServeSettings
+
+__all__ = ["RateLimiter", "Refusal", "Reservation", "limiter_for", "storage_uri"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +78,8 @@ def storage_uri(redis_url: str | None) -> str:
 
 
 class RateLimiter:
-    """Per-key limits: ``requests_per_minute`` and ``tokens_per_minute`` (either may be ``None``)."""
+    """Per-key limits: ``requests_per_minute`` and ``tokens_per_minute`` (either may be ``None``), kept in
+    Redis at ``redis_url``, in the ``limits`` storage ``store`` names (a URI) or else in memory."""
 
     def __init__(
         self,
@@ -78,14 +87,17 @@ class RateLimiter:
         requests_per_minute: int | None = None,
         tokens_per_minute: int | None = None,
         redis_url: str | None = None,
+        store: str | None = None,
         strategy: str = "fixed-window",
         namespace: str = "observatory",
         timeout_s: float = 0.05,
         retry_after_failure_s: float = 1.0,
     ) -> None:
-        uri = storage_uri(redis_url)
+        uri = store or storage_uri(redis_url)
         options: dict = {}
-        if "redis" in uri:
+        if uri.startswith(_hoststore.SCHEME):
+            options = {"timeout_s": timeout_s}
+        elif "redis" in uri:
             # Passed to redis.asyncio.Redis.from_url. redis-py retries a timed-out command 3 times
             # with up to seconds of backoff by default: retry=None makes one attempt, bounded by timeout_s.
             options = {
@@ -160,7 +172,7 @@ class RateLimiter:
         return rpm, tpm
 
     async def close(self) -> None:
-        client = getattr(getattr(self._storage, "bridge", None), "storage", None)
+        client = getattr(getattr(self._storage, "bridge", None), "storage", self._storage)
         aclose = getattr(client, "aclose", None)
         if aclose is not None:
             try:
@@ -194,6 +206,25 @@ class RateLimiter:
                 cause, type(error).__name__,
             )
         return cause
+
+
+def limiter_for(settings: ServeSettings, host_store: Path | None = None) -> RateLimiter | None:
+    """The limiter ``settings`` describe (``None``: no limit set), on the store ``settings.limiter_store``
+    names; ``host_store`` is the host store's socket (``serve --workers N`` passes the supervisor's)."""
+    if not (settings.requests_per_minute or settings.tokens_per_minute):
+        return None
+    store = None
+    if settings.limiter_store == "host":
+        if host_store is None:
+            # One process: its own memory is the whole host's state.
+            store = storage_uri(None)
+        else:
+            store = _hoststore.uri(host_store)
+    return RateLimiter(
+        requests_per_minute=settings.requests_per_minute, tokens_per_minute=settings.tokens_per_minute,
+        redis_url=settings.redis_url, store=store, strategy=settings.rate_limit_strategy,
+        namespace=settings.rate_limit_namespace, timeout_s=settings.redis_timeout_s,
+    )
 
 
 def _is_timeout(error: BaseException) -> bool:

@@ -16,6 +16,7 @@ from gpt_observatory.telemetry.settings import CommaList, TableSettings
 Backend = Literal["mlflow", "upstream"]
 RateLimitStrategy = Literal["fixed-window", "moving-window", "sliding-window-counter"]
 CanarySticky = Literal["none", "tenant", "session"]
+RateLimitStore = Literal["auto", "host", "memory"]
 
 
 class ServeSettings(TableSettings):
@@ -96,6 +97,11 @@ class ServeSettings(TableSettings):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
     graceful_timeout_s: float = Field(30.0, ge=0, description="Seconds requests in flight may take to finish on shutdown.")
+    # Worker processes (serving_hooks.workers): every core on one port.
+    workers: int = Field(
+        1, ge=1, le=256, description="Gateway worker processes sharing the API (and admin) port, started and "
+                                     "drained by a supervisor; 1: the gateway runs in this process."
+    )
 
     # Admin listener and production guards (serving_hooks.production).
     admin_port: int | None = Field(
@@ -143,6 +149,11 @@ class ServeSettings(TableSettings):
         0.05, gt=0, le=10, description="Connect and socket timeout of the rate-limit store; past it a request is "
                                        "admitted unchecked (fail open, counted)."
     )
+    rate_limit_store: RateLimitStore = Field(
+        "auto", description="Where rate-limit state lives without redis_url: 'host' (one store served by the "
+                            "worker supervisor over a unix socket, exact across workers), 'memory' (per worker "
+                            "process, not exact with workers > 1) or 'auto' (host with workers > 1, else memory)."
+    )
     max_n: int = Field(8, ge=1, le=128, description="Largest 'n' (completions per request) accepted; above: 400.")
     max_best_of: int = Field(8, ge=1, le=128, description="Largest 'best_of' accepted; above: 400.")
     max_tokens_limit: int = Field(
@@ -170,6 +181,22 @@ class ServeSettings(TableSettings):
         if (self.canary or self.shadow) and self.challenger_alias == self.alias:
             raise ValueError(f"challenger_alias must differ from alias ({self.alias!r})")
         return self
+
+    @model_validator(mode="after")
+    def _store_needs(self) -> ServeSettings:
+        if self.redis_url and self.rate_limit_store != "auto":
+            raise ValueError(f"rate_limit_store {self.rate_limit_store!r} conflicts with redis_url (Redis holds the "
+                             "state): unset one of OBSERVATORY_SERVE_RATE_LIMIT_STORE, OBSERVATORY_SERVE_REDIS_URL")
+        return self
+
+    @property
+    def limiter_store(self) -> Literal["redis", "host", "memory"]:
+        """Where rate-limit state lives: Redis when configured, else the host store or this process's memory."""
+        if self.redis_url:
+            return "redis"
+        if self.rate_limit_store == "auto":
+            return "host" if self.workers > 1 else "memory"
+        return self.rate_limit_store
 
     @property
     def shadow(self) -> bool:

@@ -16,6 +16,13 @@ the app of the socket it arrived on. One server rather than two on one loop beca
 signal handling is per server and process-wide (a second server would replace the first's handler,
 and they would shut down one after the other): one server stops both listeners on one signal,
 within one graceful timeout, and runs the API's lifespan once.
+
+With ``--workers N`` (N > 1) this process is a supervisor (:mod:`serving_hooks.workers`): it binds
+the API and admin sockets once and runs N spawned worker processes on them, each the gateway above
+with telemetry of its own (``service.instance.id`` ``<host>-<supervisor pid>-<index>``), rate limits
+in Redis or in the supervisor's host store (:mod:`serving_hooks._hoststore`), and ``/metrics``
+answering for every worker (:mod:`serving_hooks._worker_metrics`). SIGTERM to the supervisor drains
+every worker.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import inspect
 import socket
 import time
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, get_args, get_origin
 
 import typer
 from pydantic import BaseModel, SecretStr
@@ -32,6 +39,9 @@ from pydantic.fields import FieldInfo
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gpt_observatory.serving_hooks.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from gpt_observatory.serving_hooks.workers import Worker
 
 # The spellings these options had before they were named after their settings; still accepted.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -110,41 +120,57 @@ def serve(
     **options: Any,
 ) -> None:
     """Serve the OpenAI-compatible API until SIGTERM/Ctrl-C."""
-    import gc
-    import os
-    import signal
-
-    import uvicorn
-
     from gpt_observatory import telemetry
-    from gpt_observatory.serving_hooks.app import create_listeners
     from gpt_observatory.serving_hooks.settings import load
     from gpt_observatory.telemetry.settings import ConfigError
 
     try:
         settings = load(**_given(options))
-        overrides: dict = {}
-        if metrics_endpoint:
-            chosen = telemetry.settings.load().exporters("metrics")
-            overrides = {"metrics_exporter": [*chosen, "prometheus"] if "prometheus" not in chosen else chosen,
-                         "prometheus_serve": False}
-        handle = telemetry.configure(None if os.environ.get("OTEL_SERVICE_NAME") else service_name, **overrides)
+        if settings.admin_port is not None and settings.admin_port == settings.port != 0:
+            raise ConfigError(f"admin_port ({settings.admin_port}) must differ from port "
+                              "(OBSERVATORY_SERVE_ADMIN_PORT, --admin-port)")
+        if settings.workers > 1:
+            telemetry.settings.load()  # a bad telemetry setting is refused here, not in each worker
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if settings.workers > 1:
+        raise typer.Exit(_supervise(settings, metrics_endpoint, service_name))
+    _run(settings, metrics_endpoint, service_name)
+
+
+def _run(
+    settings: ServeSettings, metrics_endpoint: bool, service_name: str, worker: Worker | None = None,
+    sockets: list[socket.socket] | None = None, started: Any = None,
+) -> None:
+    """Serve in this process: the one gateway process, or worker ``worker`` on the supervisor's ``sockets``
+    (setting ``started`` once it serves)."""
+    import gc
+    import signal
+
+    import uvicorn
+
+    from gpt_observatory.serving_hooks.app import create_listeners
+    from gpt_observatory.serving_hooks.ratelimit import limiter_for
+    from gpt_observatory.telemetry.settings import ConfigError
+
+    try:
+        handle = _telemetry(metrics_endpoint, service_name, worker)
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     server: Any = None
     try:
         try:
-            if settings.admin_port is not None and settings.admin_port == settings.port != 0:
-                raise ConfigError(f"admin_port ({settings.admin_port}) must differ from port "
-                                  "(OBSERVATORY_SERVE_ADMIN_PORT, --admin-port)")
-            listeners = create_listeners(settings)
+            limiter = limiter_for(settings, worker.store_socket if worker is not None else None)
+            listeners = create_listeners(settings, limiter=limiter)
         except ConfigError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
-        asgi, sockets = listeners.api, None
+        asgi = listeners.api
         if listeners.admin is not None:
-            sockets = [_bind(settings.host, settings.port), _bind(settings.host, settings.admin_port or 0)]
+            if sockets is None:
+                sockets = [_bind(settings.host, settings.port), _bind(settings.host, settings.admin_port or 0)]
             asgi = ByListener(listeners.api, listeners.admin, sockets[1].getsockname()[1])
         config = uvicorn.Config(
             asgi, host=settings.host, port=settings.port, access_log=False, log_config=None,
@@ -159,13 +185,61 @@ def serve(
         # request path's short-lived objects trigger do not walk it again each time (bench/README).
         gc.collect()
         gc.freeze()
-        server = _server(config)
+        server = _server(config, worker, started)
         try:
             server.run(sockets=sockets)
         except _Stop:
             pass
     finally:
         handle.shutdown(_flush_budget(settings.graceful_timeout_s, getattr(server, "stopping_since", None)))
+
+
+def _telemetry(metrics_endpoint: bool, service_name: str, worker: Worker | None) -> Any:
+    """Configure this process's telemetry; a worker's resource gets a ``service.instance.id`` of its own."""
+    import os
+
+    from opentelemetry.semconv.attributes.service_attributes import SERVICE_INSTANCE_ID
+
+    from gpt_observatory import telemetry
+
+    overrides: dict = {}
+    if metrics_endpoint:
+        chosen = telemetry.settings.load().exporters("metrics")
+        overrides = {"metrics_exporter": [*chosen, "prometheus"] if "prometheus" not in chosen else chosen,
+                     "prometheus_serve": False}
+    if worker is not None:
+        attributes = telemetry.settings.load().resource_attributes
+        base = attributes.get(SERVICE_INSTANCE_ID) or f"{socket.gethostname()}-{os.getppid()}"
+        overrides["resource_attributes"] = {**attributes, SERVICE_INSTANCE_ID: f"{base}-{worker.index}"}
+    return telemetry.configure(None if os.environ.get("OTEL_SERVICE_NAME") else service_name, **overrides)
+
+
+def _supervise(settings: ServeSettings, metrics_endpoint: bool, service_name: str) -> int:
+    """Bind the listeners once and run ``settings.workers`` workers on them (serving_hooks.workers)."""
+    from gpt_observatory.serving_hooks.workers import Supervisor
+
+    sockets = [_bind(settings.host, settings.port)]
+    if settings.admin_port is not None:
+        sockets.append(_bind(settings.host, settings.admin_port))
+    supervisor = Supervisor(
+        _worker, (settings, metrics_endpoint, service_name), settings.workers, sockets,
+        graceful_timeout_s=settings.graceful_timeout_s, host_store=settings.limiter_store == "host",
+    )
+    return supervisor.run()
+
+
+def _worker(worker: Worker, sockets: list[socket.socket], started: Any, settings: ServeSettings,
+            metrics_endpoint: bool, service_name: str) -> None:
+    """One worker process of ``serve --workers N`` (spawned by the supervisor); exits with ``serve``'s code."""
+    import sys
+
+    from gpt_observatory.serving_hooks import _worker_metrics
+
+    _worker_metrics.join(worker.index, worker.metrics_sockets())
+    try:
+        _run(settings, metrics_endpoint, service_name, worker, sockets, started)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
 
 
 app.callback(invoke_without_command=True)(with_options(serve, setting_options(ServeSettings, ALIASES)))
@@ -194,12 +268,21 @@ class ByListener:
             await self.api(scope, receive, send)
 
 
-def _server(config: Any) -> Any:
-    """uvicorn's server, noting when the shutdown signal came (``stopping_since``, monotonic)."""
+def _server(config: Any, worker: Worker | None = None, started: Any = None) -> Any:
+    """uvicorn's server, noting when the shutdown signal came (``stopping_since``, monotonic); a worker's
+    also answers for its own metrics on its socket and sets ``started`` once it serves."""
     import uvicorn
 
     class Server(uvicorn.Server):
         stopping_since: float | None = None
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if worker is not None and self.started:
+                from gpt_observatory.serving_hooks import _worker_metrics
+
+                self.metrics_server = await _worker_metrics.serve_own(worker.metrics_socket())
+                started.set()
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             if self.stopping_since is None:
