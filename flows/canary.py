@@ -8,7 +8,10 @@ Prometheus every ``step_s`` over a growing window (:mod:`~gpt_observatory.flows.
 gate, ``fail_fast``) decides, under the promotion locks, like every promotion decision (tags and
 history record, Prefect artifact, span, counter):
 
-- ``pass``: ``promoted``: champion moves to the challenger, the old one stays ``previous``;
+- ``pass``: ``promoted``: champion moves to the challenger, the old one stays ``previous``; with
+  ``approval = "required"`` for the model the canary ends and the flow waits for a person
+  (:mod:`~gpt_observatory.flows.approval`): ``approved`` moves the alias, ``rejected_by_approver``
+  and ``approval_timeout`` leave it;
 - ``fail``: ``rejected`` with the live figures; the champion is untouched;
 - ``inconclusive`` (too little traffic): the window is extended up to ``max_extensions`` times
   (``on_inconclusive = "extend"``), then ``inconclusive`` is recorded. Never a promotion.
@@ -37,7 +40,7 @@ from loguru import logger
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from gpt_observatory.flows import tasks
+from gpt_observatory.flows import approval, tasks
 from gpt_observatory.flows._flowkit import call, observed
 from gpt_observatory.flows.context import RunContext
 from gpt_observatory.flows.decisions import champion_lock, new_decision, publish
@@ -45,7 +48,7 @@ from gpt_observatory.flows.gates import LiveResult, judge_canary, judge_guard
 from gpt_observatory.flows.history import Decision, DecisionKind
 from gpt_observatory.flows.instruments import PipelineInstruments, tracer
 from gpt_observatory.flows.live import LiveFigures, LiveQueries, Prometheus, Side
-from gpt_observatory.flows.promotion import rollback
+from gpt_observatory.flows.promotion import after_approval, rollback
 from gpt_observatory.flows.registry import CHALLENGER, CHAMPION
 from gpt_observatory.flows.settings import CanarySettings, load_canary_settings
 from gpt_observatory.telemetry import names
@@ -121,7 +124,7 @@ def _analyse(live: CanarySettings, name: str, challenger: Side, champion: Side) 
         time.sleep(max(0.0, min(live.step_s, deadline - time.monotonic())))
         elapsed = time.monotonic() - start
         figures = _read(live, name, elapsed, [challenger, champion])
-        result = judge_canary(figures[challenger], figures[champion], live.gates())
+        result = judge_canary(figures[challenger], figures[champion], live.gates(), live.canary_source)
         done = time.monotonic() >= deadline - 1e-3
         logger.debug("canary {} v{} at {:.0f}s: {} ({})", name, challenger.version, elapsed, result.verdict,
                      result.reason)
@@ -144,6 +147,8 @@ def _conclude(
     """Record the decision under the promotion locks; every outcome ends the canary."""
     uri, name = context.tracking_uri, context.model_name
     kind, reason = _KIND[result.verdict], result.reason
+    if kind == "promoted" and context.settings.approval_for(name) == "required":
+        return _approve(result, context, candidate, champion, instruments)
     with champion_lock(context):
         current = call(tasks.read_alias, context, "reading the champion", uri, name, CHAMPION)
         if current != champion:
@@ -157,6 +162,22 @@ def _conclude(
                                 champion=candidate if kind == "promoted" else current, reason=reason,
                                 figures=result.figures)
         call(tasks.record_decision, context, "recording the decision", uri, decision)
+    publish(decision, instruments)
+    return decision
+
+
+def _approve(
+    result: LiveResult, context: RunContext, candidate: str, champion: str, instruments: PipelineInstruments
+) -> Decision:
+    """A passed canary waits for a person (``approval = "required"``). The canary ends first: no user
+    is served an unapproved version (nor a mirror sent to it) for as long as the wait lasts, and the
+    wait holds no lock."""
+    uri, name, settings = context.tracking_uri, context.model_name, context.settings
+    call(tasks.end_canary, context, "ending the canary", uri, name, candidate)
+    said = approval.wait(name, candidate, champion, result.figures, settings.approval_timeout_s,
+                         settings.approval_poll_s)
+    with champion_lock(context):
+        decision = after_approval(context, candidate, champion, result, said)
     publish(decision, instruments)
     return decision
 

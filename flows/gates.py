@@ -177,9 +177,14 @@ def _relative(c: LiveFigures, i: LiveFigures, gates: dict[str, float]) -> tuple[
     return failed, passed
 
 
-def judge_canary(challenger: LiveFigures, champion: LiveFigures, gates: dict[str, float]) -> LiveResult:
+def judge_canary(challenger: LiveFigures, champion: LiveFigures, gates: dict[str, float],
+                 source: str = "live") -> LiveResult:
     """``pass`` only with enough traffic on both sides and every gate met; ``fail`` when the
-    challenger, on enough traffic, misses any gate; else ``inconclusive`` (never a promotion)."""
+    challenger, on enough traffic, misses any gate; else ``inconclusive`` (never a promotion).
+
+    ``source``: where the figures come from, named in the reason (``live``: users' requests;
+    ``shadow``: mirrored requests no user saw)."""
+    on = "live" if source == "live" else "on shadow traffic"
     need = gates["min_requests"]
     figures: dict[str, Any] = {**challenger.as_dict("challenger"), **champion.as_dict("champion"), "gates": gates}
     if challenger.requests < need:
@@ -190,11 +195,11 @@ def judge_canary(challenger: LiveFigures, champion: LiveFigures, gates: dict[str
         more_failed, more_passed = _relative(challenger, champion, gates)
         failed, passed = failed + more_failed, passed + more_passed
     if failed:
-        return LiveResult("fail", "rejected live: " + "; ".join(failed), figures)
+        return LiveResult("fail", f"rejected {on}: " + "; ".join(failed), figures)
     if champion.requests < need:
         return LiveResult("inconclusive", f"too little traffic: the champion had {champion.requests:.0f} "
                           f"requests in the window, {need:.0f} needed to compare", figures)
-    return LiveResult("pass", "passed live: " + "; ".join(passed), figures)
+    return LiveResult("pass", f"passed {on}: " + "; ".join(passed), figures)
 
 
 def judge_guard(champion: LiveFigures, gates: dict[str, float], min_requests: float) -> LiveResult:

@@ -18,7 +18,7 @@ from gpt_observatory.flows import approval, history, tasks
 from gpt_observatory.flows._flowkit import call, in_process_subflows, observed
 from gpt_observatory.flows.context import RunContext
 from gpt_observatory.flows.decisions import champion_lock, new_decision, publish
-from gpt_observatory.flows.gates import EvalSummary, GateResult, judge
+from gpt_observatory.flows.gates import EvalSummary, GateResult, LiveResult, judge
 from gpt_observatory.flows.history import MOVES_CHAMPION, Decision, DecisionKind
 from gpt_observatory.flows.lifecycle import evaluate
 from gpt_observatory.flows.registry import CHALLENGER, CHAMPION
@@ -78,7 +78,7 @@ def promote(
             said = approval.wait(name, candidate, champion, result.figures, settings.approval_timeout_s,
                                  settings.approval_poll_s)
             with champion_lock(context):
-                decision = _after_approval(context, candidate, champion, result, said)
+                decision = after_approval(context, candidate, champion, result, said)
         publish(decision, instruments)
         logger.info("{} v{}: {} ({})", name, candidate, decision.decision, decision.reason)
         return decision
@@ -106,10 +106,12 @@ def _decide(kind: DecisionKind, context: RunContext, candidate: str, champion: s
     return decision
 
 
-def _after_approval(
-    context: RunContext, candidate: str, judged_against: str | None, result: GateResult, said: approval.Answer
+def after_approval(
+    context: RunContext, candidate: str, judged_against: str | None, result: GateResult | LiveResult,
+    said: approval.Answer,
 ) -> Decision:
-    """The approver's answer, applied to the champion as it is now (re-read inside the locks)."""
+    """The approver's answer, applied to the champion as it is now (call it inside the locks: it
+    re-reads the champion); for the ``promote`` flow's gates and the ``canary`` flow's verdict."""
     uri, name = context.tracking_uri, context.model_name
     champion = call(tasks.read_alias, context, "reading the champion", uri, name, CHAMPION)
     fields = {"approver": said.approver, "approval_reason": said.reason, "waited_s": round(said.waited_s, 3)}

@@ -1,24 +1,29 @@
 """``observatory demo --json`` on a fresh state folder, in a subprocess: every field of the
-summary, figures consistent with what the scripted client sent, and one trace in which the
-gateway, ``auth.verify`` and inference spans share a trace id (checked against the traces file)."""
+summary, figures consistent with what the scripted client sent, the challenger judged on shadow
+traffic and approved through the CLI, and one trace in which the gateway, ``auth.verify`` and
+inference spans share a trace id (checked against the traces file)."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from gpt_observatory.demo.approver import APPROVER, REASON
 from gpt_observatory.demo.canary import CANARY_SETTINGS
+from gpt_observatory.demo.pipeline import JUDGED_ON_SHADOW
 from gpt_observatory.demo.client import PROMPTS
 from gpt_observatory.demo.stack import MODEL, REQUESTS_PER_MINUTE
 from gpt_observatory.telemetry import names
+from tests import components
 from tests.reliability.demo_run import DemoRun, demo_run
 
 FIELDS = {
-    "wall_time_s", "model", "serving_version", "served_by_version", "requests", "latency_ms", "ttft_ms",
+    "wall_time_s", "model", "shadow", "approval", "serving_version", "served_by_version", "requests", "latency_ms", "ttft_ms",
     "tokens_per_s", "output_tokens", "auth_outcomes", "rate_limit_hits", "gpu", "spans_per_name", "trace",
     "telemetry_files", "telemetry_dropped", "gateway", "ui", "slowest_trace",
 }
@@ -42,17 +47,62 @@ def test_demo_writes_every_field(demo):
 def test_the_pipeline_made_v1_champion_and_judged_v2(demo):
     m = demo.summary["model"]
     assert (m["name"], m["champion_before"], m["challenger"]) == (MODEL, "1", "2")
-    assert m["decision"] in ("promoted", "rejected", "inconclusive") and m["reason"]
-    assert m["champion_after"] == ("2" if m["decision"] == "promoted" else "1")
+    assert m["decision"] in ("approved", "rejected", "inconclusive", "rejected_by_approver", "approval_timeout")
+    assert m["reason"]
+    assert m["champion_after"] == ("2" if m["decision"] == "approved" else "1")
     assert demo.summary["serving_version"] == m["champion_after"]
-    if shutil.which("prometheus"):  # the live canary runs where Prometheus is installed
-        assert m["judged_by"] == "canary on live traffic (Prometheus)"
+    served = demo.summary["served_by_version"]
+    if shutil.which("prometheus"):  # the shadow canary runs where Prometheus is installed
+        assert m["judged_by"] == JUDGED_ON_SHADOW
         canary = demo.summary["requests"]["client_sent"]["canary traffic (JWT)"]
-        assert set(canary) == {"200"} and canary["200"] >= 2 * CANARY_SETTINGS["min_requests"]
-        assert set(demo.summary["served_by_version"]) == {"1", "2"}  # both sides answered during the canary
+        assert set(canary) == {"200"} and canary["200"] >= CANARY_SETTINGS["min_requests"]
+        # no user was served by the challenger while it was judged: every answer to the judging
+        # traffic came from v1, and v2 answered only the scripted client, after an approval
+        after = sum(demo.summary["requests"]["client_sent"][k].get("200", 0)
+                    for k in demo.summary["requests"]["client_sent"] if k != "canary traffic (JWT)")
+        assert served == ({"1": canary["200"], "2": after} if m["champion_after"] == "2"
+                          else {"1": canary["200"] + after})
     else:
         assert m["judged_by"].startswith("offline gates (")
-        assert set(demo.summary["served_by_version"]) == {m["champion_after"]}
+        assert set(served) == {m["champion_after"]}
+
+
+def test_the_challenger_was_judged_on_mirrored_requests(demo):
+    shadow = demo.summary["shadow"]
+    if not shutil.which("prometheus"):
+        assert shadow is None
+        return
+    need = CANARY_SETTINGS["min_requests"]
+    challenger, champion = shadow["challenger"], shadow["champion"]
+    assert challenger["requests"] >= need and champion["requests"] >= need  # both sides of the same requests
+    assert 0 <= challenger["exact_match_rate"] <= 1 and challenger["length_ratio"] > 0
+    assert shadow["compared"] >= need and 0 <= shadow["exact"] <= shadow["compared"]
+    assert shadow["dropped"] >= 0
+    mirrors = [s for s in traced_spans(demo) if s["name"] == names.SPAN_SHADOW]
+    assert len(mirrors) >= shadow["compared"]
+    assert all(s["attributes"][names.SHADOW] is True and s["parent_span_id"] is None for s in mirrors)
+    assert "shadow traffic" in demo.stdout and "no user was served by the challenger" in demo.stdout
+
+
+def test_a_pass_waited_for_approval_and_the_demo_approved_it_through_the_cli(demo):
+    m, approval = demo.summary["model"], demo.summary["approval"]
+    if m["decision"] in ("rejected", "inconclusive") or not shutil.which("prometheus"):
+        assert approval is None  # nothing passed: nobody was asked
+        return
+    assert approval["error"] is None and approval["exit_codes"] == [0, 0]
+    assert approval["commands"][0] == "observatory pipeline pending"
+    assert approval["commands"][1] == (f"observatory pipeline approve {approval['run_id']} --approver {APPROVER} "
+                                       f"--reason '{REASON}'")
+    assert (m["decision"], approval["decision"], approval["recorded_approver"]) == ("approved", "approved", APPROVER)
+    assert approval["waited_s"] > 0 and m["reason"].startswith(f"approved by {APPROVER} after ")
+    assert "promotions waiting for approval" in demo.stderr and approval["run_id"] in demo.stderr  # pending's table
+    assert f"approved flow run {approval['run_id']}" in demo.stderr
+    history = subprocess.run([components.require_binary("observatory"), "pipeline", "history", "--model", MODEL,
+                              "--json"], env=demo.env, capture_output=True, text=True, timeout=120)
+    assert history.returncode == 0, history.stderr
+    last = json.loads(history.stdout)[-1]
+    assert (last["decision"], last["version"], last["approver"], last["approval_reason"]) == (
+        "approved", "2", APPROVER, REASON)
 
 
 def test_requests_by_outcome_match_what_the_client_sent(demo):
@@ -72,11 +122,14 @@ def test_latency_ttft_and_throughput_come_from_the_gateway_telemetry(demo):
     lat, ttft = s["latency_ms"], s["ttft_ms"]
     assert lat["count"] == s["requests"]["by_status"]["200"] and 0 < lat["p50"] <= lat["p95"]
     canary = sum(s["requests"]["client_sent"].get("canary traffic (JWT)", {}).values())  # every other one streamed
-    streamed = [a for a in gateway_generations(demo) if a.get(names.GEN_AI_REQUEST_STREAM)]
+    generations = gateway_generations(demo)
+    streamed = [a for a in generations if a.get(names.GEN_AI_REQUEST_STREAM) and not a.get(names.SHADOW)]
     # two canary workers alternate between streamed and not: with both counts odd, one fewer streamed
     assert STREAMED + canary // 2 - 1 <= len(streamed) <= STREAMED + canary // 2
-    # TTFT is taken at the first token produced: a stream whose first token was end-of-text has none
-    produced = [a for a in streamed if a.get(names.GEN_AI_USAGE_OUTPUT_TOKENS, 0) > 0 and names.ERROR_TYPE not in a]
+    # TTFT is taken at the first token produced (a stream whose first token was end-of-text has none),
+    # for every generation the gateway ran: mirrored ones (flagged observatory.shadow) too
+    produced = [a for a in generations if a.get(names.GEN_AI_REQUEST_STREAM)
+                and a.get(names.GEN_AI_USAGE_OUTPUT_TOKENS, 0) > 0 and names.ERROR_TYPE not in a]
     assert ttft["count"] == len(produced) > 0
     assert 0 < ttft["p50"] <= ttft["p95"] and ttft["mean"] > 0
     assert s["output_tokens"] > 0 and s["tokens_per_s"] > 0

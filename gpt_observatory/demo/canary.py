@@ -1,5 +1,8 @@
-"""The demo's live canary: Prometheus scraping the gateway, steady traffic from the scripted
-client, and the ``canary`` flow (issue 7) judging the challenger against the champion on it.
+"""The demo's judging of the challenger: Prometheus scraping the gateway, steady traffic from the
+scripted client, and the ``canary`` flow (issue 7) judging the challenger against the champion on
+shadow traffic: the gateway mirrors every request to the challenger after the champion answered
+(``--shadow-share 1``), so no user is served by it (``canary_source = "shadow"``). A pass then waits
+for approval (``approval = "required"``), which the demo gives through the CLI (:mod:`.approver`).
 
 It needs the Debian/upstream ``prometheus`` binary (the canary flow reads Prometheus's HTTP API);
 without it, or without the flow, the demo judges the challenger by the offline gates instead.
@@ -32,7 +35,12 @@ CANARY_SETTINGS: dict[str, Any] = {
     "guard_duration_s": 0,  # the demo does not wait for the post-promotion guard
     "max_extensions": 1,
     "latency_tolerance_s": 0.05,  # a busy 2-core CPU box: smaller latency differences are noise
+    "canary_source": "shadow",  # judged on mirrored requests: no user sees the challenger
 }
+SHADOW_SHARE = 1.0  # of requests mirrored to the challenger while it is judged
+# The pass waits for a person: the demo's approver answers within seconds; no answer in this long
+# counts as a rejection (and the demo goes on).
+APPROVAL: dict[str, Any] = {"approval": "required", "approval_poll_s": 1, "approval_timeout_s": 90}
 
 
 def unavailable() -> str | None:
@@ -142,7 +150,7 @@ class LiveTraffic:
 
 
 def run_canary(prometheus_url: str, version: str) -> Any:
-    """The canary flow on ``version`` (the challenger); returns its outcome."""
+    """The canary flow on ``version`` (the challenger), on shadow figures, with approval; its outcome."""
     canary = import_module("gpt_observatory.flows.canary").canary
     return canary(model_name=MODEL, version=version, prometheus_url=prometheus_url, window_s=WINDOW_S,
-                  step_s=STEP_S, canary_settings=CANARY_SETTINGS, overrides={"progress": False})
+                  step_s=STEP_S, canary_settings=CANARY_SETTINGS, overrides={"progress": False, **APPROVAL})

@@ -2,9 +2,10 @@
 
 The pipeline trains v1 and makes it the champion while the gateway (``observatory serve``, with
 the development IdP) starts; v2 is trained, registered as the challenger and evaluated offline,
-then judged: as a canary on live traffic (the ``canary`` flow reading a Prometheus that scrapes
-the gateway) when Prometheus is installed, else by the offline gates. The gateway follows the
-champion alias; a scripted client sends good, streaming, unauthenticated, forged-token and
+then judged: on shadow traffic (the gateway mirrors every request to the challenger after the
+champion answered; the ``canary`` flow reads both sides from a Prometheus that scrapes the gateway)
+when Prometheus is installed, a pass then waiting for approval, which the demo gives through the
+CLI; else by the offline gates. The gateway follows the champion alias; a scripted client sends good, streaming, unauthenticated, forged-token and
 over-limit requests; the summary is read back from the telemetry the processes really emitted
 (``<state>/telemetry/*.jsonl`` and the gateway's ``/metrics``).
 """
@@ -26,13 +27,12 @@ from gpt_observatory.demo import canary as _demo_canary
 from gpt_observatory.demo import client as _demo_client
 from gpt_observatory.demo import pipeline as _demo_pipeline
 from gpt_observatory.demo import stack as _demo_stack
+from gpt_observatory.demo.approver import ApprovalReport, Approver
 from gpt_observatory.demo.readback import SERVICE_INSTANCE_ID, Scrape, instance_of, is_api_server_span, wait_for_spans
 from gpt_observatory.demo.stack import MODEL, SCOPE, Gateway
-from gpt_observatory.demo.summary import build, dumps, render, show_slowest
+from gpt_observatory.demo.summary import approval_section, build, dumps, render, shadow_section, show_slowest
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.backends.jsonl import telemetry_dir
-
-CANARY_SHARE = 0.5  # of requests to the challenger while the live canary runs
 
 
 class _Step:
@@ -127,7 +127,7 @@ def _run(json_out: str | None, keep_serving: bool) -> dict[str, Any]:
                 idp.register_client(creds.client_id, creds.client_secret, "demo", [SCOPE])
                 # it boots, and waits for a champion, while Prefect starts and the pipeline runs
                 gateway = _demo_stack.start_gateway(state, uri, creds, keys_file,
-                                                    canary_share=None if no_canary else CANARY_SHARE)
+                                                    shadow_share=None if no_canary else _demo_canary.SHADOW_SHARE)
                 cleanup.callback(gateway.stop)
                 prometheus = None
                 if no_canary is None:
@@ -145,14 +145,15 @@ def _run(json_out: str | None, keep_serving: bool) -> dict[str, Any]:
             with step(f"gateway (observatory serve) serving {MODEL}@champion") as s:
                 s.note = f"v{gateway.wait_serving(champion.version)['model']['version']} on {gateway.url}"
             report = _demo_client.ClientReport()
-            how = "as a canary on live traffic" if prometheus else "by the offline gates"
+            how = "on shadow traffic, then approval" if prometheus else "by the offline gates"
+            approval = ApprovalReport()
             with step(f"judge v{challenger.version} against v{champion.version} {how}") as s:
                 verdict = None
                 if challenger.version == champion.version:  # a re-run on a state folder that has it all
                     verdict = _demo_pipeline.Verdict("unchanged", challenger.version, champion.version,
                                                      f"v{champion.version} already is the champion", "nothing to judge")
                 elif prometheus is not None:
-                    verdict, failure = _judge_live(prometheus, challenger, gateway, idp, report)
+                    verdict, failure, approval = _judge_live(prometheus, challenger, gateway, idp, report, console)
                     if verdict is None:
                         no_canary = f"the live canary failed: {failure}"
                 if verdict is None:
@@ -183,6 +184,7 @@ def _run(json_out: str | None, keep_serving: bool) -> dict[str, Any]:
                 model={"name": MODEL, "champion_before": champion.version, "challenger": challenger.version,
                        "decision": verdict.decision, "reason": verdict.reason, "judged_by": verdict.judged_by,
                        "champion_after": verdict.champion},
+                shadow=shadow_section(verdict, scrape), approval=approval_section(verdict, approval),
                 gpu=gpu.readings(scrape.total(names.GEN_AI_OUTPUT_TOKENS)),
                 files={s: str(traces.with_name(f"{s}.jsonl")) for s in ("traces", "metrics", "logs")},
                 tracking_uri=uri,
@@ -209,17 +211,19 @@ def _run(json_out: str | None, keep_serving: bool) -> dict[str, Any]:
 
 def _judge_live(
     prometheus: _demo_canary.Prometheus, challenger: _demo_pipeline.Challenger, gateway: Gateway, idp: Any,
-    report: _demo_client.ClientReport,
-) -> tuple[_demo_pipeline.Verdict | None, str]:
-    """The live canary; (None, why) when it could not run, so the demo can decide offline instead."""
+    report: _demo_client.ClientReport, console: Console,
+) -> tuple[_demo_pipeline.Verdict | None, str, ApprovalReport]:
+    """The canary flow on shadow traffic, a pass answered by the approver; (None, why, …) when it
+    could not run, so the demo can decide offline instead."""
     traffic = _demo_canary.LiveTraffic(gateway.v1, idp)
+    approver = Approver(console, challenger.version)
     try:
         prometheus.wait_ready()
         gateway.wait_challenger(challenger.version)
-        with traffic:
-            return _demo_pipeline.judge_live(prometheus.url, challenger), ""
+        with traffic, approver:
+            return _demo_pipeline.judge_live(prometheus.url, challenger), "", approver.report
     except Exception as e:  # the canary flow deletes the challenger alias when it stops without a verdict
-        return None, f"{type(e).__name__}: {e}"
+        return None, f"{type(e).__name__}: {e}", approver.report
     finally:
         for status, n in traffic.statuses.items():
             report.note("canary traffic (JWT)", status, n)

@@ -2,7 +2,8 @@
 
 v1 is trained briefly and becomes the champion through the whole ``pipeline`` flow; v2 is
 trained longer, registered as the ``challenger`` and evaluated offline; then it is judged: on
-live traffic by the ``canary`` flow (issue 7), or by the offline gates of the ``promote`` flow. The flows run in this process against Prefect's local ephemeral API
+shadow traffic by the ``canary`` flow (issue 7), a pass waiting for approval (issue 20), or by the
+offline gates of the ``promote`` flow. The flows run in this process against Prefect's local ephemeral API
 (or ``PREFECT_API_URL``) and the MLflow store of the state folder (or ``MLFLOW_TRACKING_URI``).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # Short trainings keep the demo within its time budget: v1 passes the absolute gates, v2 (three
@@ -38,11 +39,17 @@ class Challenger:
 
 @dataclass(frozen=True)
 class Verdict:
-    decision: str  # promoted | rejected | inconclusive | unchanged
+    decision: str  # promoted | rejected | inconclusive | unchanged | approved | rejected_by_approver | approval_timeout
     version: str
     champion: str  # after the decision
     reason: str
-    judged_by: str  # "canary on live traffic (Prometheus)" | "offline gates (why)"
+    judged_by: str  # JUDGED_ON_SHADOW | "offline gates (why)"
+    figures: dict[str, Any] = field(default_factory=dict)  # the judged figures, as recorded with the decision
+    approver: str | None = None  # the approval gate's answer, when one was asked
+    waited_s: float | None = None
+
+
+JUDGED_ON_SHADOW = "canary flow on shadow traffic (Prometheus)"
 
 
 @contextmanager
@@ -137,16 +144,16 @@ def train_challenger(model: str) -> Challenger:
 
 
 def judge_live(prometheus_url: str, challenger: Challenger) -> Verdict:
-    """The ``canary`` flow (issue 7) while live traffic runs: the gateway routes a share of requests
-    to the challenger, Prometheus scrapes both sides, the flow promotes, rejects or finds the
-    evidence inconclusive (then the champion stays)."""
+    """The ``canary`` flow (issue 7) on shadow figures while live traffic runs: the gateway mirrors
+    requests to the challenger, Prometheus scrapes both sides, the flow passes (then waits for
+    approval), rejects, or finds the evidence inconclusive (then the champion stays)."""
     from gpt_observatory.demo.canary import run_canary
 
     with no_heartbeats():
         outcome = run_canary(prometheus_url, challenger.version)
     d = outcome.decision
-    return Verdict(d.decision, d.version, d.champion or outcome.champion or "", d.reason,
-                   "canary on live traffic (Prometheus)")
+    return Verdict(d.decision, d.version, d.champion or outcome.champion or "", d.reason, JUDGED_ON_SHADOW,
+                   d.figures, d.approver, d.waited_s)
 
 
 def judge_offline(model: str, challenger: Challenger, why: str) -> Verdict:

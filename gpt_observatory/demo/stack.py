@@ -97,7 +97,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _observatory_command() -> list[str]:
+def observatory_command() -> list[str]:
     """The ``observatory`` console script of this interpreter's environment."""
     script = Path(sys.executable).with_name("observatory")
     if script.exists():
@@ -148,7 +148,7 @@ class Gateway:
                            f"log {self.log}:\n{tail}")
 
     def wait_challenger(self, version: str, timeout: float = 30.0) -> None:
-        """Wait until the canary router has loaded the challenger ``version``."""
+        """Wait until the shadow (or canary) router has loaded the challenger ``version``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError, ValueError):
@@ -172,10 +172,11 @@ class Gateway:
 
 
 def start_gateway(
-    state: Path, tracking_uri: str, creds: Credentials, keys_file: Path, canary_share: float | None = None
+    state: Path, tracking_uri: str, creds: Credentials, keys_file: Path, shadow_share: float | None = None
 ) -> Gateway:
     """Start ``observatory serve`` on a free loopback port, serving ``MODEL@champion`` (and, with a
-    ``canary_share``, ``MODEL@challenger`` to that share of requests while the alias exists).
+    ``shadow_share``, mirroring that share of requests to ``MODEL@challenger`` while the alias
+    exists: the callers only ever get the champion's answers).
 
     Authentication: JWTs of the development IdP and the demo's API keys; model ``tiny-gpt``
     needs the ``inference`` scope; ``REQUESTS_PER_MINUTE`` per tenant.
@@ -191,12 +192,12 @@ def start_gateway(
         "OBSERVATORY_SERVE_RATE_LIMIT_STRATEGY": "moving-window",
     }
     cmd = [
-        *_observatory_command(), "serve",
+        *observatory_command(), "serve",
         "--backend", "mlflow", "--model", MODEL, "--tracking-uri", tracking_uri,
         "--poll-interval-s", str(POLL_INTERVAL_S), "--host", "127.0.0.1", "--port", str(port),
         "--oidc-issuer", creds.issuer, "--audience", AUDIENCE, "--api-keys-file", str(keys_file),
         "--requests-per-minute", str(REQUESTS_PER_MINUTE), "--graceful-timeout-s", "20",
-        *(["--canary-share", str(canary_share)] if canary_share else []),
+        *(["--shadow-share", str(shadow_share)] if shadow_share else []),
     ]
     with open(log, "ab") as fh:
         # its own session: Ctrl-C reaches the demo, which then stops the gateway gracefully

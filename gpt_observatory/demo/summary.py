@@ -64,6 +64,34 @@ def throughput_section(scrape: Scrape) -> tuple[float | None, int]:
     return (_round(tokens / seconds) if seconds else None), int(tokens)
 
 
+SHADOW_FIGURES = ("requests", "errors", "p95_s", "p95_ttft_s", "tokens_per_s", "exact_match_rate", "length_ratio")
+
+
+def shadow_section(verdict: Any, scrape: Scrape) -> dict[str, Any] | None:
+    """Both sides' figures on the mirrored requests, as the canary flow judged them (from Prometheus)
+    and as the gateway counted the mirrors (``/metrics``); None when the challenger was not shadowed."""
+    from gpt_observatory.demo.pipeline import JUDGED_ON_SHADOW
+
+    if verdict.judged_by != JUDGED_ON_SHADOW:
+        return None
+    figures = verdict.figures
+    sides = {side: {k: figures.get(f"{side}_{k}") for k in SHADOW_FIGURES if f"{side}_{k}" in figures}
+             for side in ("challenger", "champion")}
+    return {**sides, "compared": int(scrape.total(names.SHADOW_COMPARISONS)),
+            "exact": int(scrape.total(names.SHADOW_COMPARISONS, **{names.SHADOW_MATCH: "exact"})),
+            "dropped": int(scrape.total(names.SHADOW_DROPPED)),
+            "source": "canary flow figures (Prometheus) and observatory.shadow.* (/metrics)"}
+
+
+def approval_section(verdict: Any, report: Any) -> dict[str, Any] | None:
+    """The approval the flow waited for and how it was answered; None when none was asked."""
+    if report.run_id is None and report.error is None:
+        return None
+    return {**report.as_dict(), "decision": verdict.decision if verdict else None,
+            "recorded_approver": verdict.approver if verdict else None,
+            "waited_s": verdict.waited_s if verdict else None}
+
+
 def _tool(name: str) -> str:
     """``name`` in this interpreter's bin folder when it is there (the venv need not be activated)."""
     path = Path(sys.executable).parent / name
@@ -107,6 +135,8 @@ def build(
     readyz: dict[str, Any],
     client: dict[str, Any],
     model: dict[str, Any],
+    shadow: dict[str, Any] | None,
+    approval: dict[str, Any] | None,
     gpu: dict[str, Any],
     files: dict[str, str],
     tracking_uri: str,
@@ -116,12 +146,15 @@ def build(
     """Every figure of the summary; ``spans`` are this run's spans (demo and gateway processes)."""
     gateway_spans = [s for s in spans if instance_of(s) == gateway_instance]
     tokens_per_s, output_tokens = throughput_section(scrape)
-    served = Counter(str(s["attributes"][names.MODEL_VERSION]) for s in gateway_spans
-                     if names.GEN_AI_OPERATION_NAME in s["attributes"] and names.MODEL_VERSION in s["attributes"])
+    served = Counter(str(s["attributes"][names.MODEL_VERSION]) for s in gateway_spans  # to users: no mirror
+                     if names.GEN_AI_OPERATION_NAME in s["attributes"] and names.MODEL_VERSION in s["attributes"]
+                     and not s["attributes"].get(names.SHADOW))
     auth = scrape.by(names.AUTH_ATTEMPTS, names.AUTH_METHOD, names.AUTH_OUTCOME)
     return {
         "wall_time_s": round(wall_time_s, 1),
         "model": model,
+        "shadow": shadow,
+        "approval": approval,
         "serving_version": (readyz.get("model") or {}).get("version"),
         "served_by_version": dict(served),
         "requests": requests_section(scrape, client),
@@ -160,6 +193,8 @@ def render(summary: dict[str, Any], console: Console) -> None:
     rows = [
         ("model", f"{m['name']}: champion v{m['champion_before']}, challenger v{m['challenger']}"),
         ("decision", f"{m['decision']} v{m['challenger']} by {m['judged_by']}: {m['reason']}"),
+        *([("shadow traffic", _shadow_text(s["shadow"]))] if s["shadow"] else []),
+        *([("approval", _approval_text(s["approval"]))] if s["approval"] else []),
         ("serving version", f"v{s['serving_version']} (answered by version: "
                             f"{', '.join(f'v{v} {n}' for v, n in sorted(s['served_by_version'].items()))})"),
         ("requests by outcome", f"{_pairs(req['by_outcome'])} (total {req['total']})"),
@@ -183,6 +218,32 @@ def render(summary: dict[str, Any], console: Console) -> None:
     for what, value in rows:
         table.add_row(what, value)
     console.print(table)
+
+
+def _shadow_text(shadow: dict[str, Any]) -> str:
+    def side(f: dict[str, Any]) -> str:
+        ms = lambda v: "-" if v is None else f"{v * 1e3:.0f} ms"  # noqa: E731
+        text = (f"{f.get('requests', 0):.0f} requests, {f.get('errors', 0):.0f} errors, p95 {ms(f.get('p95_s'))}, "
+                f"p95 TTFT {ms(f.get('p95_ttft_s'))}, {_whole(f.get('tokens_per_s'))} tokens/s")
+        if f.get("exact_match_rate") is not None:
+            text += f", exact match {f['exact_match_rate']:.0%}, length ratio {f.get('length_ratio')}"
+        return text
+
+    return (f"challenger: {side(shadow['challenger'])}\nchampion:   {side(shadow['champion'])}\n"
+            f"mirrors compared {shadow['compared']} ({shadow['exact']} identical), dropped {shadow['dropped']}; "
+            f"no user was served by the challenger")
+
+
+def _whole(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _approval_text(approval: dict[str, Any]) -> str:
+    if approval.get("error"):
+        return f"not answered by the demo ({approval['error']}); decision {approval['decision']}"
+    waited = f" {approval['waited_s']:.1f} s" if approval.get("waited_s") is not None else ""
+    return (f"flow run {approval['run_name']} ({approval['run_id']}) waited{waited}; answered through the CLI "
+            f"by {approval['approver']}: {approval['decision']}\n" + "\n".join(f"$ {c}" for c in approval["commands"]))
 
 
 def _gpu_text(gpu: dict[str, Any]) -> str:

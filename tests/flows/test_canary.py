@@ -237,3 +237,46 @@ def test_a_promoted_version_that_degrades_is_rolled_back_by_the_guard(rig, memor
     assert decisions_counted(memory, "rolled_back") == 1
     with httpx.Client(timeout=10) as client:
         assert all(ask(client, url, rig.model).label == "v1" for url in rig.gateways)
+
+
+def test_a_passed_canary_waits_for_approval_with_no_traffic_on_the_challenger(rig, memory):
+    """``approval = "required"``: the canary passes, ends (the challenger alias goes, so no user is
+    served the unapproved version while it waits), the run waits; ``approve`` moves the alias."""
+    from tests.flows.test_approval import cli, waiting
+
+    champion, _ = rig.aliases()
+    good = rig.register()
+    gated = {**rig.overrides(), "approval_models": {rig.model: "required"}, "approval_poll_s": 1,
+             "approval_timeout_s": 120}
+    rig.load.start()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            judging = in_thread(pool, run_canary_gated, rig=rig, version=good, overrides=gated)
+            asked = waiting(rig.model, good)
+            assert rig.aliases() == (champion, None)  # the canary ended before the wait
+            rig.wait_serving(champion, None)
+            waited_from = time.monotonic()
+            time.sleep(1.5)
+            answered = cli("approve", asked.run_id, "--approver", "release-manager", "--reason", "canary looks fine")
+            assert answered.exit_code == 0, answered.output
+            out = judging.result(timeout=90)
+    finally:
+        rig.load.stop()
+    d = out.decision
+    assert (out.verdict, d.decision, d.champion) == ("pass", "approved", good), d.reason
+    assert asked.figures["challenger_requests"] >= LIVE["min_requests"]  # the live figures, in the form
+    assert rig.aliases() == (good, None)
+    served = [a for a in rig.load.since(waited_from) if a.sent < waited_from + 1.5]
+    assert served and {a.label for a in served} == {f"v{champion}"}, "the challenger got traffic while waiting"
+    entry = recorded(rig, good)
+    assert (entry.decision, entry.approver, entry.approval_reason) == ("approved", "release-manager",
+                                                                       "canary looks fine")
+    assert d.reason.startswith("approved by release-manager after ") and "passed live: " in d.reason
+    assert decisions_counted(memory, "approved") == 1
+
+
+def run_canary_gated(rig: Rig, version: str, overrides: dict[str, Any]) -> Any:
+    from gpt_observatory.flows.canary import canary
+
+    return canary(model_name=rig.model, version=version, prometheus_url=rig.prometheus, window_s=6,
+                  canary_settings=LIVE, overrides=overrides)

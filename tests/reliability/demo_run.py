@@ -24,6 +24,7 @@ class DemoRun:
     stdout: str
     stderr: str
     wall_s: float
+    env: dict[str, str]  # the demo's environment: later commands on its state folder use it
 
 
 _run: DemoRun | None = None
@@ -50,4 +51,4 @@ def _start(workdir: Path) -> DemoRun:
     if done.returncode != 0:
         raise AssertionError(f"observatory demo failed ({done.returncode}):\n{done.stderr[-4000:]}")
     print(f"observatory demo: {wall:.1f} s wall", file=sys.stderr)
-    return DemoRun(state, json.loads(out.read_text()), done.stdout, done.stderr, wall)
+    return DemoRun(state, json.loads(out.read_text()), done.stdout, done.stderr, wall, env)
