@@ -534,6 +534,7 @@ FLEET_OUTCOMES: Final = (
     "bad_status",     # a status that is neither 2xx, 4xx nor 5xx
     "answer_failed",  # headers came, then the body was malformed, cut or stalled
     "error",          # any other client error before the headers
+    "cancelled",      # the caller left or the gateway stopped mid-attempt (not held against the replica)
 )
 FLEET_STATE: Final = "observatory.fleet.state"  # a replica's health state
 FLEET_STATES: Final = (

@@ -153,6 +153,16 @@ class UpstreamBackend(ModelBackend):
         except (aiohttp.ClientError, TimeoutError) as e:
             return Readiness(False, "unavailable", f"upstream {self.base_url} unreachable ({type(e).__name__})")
 
+    async def probe(self, url: str, timeout_s: float) -> bool:
+        """Whether a GET of ``url`` (a health or models endpoint of this upstream) answers 2xx in time."""
+        headers = {"authorization": self._authorization} if self._authorization else None
+        try:
+            async with self._http.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+                await r.read()
+                return 200 <= r.status < 300
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
     async def models(self) -> list[dict[str, Any]]:
         try:
             async with self._http.get(self.base_url + "/models", headers=self._headers()) as r:

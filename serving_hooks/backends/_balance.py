@@ -1,0 +1,101 @@
+"""Choosing a replica, and the pool-wide retry budget: small mechanisms with no I/O.
+
+Least-outstanding with power-of-two choices (Mitzenmacher's "two choices"; the policy vLLM's router
+and Envoy's ``LEAST_REQUEST`` use): draw two replicas at random (by weight), send to the one with
+fewer requests in flight per unit of weight. Comparing two, not all, keeps a burst from piling
+onto the single least-loaded replica and costs O(1). Round robin (smooth weighted, as nginx does)
+is the reference it is measured against (``bench/fleet.py``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class Loaded(Protocol):
+    """What the balancers read and keep on a replica."""
+
+    weight: float
+    outstanding: int
+    rr_current: float
+
+
+class LeastOutstanding:
+    """Power of two choices on ``(outstanding + 1) / weight`` (the +1: weight decides between idle replicas)."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+
+    def pick(self, candidates: Sequence[Loaded]) -> Loaded:
+        if len(candidates) == 1:
+            return candidates[0]
+        rng = self._rng
+        first = _weighted(candidates, rng)
+        second = _weighted([c for c in candidates if c is not first], rng)
+        if (second.outstanding + 1) * first.weight < (first.outstanding + 1) * second.weight:
+            return second
+        return first
+
+
+class RoundRobin:
+    """Smooth weighted round robin: each replica in turn, ``weight`` times as often as a weight of 1."""
+
+    def pick(self, candidates: Sequence[Loaded]) -> Loaded:
+        total = 0.0
+        best = candidates[0]
+        for c in candidates:
+            c.rr_current += c.weight
+            total += c.weight
+            if c.rr_current > best.rr_current:
+                best = c
+        best.rr_current -= total
+        return best
+
+
+def _weighted(candidates: Sequence[Loaded], rng: random.Random) -> Loaded:
+    first = candidates[0].weight
+    if all(c.weight == first for c in candidates):
+        return candidates[int(rng.random() * len(candidates))]
+    return rng.choices(candidates, [c.weight for c in candidates])[0]
+
+
+class RetryBudget:
+    """Retries allowed pool-wide: within the last ``window_s`` seconds, at most ``ratio`` times the
+    requests plus ``minimum`` (so a quiet pool can still retry), as Linkerd's and Finagle's retry
+    budgets do. Counted in one-second buckets: O(1) per request."""
+
+    def __init__(self, ratio: float, minimum: int, window_s: int) -> None:
+        self.ratio, self.minimum, self.window = ratio, minimum, max(1, int(window_s))
+        self._seconds = [-1] * self.window
+        self._requests = [0] * self.window
+        self._retries = [0] * self.window
+
+    def _bucket(self, now: float) -> int:
+        second = int(now)
+        i = second % self.window
+        if self._seconds[i] != second:
+            self._seconds[i], self._requests[i], self._retries[i] = second, 0, 0
+        return i
+
+    def _live(self, now: float) -> tuple[int, int]:
+        oldest = int(now) - self.window
+        requests = retries = 0
+        for second, req, ret in zip(self._seconds, self._requests, self._retries, strict=True):
+            if second > oldest:
+                requests += req
+                retries += ret
+        return requests, retries
+
+    def request(self, now: float) -> None:
+        """A request's first attempt."""
+        self._requests[self._bucket(now)] += 1
+
+    def try_retry(self, now: float) -> bool:
+        """Take one retry from the budget; False when it is spent."""
+        requests, retries = self._live(now)
+        if retries + 1 > self.ratio * requests + self.minimum:
+            return False
+        self._retries[self._bucket(now)] += 1
+        return True
