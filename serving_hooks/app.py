@@ -26,7 +26,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from loguru import logger
@@ -35,13 +34,17 @@ from starlette.types import ASGIApp
 
 from gpt_observatory import telemetry
 from gpt_observatory.generation import DEFAULT_MAX_TOKENS
+from gpt_observatory.serving_hooks import catalog as catalogs
 from gpt_observatory.serving_hooks import _completions as completions
 from gpt_observatory.serving_hooks import _errors
 from gpt_observatory.serving_hooks._auth_settings import AuthSettings
+from gpt_observatory.serving_hooks._catalog_backends import build_backend, build_entry, build_hooks, build_router, served_models
+from gpt_observatory.serving_hooks._catalog_reload import CatalogReloader
+from gpt_observatory.serving_hooks._catalog_router import CatalogRouter
 from gpt_observatory.serving_hooks._completions import CompletionsEndpoint
 from gpt_observatory.serving_hooks._errors import ApiError
 from gpt_observatory.serving_hooks._openai import ErrorBody, ModelList
-from gpt_observatory.serving_hooks.backends.base import ModelBackend, ModelRouter
+from gpt_observatory.serving_hooks.backends.base import ModelRouter
 from gpt_observatory.serving_hooks.context import request_context
 from gpt_observatory.serving_hooks.gateway import Authenticate, GatewayConfig, GatewayMiddleware, no_scopes
 from gpt_observatory.serving_hooks.inference import GenAIHooks
@@ -50,8 +53,10 @@ from gpt_observatory.serving_hooks.production import check as check_production
 from gpt_observatory.serving_hooks.ratelimit import RateLimiter
 from gpt_observatory.serving_hooks.settings import ServeSettings
 from gpt_observatory.serving_hooks.settings import load as load_settings
-from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.settings import ConfigError
+
+__all__ = ["Listeners", "auth_settings", "build_authenticator", "build_backend", "build_hooks", "build_router",
+           "create_app", "create_listeners", "served_models"]
 
 API_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models"})
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -114,8 +119,10 @@ def create_listeners(
         settings, auth if isinstance(auth, AuthSettings) else auth_settings(settings),
         handle.settings if handle is not None else telemetry.settings.load(),
     )
-    hooks = build_hooks(settings)
-    router = router or build_router(settings, hooks)
+    catalog = build_catalog(settings, router)
+    reloader = None
+    if settings.catalog_file is not None and router is None:
+        reloader = CatalogReloader(catalog, settings.catalog_file, settings, settings.catalog_poll_s)
     if authenticator is _UNSET:
         authenticator = build_authenticator(settings)
     if limiter is None and (settings.requests_per_minute or settings.tokens_per_minute):
@@ -127,14 +134,18 @@ def create_listeners(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await router.start()
+        await catalog.start()
+        if reloader is not None:
+            await reloader.start()
         warm_up = getattr(authenticator, "warm_up", None)
         if warm_up is not None and not await warm_up():
             logger.warning("could not fetch the OIDC issuer's keys at startup; JWTs are refused until it answers")
         try:
             yield
         finally:
-            await router.close()
+            if reloader is not None:
+                await reloader.close()
+            await catalog.close()
             if limiter is not None:
                 await limiter.close()
             aclose = getattr(authenticator, "aclose", None)
@@ -145,11 +156,11 @@ def create_listeners(
     off = {"openapi_url": None, "docs_url": None, "redoc_url": None} if admin_apart else {}
     api = FastAPI(title="Observatory gateway", version=telemetry.__version__, lifespan=lifespan,
                   telemetry=_NATIVE, **off)
-    _routes(api, router, with_metrics=not admin_apart)
+    _routes(api, catalog, with_metrics=not admin_apart)
     admin = admin_app(api, _NATIVE) if admin_apart else None
-    app: ASGIApp = CompletionsEndpoint(api, router)
+    app: ASGIApp = CompletionsEndpoint(api, catalog)  # type: ignore[arg-type]  # a router of routers
     if instrument:
-        app = _gateway(app, settings, router, authenticator, limiter)
+        app = _gateway(app, settings, catalog, authenticator, limiter)
     token = settings.admin_token
     if token is not None:
         if admin is not None:
@@ -164,8 +175,19 @@ def create_listeners(
 _NATIVE = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
+def build_catalog(settings: ServeSettings, router: ModelRouter | None = None) -> CatalogRouter:
+    """The catalog ``settings`` describe (``catalog_file``, else the single model), with its backends
+    built; ``router``: the single model's, ready-made (``catalog_file`` is then not read)."""
+    if router is not None or settings.catalog_file is None:
+        catalog = catalogs.from_settings(settings)
+        routers = {settings.model: router} if router is not None else None
+        return CatalogRouter(catalog, build_entry, routers=routers, drain_timeout_s=settings.graceful_timeout_s)
+    return CatalogRouter(catalogs.load(settings.catalog_file, settings), build_entry,
+                         drain_timeout_s=settings.graceful_timeout_s)
+
+
 def _gateway(
-    app: ASGIApp, settings: ServeSettings, router: ModelRouter, authenticator: Authenticate | None,
+    app: ASGIApp, settings: ServeSettings, router: CatalogRouter, authenticator: Authenticate | None,
     limiter: RateLimiter | None,
 ) -> ASGIApp:
     config = GatewayConfig(
@@ -178,74 +200,13 @@ def _gateway(
         max_best_of=settings.max_best_of,
         max_tokens_limit=settings.max_tokens_limit,
         context_tokens=settings.context_tokens,
-        models=served_models(settings),
+        models=router,  # the live catalog's names and aliases; its bounds per model
+        bounds_for=router.bounds,
         # What a request without max_tokens may generate: the in-process model's default; an upstream's
         # own default is not known here, so the worst case reserved is the bound.
         default_max_tokens=DEFAULT_MAX_TOKENS if settings.backend == "mlflow" else None,
     )
     return GatewayMiddleware(app, config, authenticator=authenticator, limiter=limiter)
-
-
-def served_models(settings: ServeSettings) -> frozenset[str]:
-    """The model names callers may use: the served model and the upstream's named ones."""
-    return frozenset([settings.model, *settings.upstream_models])
-
-
-def build_hooks(settings: ServeSettings) -> GenAIHooks:
-    capture = settings.capture_content
-    if capture is None:
-        handle = telemetry.current()
-        capture = handle.settings.capture_content if handle is not None else False
-    if settings.backend == "upstream":
-        url = urlsplit(settings.upstream_url or "")
-        return GenAIHooks(
-            "client", provider=settings.upstream_provider, capture_content=capture,
-            server_address=url.hostname, server_port=url.port, models=served_models(settings),
-        )
-    return GenAIHooks("server", capture_content=capture)
-
-
-def build_backend(settings: ServeSettings, hooks: GenAIHooks) -> ModelBackend:
-    if settings.backend == "upstream":
-        from gpt_observatory.serving_hooks.backends.upstream import UpstreamBackend
-
-        key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
-        return UpstreamBackend(
-            hooks, settings.upstream_url or "", api_key=key,
-            connect_timeout_s=settings.upstream_connect_timeout_s, timeout_s=settings.upstream_timeout_s,
-            max_connections=settings.upstream_max_connections,
-            forward_baggage_keys=settings.forward_baggage_keys, forward_tracestate_keys=settings.forward_tracestate_keys,
-        )
-    from gpt_observatory.serving_hooks.backends.mlflow import MlflowBackend
-
-    return MlflowBackend(
-        hooks, settings.model, alias=settings.alias, tracking_uri=settings.tracking_uri,
-        poll_interval_s=settings.poll_interval_s, workers=settings.generation_threads,
-    )
-
-
-def build_router(settings: ServeSettings, hooks: GenAIHooks) -> ModelRouter:
-    """The champion alone, or champion and challenger behind a canary or a shadow router when one is configured."""
-    champion = build_backend(settings, hooks)
-    if not (settings.canary or settings.shadow):
-        return ModelRouter({names.MODEL_ROLE_CHAMPION: champion})
-    from gpt_observatory.serving_hooks.backends.mlflow import MlflowBackend
-
-    challenger = MlflowBackend(
-        hooks, settings.model, alias=settings.challenger_alias, role=names.MODEL_ROLE_CHALLENGER,
-        tracking_uri=settings.tracking_uri, poll_interval_s=settings.poll_interval_s, workers=settings.generation_threads,
-        optional=True,
-    )
-    if settings.shadow:
-        from gpt_observatory.serving_hooks.backends.shadow import ShadowPolicy, ShadowRouter
-
-        shadow = ShadowPolicy.of(settings.shadow_share, settings.shadow_tenants, queue_size=settings.shadow_queue_size,
-                                 concurrency=settings.generation_threads)
-        return ShadowRouter(champion, challenger, shadow)  # type: ignore[arg-type]  # mlflow: in-process
-    from gpt_observatory.serving_hooks.backends.canary import CanaryPolicy, CanaryRouter
-
-    policy = CanaryPolicy.of(settings.canary_share, settings.canary_tenants, settings.canary_sticky)
-    return CanaryRouter(champion, challenger, policy)  # type: ignore[arg-type]  # mlflow: in-process
 
 
 def auth_settings(settings: ServeSettings) -> AuthSettings:
@@ -299,13 +260,13 @@ def _document(api: FastAPI) -> None:
     api.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise it
 
 
-def _routes(api: FastAPI, router: ModelRouter, *, with_metrics: bool = True) -> None:
+def _routes(api: FastAPI, router: CatalogRouter, *, with_metrics: bool = True) -> None:
     _document(api)
 
     @api.get("/v1/models", response_model=ModelList, responses=_ERRORS)
-    async def models() -> dict[str, Any]:
-        """The models this gateway serves."""
-        return {"object": "list", "data": await router.champion.models()}
+    async def models(request: Request) -> dict[str, Any]:
+        """The models this gateway serves that the caller's scopes allow."""
+        return {"object": "list", "data": router.models(request_context(request.scope))}
 
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -315,12 +276,8 @@ def _routes(api: FastAPI, router: ModelRouter, *, with_metrics: bool = True) -> 
     @api.get("/readyz", responses={503: {"description": "Not ready: no model loaded or the upstream is down."}})
     async def readyz() -> JSONResponse:
         """Readiness: a model is loaded (``degraded``: serving, but the model registry is unreachable)."""
-        ready = await router.champion.readiness()
-        body = {"status": ready.status, "ready": ready.ready, "detail": ready.detail, "model": ready.info}
-        canary = getattr(router, "canary_status", None)
-        if canary is not None:
-            body["canary"] = canary()
-        return JSONResponse(body, status_code=200 if ready.ready else 503)
+        body, ready = await router.readiness()
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     if with_metrics:
         api.add_api_route("/metrics", metrics, response_class=Response)

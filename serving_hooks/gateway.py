@@ -21,7 +21,7 @@ bounded by ``max_request_bytes`` either way.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,7 +40,7 @@ from gpt_observatory.serving_hooks.ratelimit import RateLimiter, Refusal, Reserv
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.summed import SummedCounter
 
-__all__ = ["Authenticate", "GatewayConfig", "GatewayMiddleware", "RequestContext", "no_scopes", "request_context"]
+__all__ = ["Authenticate", "Bounds", "GatewayConfig", "GatewayMiddleware", "RequestContext", "no_scopes", "request_context"]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _INPUT, _OUTPUT = names.GEN_AI_TOKEN_TYPE_INPUT, names.GEN_AI_TOKEN_TYPE_OUTPUT
@@ -60,6 +60,21 @@ def no_scopes(model: str | None) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class Bounds:
+    """What one request for a model is held to (a 400 past one names the setting to raise)."""
+
+    max_n: int = 8
+    max_best_of: int = 8
+    max_tokens_limit: int = MAX_TOKENS_LIMIT
+    context_tokens: int | None = None
+    # New tokens per completion a request that names no max_tokens may use, for its worst case;
+    # None: max_tokens_limit (what an upstream may generate). The in-process model's is DEFAULT_MAX_TOKENS.
+    default_max_tokens: int | None = None
+    n_setting: str = "OBSERVATORY_SERVE_MAX_N"
+    max_tokens_setting: str = "OBSERVATORY_SERVE_MAX_TOKENS_LIMIT"
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     """How the gateway treats requests; built once by the app."""
 
@@ -76,10 +91,11 @@ class GatewayConfig:
     max_best_of: int = 8
     max_tokens_limit: int = MAX_TOKENS_LIMIT
     context_tokens: int | None = None
-    models: frozenset[str] = frozenset()  # the served catalog: model names callers may use (empty: any)
-    # New tokens per completion a request that names no max_tokens may use, for its worst case;
-    # None: max_tokens_limit (what an upstream may generate). The in-process model's is DEFAULT_MAX_TOKENS.
-    default_max_tokens: int | None = None
+    # The served catalog: model names callers may use (empty: any); a live catalog changes on reload.
+    models: Collection[str] = frozenset()
+    default_max_tokens: int | None = None  # see Bounds
+    # Per-model bounds (the catalog's); None, or None for a model: the bounds above.
+    bounds_for: Callable[[str], Bounds | None] | None = None
 
 
 class GatewayMiddleware:
@@ -102,6 +118,8 @@ class GatewayMiddleware:
             from gpt_observatory.serving_hooks.auth import AuthError
 
             self._auth_error = AuthError
+        c = self.config
+        self._bounds = Bounds(c.max_n, c.max_best_of, c.max_tokens_limit, c.context_tokens, c.default_max_tokens)
         self._tracer = trace.get_tracer(__name__)
         meter = metrics.get_meter(__name__)
         m = names.HTTP_SERVER_REQUEST_DURATION
@@ -230,16 +248,17 @@ class GatewayMiddleware:
 
     def _worst_case(self, request: OpenAIRequest, ctx: RequestContext) -> int:
         """The most tokens ``request`` may use (prompt estimate + completions x max_tokens); 400 past a bound."""
-        config = self.config
+        bounds_for = self.config.bounds_for
+        config = (bounds_for(request.model) if bounds_for is not None else None) or self._bounds
         if request.n is not None and request.n > config.max_n:
-            raise _errors.above_bound("n", config.max_n, "OBSERVATORY_SERVE_MAX_N")
+            raise _errors.above_bound("n", config.max_n, config.n_setting)
         if request.best_of is not None and request.best_of > config.max_best_of:
             raise _errors.above_bound("best_of", config.max_best_of, "OBSERVATORY_SERVE_MAX_BEST_OF")
         for field in _TOKEN_FIELDS:
             value = getattr(request, field, None)
             if value is not None and value > config.max_tokens_limit:
-                raise _errors.above_bound(field, config.max_tokens_limit, "OBSERVATORY_SERVE_MAX_TOKENS_LIMIT")
-        prompt = config.estimate_tokens(ctx.json or {})
+                raise _errors.above_bound(field, config.max_tokens_limit, config.max_tokens_setting)
+        prompt = self.config.estimate_tokens(ctx.json or {})
         ctx.prompt_estimate = prompt
         completions = request.completions
         declared = request.limit()

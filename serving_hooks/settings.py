@@ -68,6 +68,16 @@ class ServeSettings(TableSettings):
         [], description="Caller 'tracestate' vendor keys forwarded to the upstream (default none)."
     )
 
+    # Model catalog (serving_hooks.catalog): several models, each mlflow or an upstream pool. Unset: the
+    # settings above describe one model (a one-entry catalog).
+    catalog_file: Path | None = Field(
+        None, description="TOML file of the models served ([[models]] tables, see README 'Model catalog'); "
+                          "reloaded on SIGHUP and when it changes. Unset: backend/model/upstream_url name one model."
+    )
+    catalog_poll_s: float = Field(
+        2.0, gt=0, description="Seconds between checks of the catalog file's modification time (reload on change)."
+    )
+
     # Canary routing (mlflow backend; serving_hooks.backends.canary). The challenger gets traffic only
     # while its alias exists: deleting the alias (what the canary flow does on a decision) is share 0.
     canary_share: float = Field(

@@ -518,6 +518,25 @@ SHADOW_DROPPED = Metric(
     "Mirrors not sent to the challenger, by observatory.shadow.drop.reason (the user request is never affected).",
 )
 
+# --------------------------------------------------------------------------- model catalog
+# serving_hooks/catalog.py and _catalog_router.py: the models the gateway serves (names and aliases,
+# a closed set), their telemetry labels, fallbacks and reloads.
+CATALOG_MODEL: Final = "observatory.catalog.model"  # the catalog entry (public name) a request named
+CATALOG_LABEL_PREFIX: Final = "observatory.catalog.label."  # + an entry's label key (span attributes)
+EVENT_FALLBACK: Final = "observatory.fallback"  # span event: the model's pool had no healthy replica
+FALLBACK_MODEL: Final = "observatory.fallback.model"  # the fallback that served (span attribute, label)
+CATALOG_RELOAD_OUTCOME: Final = "observatory.catalog.reload.outcome"
+CATALOG_RELOAD_OUTCOMES: Final = ("ok", "invalid", "failed")  # failed: a new backend did not start
+GATEWAY_FALLBACKS = Metric(
+    "observatory.gateway.fallbacks", "{request}", "counter",
+    "Requests served by a fallback because their model's pool had no healthy replica, by "
+    "observatory.catalog.model and observatory.fallback.model.",
+)
+CATALOG_RELOADS = Metric(
+    "observatory.catalog.reloads", "{reload}", "counter",
+    "Model catalog reloads (SIGHUP or a changed file), by observatory.catalog.reload.outcome.",
+)
+
 # fleet (issue 16)
 # serving_hooks/backends/pool.py: an upstream model served by a pool of replicas. Every label value is
 # bounded: the pool is a catalog model, the replica its catalog-defined name, the outcome and state below.
