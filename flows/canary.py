@@ -37,8 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from loguru import logger
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
 from gpt_observatory.flows import approval, tasks
 from gpt_observatory.flows._flowkit import call, observed
@@ -47,7 +46,7 @@ from gpt_observatory.flows.decisions import champion_lock, new_decision, publish
 from gpt_observatory.flows.gates import LiveResult, judge_canary, judge_guard
 from gpt_observatory.flows.history import Decision, DecisionKind
 from gpt_observatory.flows.instruments import PipelineInstruments, tracer
-from gpt_observatory.flows.live import LiveFigures, LiveQueries, Prometheus, Side
+from gpt_observatory.flows.live import LiveFigures, Side
 from gpt_observatory.flows.promotion import after_approval, rollback
 from gpt_observatory.flows.registry import CHALLENGER, CHAMPION
 from gpt_observatory.flows.settings import CanarySettings, load_canary_settings
@@ -101,17 +100,10 @@ def _live(context: RunContext) -> CanarySettings:
     return context.canary or load_canary_settings()
 
 
-@task(name="read-shadow-figures", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def read_shadow(live: CanarySettings, model: str, window_s: float, sides: list[Side]) -> dict[Side, LiveFigures]:
-    """Both sides' figures on mirrored requests (``observatory.shadow.*``)."""
-    queries = LiveQueries(Prometheus(live.prometheus_url, live.query_timeout_s), model, live.selector, "shadow")
-    return queries.figures(window_s, sides)
-
-
 def _read(live: CanarySettings, name: str, window_s: float, sides: list[Side]) -> dict[Side, LiveFigures]:
     """The figures the canary judges: the users' (``live``) or the mirrored requests' (``shadow``)."""
     if live.canary_source == "shadow":
-        return read_shadow(live, name, window_s, sides)
+        return tasks.read_shadow(live, name, window_s, sides)
     return tasks.read_live(live, name, window_s, sides)
 
 

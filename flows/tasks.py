@@ -188,7 +188,16 @@ def record_decision(uri: str, decision: history.Decision) -> None:
 @task(name="read-live-figures", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1,
       retry_condition_fn=lambda task, run, state: _is_prometheus_error(state))
 def read_live(live: CanarySettings, model: str, window_s: float, sides: list[Side]) -> dict[Side, LiveFigures]:
+    """Both sides' figures on the users' requests (``gen_ai.server.*`` by role and version)."""
     queries = LiveQueries(Prometheus(live.prometheus_url, live.query_timeout_s), model, live.selector)
+    return queries.figures(window_s, sides)
+
+
+@task(name="read-shadow-figures", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1,
+      retry_condition_fn=lambda task, run, state: _is_prometheus_error(state))
+def read_shadow(live: CanarySettings, model: str, window_s: float, sides: list[Side]) -> dict[Side, LiveFigures]:
+    """Both sides' figures on mirrored requests (``observatory.shadow.*``)."""
+    queries = LiveQueries(Prometheus(live.prometheus_url, live.query_timeout_s), model, live.selector, "shadow")
     return queries.figures(window_s, sides)
 
 

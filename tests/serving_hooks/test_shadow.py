@@ -251,6 +251,7 @@ def test_a_garbage_challenger_is_rejected_from_shadow_figures_alone_and_no_user_
     print(f"shadow canary: {out.decision.reason}; after {out.analysed_s:.1f}s; {len(load.answers)} user answers; "
           f"figures {({k: v for k, v in figures.items() if k != 'gates'})}")
     assert (out.verdict, out.decision.decision) == ("fail", "rejected"), out.decision.reason
+    assert out.decision.reason.startswith("rejected on shadow traffic: ")  # the figures it judged, named
     assert "error rate" in out.decision.reason and figures["challenger_error_rate"] > settings["max_error_rate"]
     assert figures["champion_requests"] >= settings["min_requests"] and figures["champion_error_rate"] == 0
     registry = Registry(client_for(mlflow_server.url), model)
