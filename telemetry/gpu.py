@@ -6,7 +6,8 @@ on an H100) every ``interval_s``; the slow ones (energy counter ~3 ms, per-proce
 counts, XID events) every ``slow_interval_s``. The OpenTelemetry instruments and the optional
 DCGM-compatible Prometheus collector read the cached snapshot; no export or request calls NVML.
 No driver or no GPU: one log line, no series, nothing raised. With ``interconnect_interval_s`` set,
-NVLink, PCIe and InfiniBand are sampled by :mod:`._interconnect` on a thread of its own.
+NVLink, PCIe and InfiniBand are sampled by :mod:`._interconnect` on a thread of its own (InfiniBand
+also on a host with no GPU).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from loguru import logger
 
 from gpt_observatory.telemetry._dcgm import DcgmCollector
 from gpt_observatory.telemetry._gpu_series import GpuInstruments, Points, otel_points
+from gpt_observatory.telemetry._infiniband import discover as ib_ports
 from gpt_observatory.telemetry._interconnect import InterconnectCollector
 from gpt_observatory.telemetry._nvml import (
     Device,
@@ -91,52 +93,64 @@ class GpuCollector:
     # ------------------------------------------------------------------ lifecycle
     def start(self, background: bool = True) -> bool:
         """Initialise NVML, take a first sample, register the instruments and (when
-        ``background``) start sampling. False, after one log line, when there is no GPU."""
+        ``background``) start sampling. False, after one log line, when there is no GPU: then
+        InfiniBand ports, if the host has any, are still sampled (a CPU or storage node of the
+        fabric has HCAs and no GPU)."""
         with self._lock:
             if self.status is not None:
                 return self.status == "ok"
-            try:
-                pynvml = self._nvml_module or importlib.import_module("pynvml")
-            except ImportError:
-                return self._unavailable("nvidia-ml-py is not installed; no GPU telemetry")
-            try:
-                pynvml.nvmlInit()
-            except pynvml.NVMLError as exc:
-                absent = exc.value in (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
-                return self._unavailable(NO_DRIVER if absent else f"NVML could not start ({exc}); no GPU telemetry")
-            self._nvml = pynvml
-            try:
-                self._devices = discover(pynvml)
-            except pynvml.NVMLError as exc:
-                self._shutdown_nvml()
-                return self._unavailable(f"NVML could not list the GPUs ({exc}); no GPU telemetry")
-            if not self._devices:
-                self._shutdown_nvml()
-                return self._unavailable(NO_GPUS)
-            self.status = "ok"
-            self.driver_version = try_call(pynvml.nvmlSystemGetDriverVersion)
-            self._events = self._open_xid_events()
-            self._announce()
-            self.sample(slow=True)
-            self._instruments = GpuInstruments(self._current_points, self._meter_provider)
-            if self.dcgm_names:
-                from prometheus_client import REGISTRY
-
-                try:
-                    self.register_dcgm(REGISTRY)
-                except ValueError:  # the DCGM names are taken: a configuration error, raised here
-                    self.stop()
-                    raise
-            if self.interconnect_interval_s > 0:
-                gpus = [(dev.info, dev.handle) for dev in self._devices if dev.info.parent_uuid is None]
+            started = self._start_gpus(background)
+            if not started and self.interconnect_interval_s > 0 and ib_ports(self.infiniband_root):
                 self.interconnect = InterconnectCollector(
-                    pynvml, gpus, self.infiniband_root, self.interconnect_interval_s, self._meter_provider
+                    None, [], self.infiniband_root, self.interconnect_interval_s, self._meter_provider
                 )
                 self.interconnect.start(background)
-            if background:
-                self._thread = threading.Thread(target=self._run, name="observatory-gpu-sampler", daemon=True)
-                self._thread.start()
-            return True
+            return started
+
+    def _start_gpus(self, background: bool) -> bool:
+        """NVML and the GPU sampler (and NVLink/PCIe/InfiniBand); called under the lock."""
+        try:
+            pynvml = self._nvml_module or importlib.import_module("pynvml")
+        except ImportError:
+            return self._unavailable("nvidia-ml-py is not installed; no GPU telemetry")
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            absent = exc.value in (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+            return self._unavailable(NO_DRIVER if absent else f"NVML could not start ({exc}); no GPU telemetry")
+        self._nvml = pynvml
+        try:
+            self._devices = discover(pynvml)
+        except pynvml.NVMLError as exc:
+            self._shutdown_nvml()
+            return self._unavailable(f"NVML could not list the GPUs ({exc}); no GPU telemetry")
+        if not self._devices:
+            self._shutdown_nvml()
+            return self._unavailable(NO_GPUS)
+        self.status = "ok"
+        self.driver_version = try_call(pynvml.nvmlSystemGetDriverVersion)
+        self._events = self._open_xid_events()
+        self._announce()
+        self.sample(slow=True)
+        self._instruments = GpuInstruments(self._current_points, self._meter_provider)
+        if self.dcgm_names:
+            from prometheus_client import REGISTRY
+
+            try:
+                self.register_dcgm(REGISTRY)
+            except ValueError:  # the DCGM names are taken: a configuration error, raised here
+                self.stop()
+                raise
+        if self.interconnect_interval_s > 0:
+            gpus = [(dev.info, dev.handle) for dev in self._devices if dev.info.parent_uuid is None]
+            self.interconnect = InterconnectCollector(
+                pynvml, gpus, self.infiniband_root, self.interconnect_interval_s, self._meter_provider
+            )
+            self.interconnect.start(background)
+        if background:
+            self._thread = threading.Thread(target=self._run, name="observatory-gpu-sampler", daemon=True)
+            self._thread.start()
+        return True
 
     def stop(self) -> None:
         """Stop sampling, withdraw the DCGM series and release NVML. Final."""

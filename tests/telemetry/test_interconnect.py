@@ -180,6 +180,22 @@ def test_no_infiniband_tree_means_no_ports_and_no_error(tmp_path):
     assert points[names.HW_GPU_IO.name]  # the GPU's links are still there
 
 
+def test_a_host_without_a_gpu_still_samples_its_infiniband_ports(tmp_path):
+    write_ib_tree(tmp_path / "ib", "mlx5_0", 1)
+    for root, has_hca in ((tmp_path / "ib", True), (tmp_path / "absent", False)):
+        collector = GpuCollector(nvml=FakeNvml([]), interconnect_interval_s=10.0, infiniband_root=root,
+                                 meter_provider=NoOpMeterProvider())  # fmt: skip
+        assert not collector.start(background=False) and collector.status is not None  # no GPU
+        if not has_hca:
+            assert collector.interconnect is None
+            continue
+        points = collector.interconnect.points()
+        collector.stop()
+        transmit = {names.HW_ID: "mlx5_0/1", names.NETWORK_IO_DIRECTION: "transmit"}
+        assert values(points, names.HW_NETWORK_IO, **transmit) == [1_000_000_000]
+        assert points[names.HW_GPU_IO.name] == []
+
+
 def test_an_unreadable_counter_file_drops_only_its_reading_and_is_counted(tmp_path):
     folder = write_ib_tree(tmp_path)
     collector = start(FakeNvml([FakeGpu("GPU-a", nvlinks=0)]), tmp_path)
