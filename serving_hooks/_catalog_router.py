@@ -280,15 +280,21 @@ class _Dispatch:
         chain = [primary, *(s for f in primary.entry.fallbacks
                             if (s := lookup.get(f)) is not None and visible(s.entry, call.ctx))]
         no_healthy = self.catalog._no_healthy
+        refused: Exception | None = None  # the primary's own 503, once it was tried
         for target in chain:
             if not target.healthy():
                 continue
+            try:
+                response = await self._serve(target, call)
+            except no_healthy as e:  # its last replica failed, or went since the check: nothing was sent
+                if target is primary:
+                    refused = e
+                continue
             if target is not primary:
                 self.catalog._fell_back(primary, target)
-            try:
-                return await self._serve(target, call)
-            except no_healthy:  # its last replica went between the check and the call: nothing was sent
-                continue
+            return response
+        if refused is not None:
+            raise refused
         return await self._serve(primary, call)  # nobody healthy: the primary's own answer (503)
 
     @staticmethod
