@@ -265,7 +265,7 @@ class CatalogRouter:
 class _Dispatch:
     """One call's backend: the entry, or its first fallback with a healthy replica."""
 
-    __slots__ = ("catalog", "version", "served")
+    __slots__ = ("catalog", "served", "version")
 
     def __init__(self, catalog: CatalogRouter, version: _Version, served: Served) -> None:
         self.catalog = catalog

@@ -7,9 +7,14 @@ and ``/metrics`` (Prometheus exposition of the registry the telemetry ``promethe
 fills). With ``admin_port`` set, ``/metrics`` and the docs (``/docs``, ``/redoc``, ``/openapi.json``)
 leave the API for an admin app of their own (:func:`create_listeners`); with ``admin_token`` set they
 need that bearer token wherever they are (:mod:`serving_hooks.production`, which also holds what
-``environment=production`` refuses to start with). The model comes from a :class:`~serving_hooks.backends.base.ModelRouter`: the ``mlflow``
+``environment=production`` refuses to start with). The models come from the catalog
+(:mod:`serving_hooks.catalog`: ``catalog_file``, else the single-model settings as a one-entry
+catalog), served by a :class:`~serving_hooks._catalog_router.CatalogRouter` that reloads on SIGHUP and
+when the file changes (:mod:`serving_hooks._catalog_reload`). Each entry is a
+:class:`~serving_hooks.backends.base.ModelRouter`: the ``mlflow``
 backend serves ``models:/NAME@champion`` in process, the ``upstream`` backend proxies an
-OpenAI-compatible server. With a canary configured (``canary_share``/``canary_tenants``) the
+OpenAI-compatible server (a :class:`~serving_hooks.backends.pool.ReplicaPool` for an entry's
+``replicas``). With a canary configured (``canary_share``/``canary_tenants``) the
 ``mlflow`` backend also follows the ``challenger`` alias and a
 :class:`~serving_hooks.backends.canary.CanaryRouter` splits the traffic; with shadow traffic
 (``shadow_share``/``shadow_tenants``) a :class:`~serving_hooks.backends.shadow.ShadowRouter` serves
@@ -34,11 +39,17 @@ from starlette.types import ASGIApp
 
 from gpt_observatory import telemetry
 from gpt_observatory.generation import DEFAULT_MAX_TOKENS
-from gpt_observatory.serving_hooks import catalog as catalogs
 from gpt_observatory.serving_hooks import _completions as completions
 from gpt_observatory.serving_hooks import _errors
+from gpt_observatory.serving_hooks import catalog as catalogs
 from gpt_observatory.serving_hooks._auth_settings import AuthSettings
-from gpt_observatory.serving_hooks._catalog_backends import build_backend, build_entry, build_hooks, build_router, served_models
+from gpt_observatory.serving_hooks._catalog_backends import (
+    build_backend,
+    build_entry,
+    build_hooks,
+    build_router,
+    served_models,
+)
 from gpt_observatory.serving_hooks._catalog_reload import CatalogReloader
 from gpt_observatory.serving_hooks._catalog_router import CatalogRouter
 from gpt_observatory.serving_hooks._completions import CompletionsEndpoint
@@ -47,7 +58,6 @@ from gpt_observatory.serving_hooks._openai import ErrorBody, ModelList
 from gpt_observatory.serving_hooks.backends.base import ModelRouter
 from gpt_observatory.serving_hooks.context import request_context
 from gpt_observatory.serving_hooks.gateway import Authenticate, GatewayConfig, GatewayMiddleware, no_scopes
-from gpt_observatory.serving_hooks.inference import GenAIHooks
 from gpt_observatory.serving_hooks.production import AdminGuard, admin_app, admin_paths, metrics
 from gpt_observatory.serving_hooks.production import check as check_production
 from gpt_observatory.serving_hooks.ratelimit import RateLimiter

@@ -3,8 +3,8 @@
 Per request (paths outside ``excluded_paths``): one SERVER span ``{method} {route}`` continuing
 the caller's W3C ``traceparent``; ``http.server.request.duration`` and ``http.server.active_requests``;
 a bounded read of the request body (413) and a JSON check (400); on the completion routes the
-request validated (400) and held to its bounds (``n``, ``best_of``, ``max_tokens``, the model's
-context: 400 naming the setting) and its model to the served catalog (404); authentication
+request validated (400) and held to its model's bounds (``n``, ``best_of``, ``max_tokens``, the
+model's context, per model with a catalog: ``GatewayConfig.bounds_for``; 400 naming the setting) and its model to the served catalog (404); authentication
 (401/403) with the scopes the requested model needs; rate limits per tenant or subject (429 +
 ``Retry-After``), the tokens-per-minute budget charged the request's worst case before the call and
 settled to its real usage after, whatever the outcome; metering per tenant of requests and of the

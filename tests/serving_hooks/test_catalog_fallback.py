@@ -11,6 +11,7 @@ from gpt_observatory.serving_hooks.app import create_app
 from gpt_observatory.serving_hooks.settings import load
 from gpt_observatory.telemetry import names
 from tests.components import free_port
+from tests.serving_hooks.catalog_support import ScopedKeys, chat, scoped_keys
 from tests.serving_hooks.support import point_value, serve, settle, spans_of
 from tests.serving_hooks.upstream_peer import TEXT
 
@@ -18,20 +19,14 @@ from tests.serving_hooks.upstream_peer import TEXT
 POOL = "[models.pool]\nprobe_interval_s = 0\nconsecutive_errors = 1\nmax_attempts = 1\n"
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    from gpt_observatory.serving_hooks.apikeys import ApiKeyStore
-
-    path = tmp_path_factory.mktemp("fallback-keys") / "keys.json"
-    store = ApiKeyStore(path)
-    plain, _ = store.create("acme", ["inference"])
-    lab, _ = store.create("lab", ["inference", "research"])
-    return path, plain, lab
-
-
 def pool(name: str, fallbacks: list[str], url: str) -> str:
     return (f'[[models]]\nname = "{name}"\nkind = "upstream"\nupstream_model = "up-model"\n'
             f'fallbacks = {fallbacks!r}\nreplicas = [{{ url = "{url}", name = "r1" }}]\n'.replace("'", '"') + POOL)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> ScopedKeys:
+    return scoped_keys(tmp_path_factory)
 
 
 @pytest.fixture
@@ -48,17 +43,12 @@ def gateway(memory_telemetry, upstream_peer, keys, tmp_path):
     ])
     path = tmp_path / "catalog.toml"
     path.write_text(text)
-    with serve(create_app(load(catalog_file=path, api_keys_file=keys[0]))) as served:
+    with serve(create_app(load(catalog_file=path, api_keys_file=keys.path))) as served:
         yield served
 
 
-def chat(gw, key: str, model: str, stream: bool = False) -> httpx.Response:
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": stream}
-    return httpx.post(gw.v1 + "/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=10)
-
-
 def test_a_pool_without_a_healthy_replica_falls_back_and_says_so(gateway, keys, upstream_peer, memory_telemetry):
-    key = keys[1]
+    key = keys.plain
     before = len(upstream_peer.seen)
     first = chat(gateway, key, "pooled")  # the replica fails (nothing listens): ejected, nothing sent yet
     assert first.status_code == 200 and first.json()["choices"][0]["message"]["content"] == TEXT
@@ -86,7 +76,7 @@ def test_a_pool_without_a_healthy_replica_falls_back_and_says_so(gateway, keys, 
 
 
 def test_a_healthy_pool_serves_its_own_requests(gateway, keys, memory_telemetry):
-    assert chat(gateway, keys[1], "live").status_code == 200
+    assert chat(gateway, keys.plain, "live").status_code == 200
     settle(memory_telemetry)
     assert names.GATEWAY_FALLBACKS.name not in memory_telemetry.memory.metrics()
     (server,) = [s for s in memory_telemetry.memory.spans() if s.name == "POST /v1/chat/completions"]
@@ -95,7 +85,7 @@ def test_a_healthy_pool_serves_its_own_requests(gateway, keys, memory_telemetry)
 
 def test_without_a_fallback_the_pool_answers_503(gateway, keys):
     for _ in range(2):  # the failed attempt, then the ejected replica
-        r = chat(gateway, keys[1], "stranded")
+        r = chat(gateway, keys.plain, "stranded")
         assert r.status_code == 503 and r.json()["error"]["code"] == "no_healthy_replica"
         assert r.headers["retry-after"] == "1"
 

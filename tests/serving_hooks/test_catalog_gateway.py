@@ -10,19 +10,14 @@ import pytest
 from gpt_observatory.serving_hooks.app import create_app
 from gpt_observatory.serving_hooks.settings import load
 from gpt_observatory.telemetry import names
+from tests.serving_hooks.catalog_support import ScopedKeys, chat, scoped_keys
 from tests.serving_hooks.support import by_name, serve, settle
 from tests.serving_hooks.upstream_peer import TEXT, UpstreamPeer
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    from gpt_observatory.serving_hooks.apikeys import ApiKeyStore
-
-    path = tmp_path_factory.mktemp("catalog-keys") / "keys.json"
-    store = ApiKeyStore(path)
-    plain, _ = store.create("acme", ["inference"])
-    lab, _ = store.create("lab", ["inference", "research"])
-    return path, plain, lab
+def keys(tmp_path_factory) -> ScopedKeys:
+    return scoped_keys(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +50,9 @@ scope = "research"
 def gateway(memory_telemetry, upstream_peer, second_peer, keys, tmp_path):
     path = tmp_path / "catalog.toml"
     path.write_text(catalog_text(upstream_peer.url, second_peer.url))
-    settings = load(catalog_file=path, api_keys_file=keys[0], upstream_timeout_s=5)
+    settings = load(catalog_file=path, api_keys_file=keys.path, upstream_timeout_s=5)
     with serve(create_app(settings)) as served:
         yield served
-
-
-def chat(gw, key: str, model: str, **extra) -> httpx.Response:
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
-    return httpx.post(gw.v1 + "/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=10)
 
 
 def test_the_model_list_is_what_the_callers_scopes_allow(gateway, keys):
@@ -90,7 +80,7 @@ def test_a_model_the_caller_may_not_use_is_not_there_for_it(gateway, keys, secon
 def test_an_alias_is_served_by_its_model_and_the_span_carries_its_labels(gateway, keys, upstream_peer,
                                                                          memory_telemetry):
     before = len(upstream_peer.seen)
-    answer = chat(gateway, keys[1], "open", max_tokens=3)
+    answer = chat(gateway, keys.plain, "open", max_tokens=3)
     assert answer.status_code == 200
     assert len(upstream_peer.seen) == before + 1 and upstream_peer.seen[-1]["body"]["model"] == "up-model"
     settle(memory_telemetry)
@@ -102,7 +92,7 @@ def test_an_alias_is_served_by_its_model_and_the_span_carries_its_labels(gateway
 
 def test_an_unknown_model_is_an_openai_404_and_never_a_label(gateway, keys, memory_telemetry):
     unknown = "no-such-model-7f3a"
-    r = chat(gateway, keys[2], unknown)
+    r = chat(gateway, keys.lab, unknown)
     assert r.status_code == 404
     error = r.json()["error"]
     assert error["code"] == "model_not_found" and error["type"] == "invalid_request_error"
@@ -114,12 +104,12 @@ def test_an_unknown_model_is_an_openai_404_and_never_a_label(gateway, keys, memo
 
 
 def test_each_model_is_held_to_its_own_bounds(gateway, keys):
-    too_many = chat(gateway, keys[2], "open-model", max_tokens=9)
+    too_many = chat(gateway, keys.lab, "open-model", max_tokens=9)
     assert too_many.status_code == 400
     message = too_many.json()["error"]["message"]
     assert "max_tokens must be at most 8" in message and "'open-model'" in message
-    assert chat(gateway, keys[2], "open", max_tokens=9).status_code == 400  # the alias is the same model
-    assert chat(gateway, keys[2], "research-model", max_tokens=9).status_code == 200  # the global bound
+    assert chat(gateway, keys.lab, "open", max_tokens=9).status_code == 400  # the alias is the same model
+    assert chat(gateway, keys.lab, "research-model", max_tokens=9).status_code == 200  # the global bound
 
 
 def test_readiness_names_every_model(gateway):

@@ -65,10 +65,13 @@ def test_traffic_across_a_reload_has_no_failure_and_the_new_entry_is_served_afte
             while not stop.is_set():
                 statuses[chat(client, "steady", stream)] += 1
 
+    def slow_call(stream: bool) -> int:
+        with httpx.Client(base_url=gw.v1, timeout=15) as client:
+            return chat(client, "slow", stream)
+
     with serve(create_app(settings)) as gw, ThreadPoolExecutor(8) as pool:
         loops = [pool.submit(steady_traffic, stream) for stream in (False, True, False, True)]
-        slow_before = [pool.submit(lambda: chat(httpx.Client(base_url=gw.v1, timeout=15), "slow", s))
-                       for s in (False, True)]
+        slow_before = [pool.submit(slow_call, stream) for stream in (False, True)]
         components.wait_for(lambda: peers_seen(upstream_peer, "delay-1") >= 2, timeout=10, what="slow calls sent")
         seen_second = peers_seen(second_peer, "up-model")
         # Both entries move to the second peer (new backends; the old ones hold the slow calls) and one is added.
