@@ -132,3 +132,73 @@ def test_sighup_reloads_observatory_serve(upstream_peer, tmp_path):
             assert proc.poll() is None
     finally:
         components.stop_process(proc, timeout=30)
+
+
+def test_a_reload_keeps_unchanged_models_and_closes_a_replaced_one_once_its_stream_is_sent():
+    """In process, with the catalog router alone: which backends a reload builds, keeps and closes."""
+    import asyncio
+
+    from gpt_observatory.serving_hooks import catalog
+    from gpt_observatory.serving_hooks._catalog_router import CatalogRouter
+    from gpt_observatory.serving_hooks._errors import ApiError
+    from gpt_observatory.serving_hooks._openai import ChatCompletionRequest
+    from gpt_observatory.serving_hooks.backends.base import Call, ModelRouter
+    from gpt_observatory.serving_hooks.backends.inprocess import InProcessBackend
+    from gpt_observatory.serving_hooks.inference import GenAIHooks, ModelInfo
+    from tests.serving_hooks.echo_model import EchoModel
+
+    settings = load(allow_anonymous=True)
+    built: list[tuple[str, ModelRouter]] = []
+
+    def build(e: catalog.ModelEntry, _: catalog.Catalog) -> ModelRouter:
+        model = EchoModel(label=e.labels.get("v", "a"), delay_s=0.01)
+        router = ModelRouter({"champion": InProcessBackend(GenAIHooks(), e.backend_model, model=model,
+                                                           info=ModelInfo(e.backend_model))})
+        built.append((e.name, router))
+        return router
+
+    def version(*tables: dict) -> catalog.Catalog:
+        return catalog.parse({"models": [{"kind": "mlflow", **t} for t in tables]}, settings)
+
+    def call(model: str, stream: bool) -> Call:
+        request = ChatCompletionRequest.model_validate(
+            {"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 20, "stream": stream})
+        return Call("chat", request, b"", None)
+
+    async def sent(response) -> bytes:
+        body: list[bytes] = []
+
+        async def receive():
+            await asyncio.Event().wait()  # the client never leaves
+
+        async def send(message):
+            body.append(message.get("body", b""))
+
+        await response({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
+        return b"".join(body)
+
+    async def scenario() -> None:
+        router = CatalogRouter(version({"name": "same"}, {"name": "moved", "labels": {"v": "a"}}), build)
+        await router.start()
+        in_flight = await router.select(call("moved", True)).handle(call("moved", True))  # ~0.2 s to send
+        old_moved = built[1][1].champion
+
+        outcome = await router.reload(version({"name": "same"}, {"name": "moved", "labels": {"v": "b"}},
+                                              {"name": "added"}))
+        assert outcome == "ok"
+        assert [name for name, _ in built] == ["same", "moved", "moved", "added"]  # "same" kept, not rebuilt
+        assert (await old_moved.handle(call("moved", False))).status_code == 200  # still open: a stream is on it
+        assert b"data: [DONE]" in await sent(in_flight)
+        await asyncio.sleep(0.05)
+        try:
+            await old_moved.handle(call("moved", False))
+        except ApiError as closed:
+            assert closed.status == 503
+        else:
+            raise AssertionError("the replaced backend was not closed after its last stream")
+        fresh = await sent(await router.select(call("moved", False)).handle(call("moved", False)))
+        assert b'"content":"b' in fresh  # the new version of the entry answers
+        assert "added" in router and "moved" in router
+        await router.close()
+
+    asyncio.run(scenario())
