@@ -30,5 +30,14 @@ AUTH_THROTTLED: Final = Event("auth_throttled", "failed-auth throttling refuses 
 # What the vLLM panels wait for (a proxy to another OpenAI-compatible server has no vllm:* series).
 VLLM_SCRAPED: Final = Event("vllm", "Prometheus scrapes a vLLM server's /metrics (the vllm job)")
 
+# The fleet (a model served by a replica pool; tests/dashboards/test_fleet.py drives each).
+FLEET: Final = Event("fleet", "a gateway serves a model from a replica pool")
+REPLICA_EJECTED: Final = Event("replica_ejected", "a pool ejects a replica (consecutive failed attempts)")
+FLEET_RETRY: Final = Event("fleet_retry", "a pool retries a failed attempt on another replica")
+RETRY_DENIED: Final = Event("retry_denied", "a pool's retry budget is spent and a retryable failure is not retried")
+POOL_UNAVAILABLE: Final = Event("pool_unavailable", "a pool refuses a request with no replica able to take it")
+FALLBACK: Final = Event("fallback", "a request is served by a fallback model (its own pool had no healthy replica)")
+FLEET_EVENTS: Final = (FLEET, REPLICA_EJECTED, FLEET_RETRY, RETRY_DENIED, POOL_UNAVAILABLE, FALLBACK)
+
 ALL: Final = (GPU, RATE_LIMITED, HOT_SWAP, REGISTRY_ERROR, INFERENCE_ERROR, UPSTREAM, EXPORT_FAILURE, ALERT_ACTIVE,
-              GPU_READ_ERROR, PIPELINE_RUN, FAIL_OPEN, SERIES_OVERFLOW, AUTH_THROTTLED, VLLM_SCRAPED)
+              GPU_READ_ERROR, PIPELINE_RUN, FAIL_OPEN, SERIES_OVERFLOW, AUTH_THROTTLED, VLLM_SCRAPED, *FLEET_EVENTS)

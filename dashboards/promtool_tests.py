@@ -119,6 +119,79 @@ def cases() -> tuple[Case, ...]:
         Case("a promotion alone does not alert as a rollback", {
             _sel(decisions, **promoted, **{s.PIPELINE_DECISION: "promoted"}): "1x10",
         }, "ModelRolledBack", "5m"),
+        *_fleet_cases(),
+    )
+
+
+def _fleet_cases() -> tuple[Case, ...]:
+    """Replica pools: a replica's state series (one per state, 1 for the current one), attempts per
+    replica and outcome, retries and refusals per pool."""
+    pool = {s.JOB: GATEWAY_JOB, s.POOL: "llama-70b"}
+    state, attempts = s.gauge(names.FLEET_REPLICA_STATE), s.total(names.FLEET_REPLICA_REQUESTS)
+    retries, refused = s.total(names.FLEET_RETRIES), s.total(names.FLEET_UNAVAILABLE)
+
+    def replicas(*states: str, values: dict[str, str] | None = None) -> dict[str, str]:
+        """One replica per entry of ``states`` (its state throughout, unless ``values`` gives its healthy series)."""
+        out = {}
+        for i, current in enumerate(states):
+            for st in names.FLEET_STATES:
+                out[_sel(state, **pool, **{s.REPLICA: f"r{i}", s.FLEET_STATE: st})] = "1x20" if st == current else "0x20"
+        for key, series in (values or {}).items():
+            out[key] = series
+        return out
+
+    def attempt(replica: str, outcome: str) -> str:
+        return _sel(attempts, **pool, **{s.REPLICA: replica, s.FLEET_OUTCOME: outcome})
+
+    r1 = {**pool, s.REPLICA: "r1"}
+    r1_ejected = _sel(state, **r1, **{s.FLEET_STATE: "ejected"})
+    r1_healthy = _sel(state, **r1, **{s.FLEET_STATE: "healthy"})
+    retried = _sel(retries, **pool, **{s.FLEET_OUTCOME: "connect_error"})
+    return (
+        Case("a replica ejected now", replicas("healthy", "ejected"), "ReplicaEjected", "2m", (r1,)),
+        Case("an ejection over 3 minutes ago still alerts: a flapping replica is one alert",
+             replicas("healthy", "healthy", values={r1_ejected: "1 1 0x20", r1_healthy: "0 0 1x20"}),
+             "ReplicaEjected", "5m", (r1,)),
+        Case("an ejection over 5 minutes ago does not alert",
+             replicas("healthy", "healthy", values={r1_ejected: "1 1 0x20", r1_healthy: "0 0 1x20"}),
+             "ReplicaEjected", "8m"),
+        Case("an ejection between two scrapes (its counter went up) alerts", {
+            **replicas("healthy", "unhealthy"),
+            _sel(s.total(names.FLEET_REPLICA_EJECTIONS), **r1, **{s.FLEET_OUTCOME: "connect_error"}): "1 1 2x10",
+        }, "ReplicaEjected", "3m", (r1,)),
+        Case("a pool of healthy replicas has none ejected", replicas("healthy", "healthy"), "ReplicaEjected", "10m"),
+        Case("one of three replicas left for 5 minutes", replicas("healthy", "ejected", "unhealthy"),
+             "PoolBelowHealthy", "10m", (pool,)),
+        Case("three of four replicas healthy are enough", replicas("healthy", "healthy", "healthy", "ejected"),
+             "PoolBelowHealthy", "10m"),
+        Case("a one-replica pool with its replica in is not short", replicas("healthy"), "PoolBelowHealthy", "10m"),
+        Case("three of eight replicas healthy: under half the pool", replicas(*["healthy"] * 3, *["unhealthy"] * 5),
+             "PoolBelowHealthy", "10m", (pool,)),
+        Case("every replica out", replicas("ejected", "unhealthy"), "PoolUnavailable", "5m", (pool,)),
+        Case("5% of a pool's requests refused while its gauge showed a replica in", {
+            **replicas("healthy", "ejected"),
+            attempt("r0", "ok"): "0+60x20",
+            _sel(refused, **pool): "0+3x20",
+        }, "PoolUnavailable", "10m", (pool,)),
+        Case("no request refused and a replica in: the pool is available", {
+            **replicas("healthy", "ejected"),
+            attempt("r0", "ok"): "0+60x20",
+        }, "PoolUnavailable", "10m"),
+        Case("20% of first attempts retried", {
+            attempt("r0", "ok"): "0+60x30",
+            attempt("r1", "connect_error"): "0+12x30",
+            retried: "0+12x30",
+        }, "RetryRatioHigh", "25m", (pool,)),
+        Case("5% of first attempts retried is no alert, though 30 retries a minute", {
+            attempt("r0", "ok"): "0+600x30",
+            attempt("r1", "connect_error"): "0+30x30",
+            retried: "0+30x30",
+        }, "RetryRatioHigh", "25m"),
+        Case("a quiet pool's one retry a minute is no alert, whatever its ratio", {
+            attempt("r0", "ok"): "0+2x30",
+            attempt("r1", "connect_error"): "0+1x30",
+            retried: "0+1x30",
+        }, "RetryRatioHigh", "25m"),
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from gpt_observatory.dashboards import events
 from gpt_observatory.dashboards import series as s
+from gpt_observatory.dashboards.boards import fleet
 from gpt_observatory.dashboards.boards.gpu import THERMAL_REASONS
 from gpt_observatory.dashboards.events import Event
 from gpt_observatory.dashboards.query import agg, below, failed_ratio, rate, ratio, sel
@@ -28,6 +29,17 @@ BURN_ALERTS: Final = (
 )
 NO_PROMOTION_DAYS: Final = 7
 AUTH_THROTTLED_PER_S: Final = 1.0  # refusals by failed-auth throttling, sustained over 5 minutes
+# Fleet: a pool is short of replicas below max(POOL_MIN_HEALTHY, POOL_MIN_HEALTHY_SHARE of its size), capped
+# at its size (a one-replica pool alerts when that one is out).
+POOL_MIN_HEALTHY: Final = 2
+POOL_MIN_HEALTHY_SHARE: Final = 0.5
+RETRY_RATIO_HIGH: Final = 0.1  # retries over first attempts over 5 minutes (half the pool's default budget)
+RETRIES_MIN_PER_S: Final = 0.05  # ... and at least 3 retries a minute (a quiet pool's one retry is no trend)
+POOL_REFUSED_RATIO: Final = 0.01  # share of a pool's requests refused with no replica
+FLEET_GROUP: Final = "observatory-fleet"
+FLEET_HEALTHY: Final = "observatory:fleet_healthy_replicas"  # per job and pool, healthy in every process's view
+FLEET_REPLICAS: Final = "observatory:fleet_replicas"
+FLEET_FIRST_ATTEMPTS: Final = "observatory:fleet_first_attempts:rate5m"
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +242,64 @@ def groups() -> tuple[Group, ...]:
               "A promoted version breached its SLO on live traffic and the previous champion serves again: see "
               "`observatory pipeline history` for the figures and the Inference dashboard's canary row."),
     ))
-    return (slis, slo_alerts, gateway, gpu, health, pipeline)
+    return (slis, slo_alerts, gateway, gpu, health, pipeline, _fleet())
+
+
+def _fleet() -> Group:
+    """Replica pools (``serving_hooks/backends/pool.py``): health per pool and replica, retries, refusals."""
+    per_pool, per_replica = fleet.PER_POOL, (*fleet.PER_POOL, s.REPLICA)
+    ejected = sel(fleet.STATE, f'{s.FLEET_STATE}="ejected"')
+    ejections = s.total(names.FLEET_REPLICA_EJECTIONS)
+    healthy, size, first = FLEET_HEALTHY, FLEET_REPLICAS, FLEET_FIRST_ATTEMPTS
+    retry_ratio = fleet.retry_ratio(by=per_pool, window="5m", first=first)
+    pool, replica = f"{{{{ $labels.{s.POOL} }}}}", f"{{{{ $labels.{s.REPLICA} }}}}"
+    return Group(FLEET_GROUP, (
+        Recording(healthy, fleet.healthy_replicas(by=per_pool)),
+        Recording(size, fleet.pool_size(by=per_pool)),
+        Recording(first, fleet.first_attempts(by=per_pool, window="5m")),
+        # max_over_time and the counter: an ejection shorter than a scrape, or hidden by failing probes
+        # (state unhealthy wins), still alerts; the window keeps a flapping replica one alert.
+        Alert("ReplicaEjected",
+              f"{agg('max', f'max_over_time({ejected}[5m])', per_replica)} == 1 "
+              f"or {rate(ejections, by=per_replica, window='5m', fn='increase')} > 0",
+              "0m", "ticket", f"Replica {replica} of pool {pool} was ejected",
+              "The replica failed its pool's consecutive_errors attempts in a row (connect errors, resets, timeouts, "
+              "5xx) and takes no requests for a backoff that grows with each ejection; the pool serves on the other "
+              "replicas and retried what had not started, so callers did not see it. A ticket, not a page: look at "
+              "the replica (its logs, its GPU, its engine) before it is readmitted and fails again. It stays firing "
+              "5 minutes after the last ejection, so a flapping replica is one alert. PoolBelowHealthy and "
+              "PoolUnavailable say when the pool itself is short.",
+              needs=events.FLEET),
+        Alert("PoolBelowHealthy",
+              f"{healthy} < clamp_min({size} * {POOL_MIN_HEALTHY_SHARE:g}, {POOL_MIN_HEALTHY}) and {healthy} < {size}",
+              "5m", "ticket", f"Pool {pool} is short of healthy replicas",
+              f"Fewer than {POOL_MIN_HEALTHY} replicas, or {POOL_MIN_HEALTHY_SHARE:.0%} of the pool if that is more "
+              "(all of a smaller pool), have taken requests for 5 minutes, counting a replica healthy only where "
+              "every gateway process sees it so: the rest carry the load with no redundancy left. A first ejection "
+              "lasts 30 s and a restarted replica's probes readmit it within seconds, so 5 minutes means replicas "
+              "that stay out: see the Fleet dashboard's states and the replicas themselves. Thresholds: "
+              "POOL_MIN_HEALTHY and POOL_MIN_HEALTHY_SHARE in dashboards/rules.py.",
+              needs=events.FLEET),
+        Alert("PoolUnavailable",
+              f"{healthy} == 0 or {fleet.refused_ratio(by=per_pool, window='5m', first=first)} > {POOL_REFUSED_RATIO:g}",
+              "1m", "page", f"Pool {pool} has no replica able to take requests",
+              f"Every replica is ejected or failing its probes, or more than {POOL_REFUSED_RATIO:.0%} of the pool's "
+              "requests were refused for want of one: callers get 503, or the model's catalog fallbacks if it has "
+              "any (Requests served by a fallback, on the Fleet dashboard). A page: the model is down or served by "
+              "another. Check the replicas and the network between the gateway and them.",
+              needs=events.FLEET),
+        Alert("RetryRatioHigh",
+              f"{retry_ratio} > {RETRY_RATIO_HIGH:g} "
+              f"and {rate(fleet.RETRIES, by=per_pool, window='5m')} > {RETRIES_MIN_PER_S:g}",
+              "10m", "ticket", f"Pool {pool} retries over {RETRY_RATIO_HIGH:.0%} of its requests",
+              f"More than {RETRY_RATIO_HIGH:.0%} of first attempts retried (and over {RETRIES_MIN_PER_S * 60:g} "
+              "retries a minute) for 10 minutes. A healthy pool retries almost never (only connect errors, resets "
+              "before the headers and 502/503/504 are retried), so replicas keep failing without being ejected: "
+              "failures spread over several replicas, or the ejected share is at max_ejected_share. Each retry adds "
+              "a failed attempt's latency, and past the pool's budget (retry_ratio, 20% by default) failures reach "
+              "callers (Retries denied, on the Fleet dashboard).",
+              needs=events.FLEET_RETRY),
+    ))
 
 
 def recorded() -> frozenset[str]:

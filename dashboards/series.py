@@ -89,12 +89,20 @@ TELEMETRY_OUTCOME: Final = label(names.TELEMETRY_OUTCOME)
 TELEMETRY_METRIC: Final = label(names.TELEMETRY_METRIC)
 RATE_LIMIT_FAILURE: Final = label(names.RATE_LIMIT_FAILURE)
 AUTH_THROTTLE_KEY: Final = label(names.AUTH_THROTTLE_KEY)
+# The fleet (replica pools, the model catalog's fallbacks).
+POOL: Final = label(names.FLEET_POOL)
+REPLICA: Final = label(names.FLEET_REPLICA)
+FLEET_OUTCOME: Final = label(names.FLEET_OUTCOME)
+FLEET_STATE: Final = label(names.FLEET_STATE)
+CATALOG_MODEL: Final = label(names.CATALOG_MODEL)
+FALLBACK_MODEL: Final = label(names.FALLBACK_MODEL)
 
 # Grafana variable filters shared by the dashboards.
 BY_JOB: Final = f'{JOB}=~"$job"'
 BY_TENANT: Final = f'{TENANT}=~"$tenant"'
 BY_MODEL: Final = f'{REQUEST_MODEL}=~"$model"'
 BY_GPU: Final = f'{HW_ID}=~"$gpu"'
+BY_POOL: Final = f'{POOL}=~"$pool"'
 API_ROUTES: Final = f'{HTTP_ROUTE}=~"/v1/.+"'  # the OpenAI-compatible API (not /metrics, /healthz)
 SERVER_ERRORS: Final = f'{STATUS_CODE}=~"5.."'
 # A request that failed after its status went out (a stream cut, truncated or ended by shutdown)

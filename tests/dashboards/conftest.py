@@ -10,8 +10,18 @@ from pathlib import Path
 import yaml
 
 from gpt_observatory.dashboards.artefacts import ROOT
+from gpt_observatory.dashboards.rules import FLEET_GROUP, Alert, groups
 from gpt_observatory.dashboards.scrape import RULE_FILE, scrape_config
 from tests import components
+from gpt_observatory.dashboards.verify import LiveQuery
+
+
+def is_fleet(query: LiveQuery) -> bool:
+    """Whether ``query`` is the fleet board's or a rule of the fleet group (proven by test_fleet.py,
+    which runs a replica pool: the other live tests run none)."""
+    rules = {f'alert "{r.alert}"' if isinstance(r, Alert) else f'record "{r.record}"'
+             for g in groups() if g.name == FLEET_GROUP for r in g.rules}
+    return query.where.startswith("fleet: ") or query.where in rules
 
 
 @contextlib.contextmanager

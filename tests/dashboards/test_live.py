@@ -10,7 +10,8 @@ pushing to the Pushgateway, a hot-swap to a new registry version, a gateway in u
 mode whose rate-limit store (Redis) is down (fail-open) and which throttles a burst of bad keys, a
 client leaving mid-stream, and trace export to an OTLP endpoint nobody listens on. A generation
 that fails (``inference_error``: the reference model does not fail on any input) is proven on a
-real Prometheus by ``tests/serving_hooks/test_stream_failures.py``.
+real Prometheus by ``tests/serving_hooks/test_stream_failures.py``. The fleet board and rules need a
+replica pool: ``tests/dashboards/test_fleet.py`` runs one and proves them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from gpt_observatory.dashboards.rules import SLOS
 from gpt_observatory.dashboards.verify import evaluate, live_queries, query, report
 from gpt_observatory.telemetry import names
 from tests import components
-from tests.dashboards.conftest import prometheus_for
+from tests.dashboards.conftest import is_fleet, prometheus_for
 
 MODEL = "dashboards-live-gpt"  # its own registered model: the session MLflow server is shared
 DRIVEN = {events.RATE_LIMITED, events.HOT_SWAP, events.REGISTRY_ERROR, events.UPSTREAM, events.EXPORT_FAILURE,
@@ -166,7 +167,7 @@ def test_every_panel_and_rule_returns_data_from_real_traffic(tmp_path, mlflow_se
                 components.wait_for(lambda p=probe: query(prom.url, p), 30, what=probe)
             time.sleep(3)  # two more scrapes of every series, so rates have two samples
 
-            outcomes = evaluate(prom.url, live_queries())
+            outcomes = evaluate(prom.url, [lq for lq in live_queries() if not is_fleet(lq)])
         finally:
             for p in procs:
                 components.stop_process(p)
