@@ -19,6 +19,7 @@ healthy, so a pool takes traffic before its first probe round.
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
 
 # Outcomes that count as the replica's failure (names.FLEET_OUTCOMES); the others reset the streak.
 FAILURES = frozenset(("connect_error", "reset", "timeout", "server_error", "bad_status", "answer_failed", "error"))
-NEUTRAL = frozenset(("cancelled",))  # neither a failure nor a success of the replica's
+NEUTRAL = frozenset(("cancelled",))
+DEFAULT_RTT_S = 0.03  # Linkerd's default for a replica not yet measured  # neither a failure nor a success of the replica's
 
 
 class Replica:
@@ -34,7 +36,7 @@ class Replica:
 
     __slots__ = ("address", "attrs", "backend", "consecutive_errors", "ejected_until", "ejections", "name",
                  "outcome_attrs", "outstanding", "port", "probe_fails", "probe_ok", "probe_passes", "probe_url",
-                 "rr_current", "spec", "weight")
+                 "rr_current", "rtt_at", "rtt_s", "spec", "weight")
 
     def __init__(self, spec: ReplicaSpec, backend: Any, address: str, port: int | None, probe_url: str,
                  attrs: dict[str, str]) -> None:
@@ -44,6 +46,8 @@ class Replica:
         self.outcome_attrs: dict[str, dict[str, str]] = {}
         self.outstanding = 0
         self.rr_current = 0.0
+        self.rtt_s = DEFAULT_RTT_S  # the latency-weighted balancer's estimate, until answers come
+        self.rtt_at = time.monotonic()
         self.consecutive_errors = 0
         self.ejected_until = 0.0  # monotonic; in while now < ejected_until is false
         self.ejections = 0  # the backoff multiplier

@@ -1,7 +1,7 @@
 """A pool of OpenAI-compatible replicas (vLLM servers, other gateways) behind one model.
 
 Each request goes to one replica chosen by the balancer (least outstanding requests with two random
-choices, or round robin: ``_balance.py``) among those that take requests now (``_health.py``:
+choices, the same weighed by latency, or round robin: ``_balance.py``) among those that take requests now (``_health.py``:
 active probes and passive outlier ejection). A failure before the first byte reached the caller
 that the replica cannot have acted on (never connected, reset before any response header,
 502/503/504) is retried on another replica, at most ``max_attempts`` attempts per request and
@@ -23,8 +23,7 @@ import contextlib
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from loguru import logger
@@ -34,111 +33,16 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.responses import Response
 
 from gpt_observatory.serving_hooks._errors import ApiError
-from gpt_observatory.serving_hooks.backends._balance import LeastOutstanding, RetryBudget, RoundRobin
+from gpt_observatory.serving_hooks.backends._balance import LatencyWeighted, LeastOutstanding, RetryBudget, RoundRobin
 from gpt_observatory.serving_hooks.backends._health import Outliers, Replica
+from gpt_observatory.serving_hooks.backends._pool_policy import Balancer, NoHealthyReplica, PoolPolicy, ReplicaSpec
 from gpt_observatory.serving_hooks.backends.base import Call, ModelBackend, Readiness, bytes_per_token_estimate
 from gpt_observatory.serving_hooks.backends.upstream import Exchange, UpstreamBackend, UpstreamFailure
 from gpt_observatory.serving_hooks.inference import GenAIHooks
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.summed import SummedCounter
 
-Balancer = Literal["least_outstanding", "round_robin"]
-_BALANCERS = {"least_outstanding": LeastOutstanding, "round_robin": RoundRobin}
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaSpec:
-    """One replica: its OpenAI base URL (e.g. ``http://h:8001/v1``; credentials in the URL allowed,
-    as for :class:`UpstreamBackend`), its telemetry name (bounded, unique in its pool), its weight
-    and its own API key."""
-
-    url: str
-    name: str
-    weight: float = 1.0
-    api_key: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError(f"replica {self.url!r}: name must not be empty")
-        if not self.weight > 0:
-            raise ValueError(f"replica {self.name!r}: weight must be > 0, got {self.weight}")
-
-
-@dataclass(frozen=True, slots=True)
-class PoolPolicy:
-    """How a pool balances, checks and retries. Built from a catalog table as ``PoolPolicy(**table)``:
-    an unknown key is a ``TypeError`` naming it, a bad value a ``ValueError`` naming the field.
-
-    - ``balancer``: ``least_outstanding`` (two random choices, fewer requests in flight per weight
-      wins) or ``round_robin`` (smooth weighted).
-    - ``probe_path``: what the active probe GETs: None for ``{url}/models``; a path starting with ``/``
-      on the replica's origin (vLLM: ``/health``). ``probe_interval_s``: seconds between probe rounds
-      (0: no active probes); ``probe_timeout_s``: a probe slower than this fails.
-    - ``healthy_threshold`` / ``unhealthy_threshold``: probes in a row that pass / fail before a
-      replica is marked healthy / unhealthy.
-    - ``probe_readmits``: passing ``healthy_threshold`` probes readmits an ejected replica early.
-    - ``consecutive_errors``: failed attempts in a row (connect errors, resets, timeouts, 5xx,
-      broken answers) that eject a replica.
-    - ``base_ejection_s``: the first ejection's length; the n-th lasts n times this (the count drops
-      by one per ``base_ejection_s`` spent back in the pool), at most ``max_ejection_s``.
-    - ``max_ejected_share``: at most this share of the pool ejected at once (always at least one).
-    - ``max_attempts``: attempts per request, the first included (1: no retries).
-    - ``retry_ratio``, ``retry_min``, ``retry_window_s``: pool-wide retry budget: over the last
-      ``retry_window_s`` seconds at most ``retry_ratio`` retries per request, plus ``retry_min``.
-    """
-
-    balancer: Balancer = "least_outstanding"
-    probe_path: str | None = None
-    probe_interval_s: float = 5.0
-    probe_timeout_s: float = 2.0
-    healthy_threshold: int = 2
-    unhealthy_threshold: int = 3
-    probe_readmits: bool = True
-    consecutive_errors: int = 5
-    base_ejection_s: float = 30.0
-    max_ejection_s: float = 300.0
-    max_ejected_share: float = 0.5
-    max_attempts: int = 3
-    retry_ratio: float = 0.2
-    retry_min: int = 10
-    retry_window_s: int = 10
-
-    def __post_init__(self) -> None:
-        def bad(field: str, rule: str) -> ValueError:
-            return ValueError(f"pool policy {field} {rule}, got {getattr(self, field)!r}")
-
-        if self.balancer not in _BALANCERS:
-            raise bad("balancer", f"must be one of {', '.join(map(repr, _BALANCERS))}")
-        if self.probe_path is not None and not self.probe_path.startswith("/"):
-            raise bad("probe_path", "must start with '/' (a path on the replica's origin) or be unset")
-        for field in ("probe_timeout_s", "base_ejection_s", "max_ejection_s"):
-            if not getattr(self, field) > 0:
-                raise bad(field, "must be > 0")
-        if self.probe_interval_s < 0:
-            raise bad("probe_interval_s", "must be >= 0 (0: no active probes)")
-        for field in ("healthy_threshold", "unhealthy_threshold", "consecutive_errors", "max_attempts",
-                      "retry_window_s"):
-            if not (isinstance(getattr(self, field), int) and getattr(self, field) >= 1):
-                raise bad(field, "must be an integer >= 1")
-        if not 0.0 <= self.max_ejected_share <= 1.0:
-            raise bad("max_ejected_share", "must be within 0..1")
-        if self.retry_ratio < 0 or not isinstance(self.retry_min, int) or self.retry_min < 0:
-            raise bad("retry_ratio" if self.retry_ratio < 0 else "retry_min", "must be >= 0")
-
-    @classmethod
-    def keys(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
-
-
-class NoHealthyReplica(ApiError):
-    """503: no replica of the pool can take the request now (the catalog falls back on it)."""
-
-    __slots__ = ()
-
-    @classmethod
-    def of(cls, model: str, detail: str) -> NoHealthyReplica:
-        return cls(503, f"no replica of model {model!r} can take the request ({detail}); retry later",
-                   "server_error", "no_healthy_replica", "upstream", [(b"retry-after", b"1")])
+__all__ = ["Balancer", "NoHealthyReplica", "PoolPolicy", "ReplicaPool", "ReplicaSpec"]
 
 
 class ReplicaPool(ModelBackend):
@@ -177,7 +81,8 @@ class ReplicaPool(ModelBackend):
             attrs = {names.FLEET_POOL: model, names.FLEET_REPLICA: spec.name}
             self._replicas.append(Replica(spec, backend, parts.hostname or "", port, probe, attrs))
         self._outliers = Outliers(policy, self._replicas)
-        self._balancer = _BALANCERS[policy.balancer]()
+        self._ewma = LatencyWeighted(policy.latency_decay_s) if policy.balancer == "latency_weighted" else None
+        self._balancer = self._ewma or (RoundRobin() if policy.balancer == "round_robin" else LeastOutstanding())
         self._budget = RetryBudget(policy.retry_ratio, policy.retry_min, policy.retry_window_s)
         self._pool_attrs = {names.FLEET_POOL: model}
         self._tracer = trace.get_tracer(__name__)
@@ -326,10 +231,11 @@ class ReplicaPool(ModelBackend):
 class _Attempt:
     """One attempt on one replica: its CLIENT span, its share of the replica's outstanding count."""
 
-    __slots__ = ("context", "done", "pool", "replica", "span", "start", "status")
+    __slots__ = ("context", "done", "pool", "replica", "span", "start", "status", "timed")
 
     def __init__(self, pool: ReplicaPool, replica: Replica, exchange: Exchange, resend: int) -> None:
         self.pool, self.replica, self.status, self.done = pool, replica, None, False
+        self.timed = pool._ewma is not None and not exchange.call.request.stream  # a stream's length is not latency
         attrs: dict[str, Any] = {
             names.HTTP_REQUEST_METHOD: "POST", names.SERVER_ADDRESS: replica.address, **replica.attrs,
         }
@@ -358,7 +264,10 @@ class _Attempt:
         pool._outstanding.add(-1, replica.attrs)
         attrs = replica.with_outcome(outcome)
         pool._requests.add(1, attrs)
-        pool._duration.record(time.perf_counter() - self.start, attrs)
+        elapsed = time.perf_counter() - self.start
+        pool._duration.record(elapsed, attrs)
+        if self.timed and outcome in ("ok", "client_error"):
+            pool._ewma.observe(replica, elapsed)  # type: ignore[union-attr]  # timed: there is one
         ejected_s = pool._outliers.record(replica, outcome, time.monotonic())
         if span.is_recording():
             span.set_attribute(names.FLEET_OUTCOME, outcome)

@@ -3,14 +3,16 @@ outlier ejection, as plain state with explicit clocks."""
 
 from __future__ import annotations
 
+import math
 import random
+import time
 from dataclasses import dataclass
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpt_observatory.serving_hooks.backends._balance import LeastOutstanding, RetryBudget, RoundRobin
+from gpt_observatory.serving_hooks.backends._balance import LatencyWeighted, LeastOutstanding, RetryBudget, RoundRobin
 from gpt_observatory.serving_hooks.backends._health import Outliers, Replica
 from gpt_observatory.serving_hooks.backends.pool import PoolPolicy, ReplicaSpec
 
@@ -20,6 +22,8 @@ class Load:
     weight: float
     outstanding: int = 0
     rr_current: float = 0.0
+    rtt_s: float = 0.03
+    rtt_at: float = 0.0
 
 
 def test_an_unknown_policy_key_or_a_bad_value_is_refused_by_name():
@@ -59,6 +63,23 @@ def test_least_outstanding_follows_weights_between_idle_replicas():
     assert all(p is heavy for p in picks)  # (0+1)/3 < (0+1)/1: the heavier idle replica wins every draw
     heavy.outstanding = 3  # 4/3 > 1/1
     assert lor.pick([heavy, light]) is light
+
+
+def test_latency_weighted_keeps_a_slow_replica_out_until_its_estimate_decays():
+    lw = LatencyWeighted(decay_s=5.0, rng=random.Random(3))
+    now = time.monotonic()
+    slow, fast = Load(1.0, rtt_at=now), Load(1.0, rtt_at=now)
+    for _ in range(3):
+        lw.observe(slow, 0.2, now)
+        lw.observe(fast, 0.02, now)
+    assert 0.17 < lw.estimate(slow, now) < 0.2 and 0.02 <= lw.estimate(fast, now) < 0.03
+    fast.outstanding = 5  # 6 x 0.02 < 0.2: still cheaper than the idle slow replica
+    assert all(lw.pick([slow, fast]) is fast for _ in range(100))
+    fast.outstanding = 10  # 11 x 0.02 > 0.2: now the slow one is worth it (least-outstanding would have gone at 1)
+    assert lw.pick([slow, fast]) is slow
+    # Without answers the estimate decays toward 0 (e per decay_s), so an avoided replica is tried again.
+    later = now + 5.0 * math.log(10)
+    assert lw.estimate(slow, later) == pytest.approx(lw.estimate(slow, now) / 10)
 
 
 @given(st.lists(st.tuples(st.floats(0, 30), st.booleans()), max_size=200), st.floats(0, 1), st.integers(0, 5))
