@@ -21,7 +21,7 @@ from tests.components import free_port
 from tests.serving_hooks.support import assert_no_secrets, exported_text, point_value, serve, settle, spans_of
 from tests.serving_hooks.upstream_peer import UpstreamPeer
 
-MODELS = ["up-model", "fail-500"]
+MODELS = ["up-model", "fail-500", "cut", "bad-request"]
 REPLICA_KEY = "sk-replica-0123456789abcdef"
 
 
@@ -99,11 +99,29 @@ def test_a_500_is_not_retried_and_a_4xx_is_not_held_against_the_replica(memory_t
         with pool_gateway(keyring, replicas, consecutive_errors=50) as (client, _):
             failed = ask(client, "fail-500")
             assert (failed.status_code, failed.json()["error"]["code"]) == (502, "upstream_error")
+            assert ask(client, "bad-request").status_code == 400
+            cut = ask(client, "cut", stream=True)  # the answer began: its failure is the caller's
+            assert cut.status_code == 200 and "upstream_error" in cut.text
         settle(memory_telemetry)
         metrics = memory_telemetry.memory.metrics()
-        assert point_value(metrics[names.FLEET_REPLICA_REQUESTS.name], **{names.FLEET_OUTCOME: "server_error"}) == 1
+        attempts = metrics[names.FLEET_REPLICA_REQUESTS.name]
+        assert [point_value(attempts, **{names.FLEET_OUTCOME: o}) for o in ("server_error", "client_error",
+                                                                            "answer_failed")] == [1, 1, 1]
         assert names.FLEET_RETRIES.name not in metrics or point_value(metrics[names.FLEET_RETRIES.name]) == 0
-        assert len(a.seen) + len(b.seen) == 1
+        assert len(a.seen) + len(b.seen) == 3
+        assert point_value(metrics[names.FLEET_REPLICA_OUTSTANDING.name]) == 0
+
+
+def test_a_spent_retry_budget_leaves_the_failure_to_the_caller(memory_telemetry, keyring):
+    with UpstreamPeer() as live:
+        replicas = [ReplicaSpec(dead_url(), "dead"), ReplicaSpec(live.url, "live")]
+        policy = {"balancer": "round_robin", "retry_ratio": 0.0, "retry_min": 0, "consecutive_errors": 50}
+        with pool_gateway(keyring, replicas, **policy) as (client, _):
+            answers = [ask(client).status_code for _ in range(4)]
+    assert sorted(answers) == [200, 200, 502, 502]  # round robin: every other one to the dead replica
+    settle(memory_telemetry)
+    denied = memory_telemetry.memory.metrics()[names.FLEET_RETRIES_DENIED.name]
+    assert point_value(denied, **{names.FLEET_POOL: "up-model"}) == 2
 
 
 def test_no_replica_able_to_take_a_request_is_a_503_in_openai_shape(memory_telemetry, keyring):
