@@ -10,7 +10,8 @@ order on its one event loop: every ``incr`` is atomic, so the limit is exact acr
 
 The protocol is one JSON array per line each way: ``[method, args]`` in, ``[1, result]`` or
 ``[0, "error"]`` out, in the order asked. A worker keeps one connection and pipelines on it (a
-FIFO of futures; an answer to a call that timed out is read and dropped). Only the storage
+FIFO of futures; an answer to a call that timed out is read and dropped); the calls a worker makes
+in one turn of its event loop go out in one write, and are answered in one. Only the storage
 methods the strategies use are served. Every failure (no socket, a dead supervisor, a timeout)
 raises in the worker, where :class:`RateLimiter` fails open and counts it, as it does for Redis.
 """
@@ -49,12 +50,18 @@ async def serve(path: Path) -> asyncio.AbstractServer:
     storage = MemoryStorage()
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        rest = b""
         try:
-            while line := await reader.readline():
-                writer.write(await _call(storage, line))
-                await writer.drain()
-        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
-            pass  # the worker went away, or sent something it should not: drop the connection
+            # Every call that arrived together is answered with one write: a busy worker's calls come in batches.
+            while chunk := await reader.read(_LIMIT):
+                *lines, rest = (rest + chunk).split(b"\n")
+                if len(rest) > _LIMIT:
+                    break  # not a line this protocol sends: drop the connection
+                if lines:
+                    writer.write(b"".join([await _call(storage, line) for line in lines]))
+                    await writer.drain()
+        except ConnectionError:
+            pass  # the worker went away
         finally:
             writer.close()
 
@@ -89,9 +96,7 @@ class HostStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
         super().__init__(uri, wrap_exceptions=wrap_exceptions)
         self.path = urlsplit(uri).path
         self.timeout_s = timeout_s
-        self._writer: asyncio.StreamWriter | None = None
-        self._waiting: deque[asyncio.Future[Any]] = deque()
-        self._reading: asyncio.Task[None] | None = None
+        self._connection: asyncio.Task[_Connection] | None = None
 
     @property
     def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
@@ -101,43 +106,18 @@ class HostStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
         return await asyncio.wait_for(self._send(method, args), self.timeout_s)
 
     async def _send(self, method: str, args: tuple[Any, ...]) -> Any:
-        if self._writer is None or self._writer.is_closing():
-            reader, self._writer = await asyncio.open_unix_connection(self.path, limit=_LIMIT)
-            self._reading = asyncio.get_running_loop().create_task(self._read(reader, self._writer))
-        answer = asyncio.get_running_loop().create_future()
-        self._waiting.append(answer)
-        self._writer.write(orjson.dumps([method, args], option=orjson.OPT_APPEND_NEWLINE))
-        return await answer
-
-    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Hand each answer to the oldest call waiting (answers come in the order asked)."""
-        error: Exception = HostStoreError(f"the rate-limit host store at {self.path} closed the connection")
-        try:
-            while line := await reader.readline():
-                ok, value = orjson.loads(line)
-                answer = self._waiting.popleft()
-                if answer.done():  # its caller timed out
-                    continue
-                if ok:
-                    answer.set_result(value)
-                else:
-                    answer.set_exception(HostStoreError(f"rate-limit host store: {value}"))
-        except Exception as e:
-            error = e
-        finally:
-            writer.close()
-            while self._waiting:
-                answer = self._waiting.popleft()
-                if not answer.done():
-                    answer.set_exception(error)
+        task = self._connection
+        if task is None or (task.done() and (task.cancelled() or task.exception() or task.result().closed)):
+            # One connection attempt at a time, shared by the calls that need it (none outlives its caller's timeout).
+            task = self._connection = asyncio.get_running_loop().create_task(_Connection.open(self.path))
+        connection = await asyncio.shield(task)
+        return await connection.call(orjson.dumps([method, args], option=orjson.OPT_APPEND_NEWLINE))
 
     async def aclose(self) -> None:
         """Close the connection (the gateway's lifespan calls it through ``RateLimiter.close``)."""
-        if self._writer is not None:
-            self._writer.close()
-        if self._reading is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reading
+        task, self._connection = self._connection, None
+        if task is not None and task.done() and not task.cancelled() and task.exception() is None:
+            await task.result().close()
 
     async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         return int(await self._ask("incr", key, expiry, amount))
@@ -176,3 +156,64 @@ class HostStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
 
     async def clear_sliding_window(self, key: str, expiry: int) -> None:
         await self._ask("clear_sliding_window", key, expiry)
+
+
+class _Connection:
+    """One pipelined connection to the host store: answers come in the order the calls were written."""
+
+    def __init__(self, path: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.path, self._writer = path, writer
+        self._waiting: deque[asyncio.Future[Any]] = deque()
+        self._outgoing: list[bytes] = []
+        self.closed = False
+        self._reading = asyncio.get_running_loop().create_task(self._read(reader))
+
+    @classmethod
+    async def open(cls, path: str) -> _Connection:
+        reader, writer = await asyncio.open_unix_connection(path, limit=_LIMIT)
+        return cls(path, reader, writer)
+
+    async def call(self, line: bytes) -> Any:
+        if self.closed:
+            raise HostStoreError(f"the connection to the rate-limit host store at {self.path} is closed")
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        self._waiting.append(answer)
+        if not self._outgoing:  # the calls made until the loop next runs go out in one write
+            loop.call_soon(self._flush)
+        self._outgoing.append(line)
+        return await answer
+
+    def _flush(self) -> None:
+        data, self._outgoing = b"".join(self._outgoing), []
+        if not self.closed:
+            self._writer.write(data)
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        """Hand each answer to the oldest call waiting; when the connection ends, fail the rest."""
+        error: Exception = HostStoreError(f"the rate-limit host store at {self.path} closed the connection")
+        try:
+            while line := await reader.readline():
+                ok, value = orjson.loads(line)
+                answer = self._waiting.popleft()
+                if answer.done():  # its caller timed out
+                    continue
+                if ok:
+                    answer.set_result(value)
+                else:
+                    answer.set_exception(HostStoreError(f"rate-limit host store: {value}"))
+        except Exception as e:
+            error = e
+        finally:
+            self.closed = True
+            self._writer.close()
+            while self._waiting:
+                answer = self._waiting.popleft()
+                if not answer.done():
+                    answer.set_exception(error)
+
+    async def close(self) -> None:
+        self.closed = True
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._reading

@@ -214,12 +214,8 @@ def limiter_for(settings: ServeSettings, host_store: Path | None = None) -> Rate
     if not (settings.requests_per_minute or settings.tokens_per_minute):
         return None
     store = None
-    if settings.limiter_store == "host":
-        if host_store is None:
-            # One process: its own memory is the whole host's state.
-            store = storage_uri(None)
-        else:
-            store = _hoststore.uri(host_store)
+    if settings.limiter_store == "host":  # in one process, its own memory is the whole host's state
+        store = storage_uri(None) if host_store is None else _hoststore.uri(host_store)
     return RateLimiter(
         requests_per_minute=settings.requests_per_minute, tokens_per_minute=settings.tokens_per_minute,
         redis_url=settings.redis_url, store=store, strategy=settings.rate_limit_strategy,
