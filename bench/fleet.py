@@ -7,11 +7,18 @@ four answer after ``--delay-ms`` (a replica's generation time; the sleep holds n
 ten times that. Four gateway processes, all up for the whole run, each the full gateway (API-key
 auth, rate limits, spans, metrics, GenAI hooks) in front of a :class:`ReplicaPool`:
 ``least_outstanding``, ``latency_weighted`` and ``round_robin`` over three fast replicas and the slow
-one, and ``all_fast`` (least-outstanding over the four fast ones). ``wrk`` drives each at the same
-concurrency, rounds interleaved so drift on the shared box hits all alike. Reported: req/s,
-p50/p90/p99 client latency (medians over rounds), and p99 over the all-fast p99 (goal:
-<= 1.5; round robin's is the reference). The load generator, the gateways and
-the replicas share this machine's cores: read the ratios.
+one, and ``all_fast`` (least-outstanding over the four fast ones). A closed-loop client in this process
+(aiohttp, ``--connections`` callers, each sending its next request when its answer is in) drives
+each at the same concurrency, rounds interleaved so drift on the shared box hits all alike, and
+records every request's latency. Not ``wrk``: wrk corrects its percentiles for coordinated
+omission (each answer slower than the mean interval adds the samples a fixed-rate client would
+have seen), which models one client stalled by its slow answer; here the callers are independent
+and a request to the slow replica delays no other, so the correction would count each slow
+answer about ten times. Reported: req/s, p50/p90/p99/p99.9 client latency (medians over rounds),
+the share of requests the slow replica answered (from the gateway's own
+``observatory.fleet.replica.requests``), and p99 over the all-fast p99 (goal: <= 1.5; round
+robin's is the reference). The client, the gateways and the replicas share this machine's cores:
+read the ratios.
 
 Run from the repository root: ``.venv/bin/python bench/fleet.py [--duration 5] [--rounds 3]
 [--connections 8] [--delay-ms 20]``.
@@ -20,19 +27,22 @@ Run from the repository root: ``.venv/bin/python bench/fleet.py [--duration 5] [
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
 import statistics
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from gateway import CHAT, free_port, lua, process, wrk  # noqa: E402  (bench/gateway.py)
+from gateway import CHAT, free_port, process  # noqa: E402  (bench/gateway.py)
 
 MODES = ("all_fast", "least_outstanding", "latency_weighted", "round_robin")
 PROXY_CHAT = {**CHAT, "model": "up-model"}
@@ -58,12 +68,61 @@ def pool_app(mode: str, keys: str, replicas: list[str]):
     return create_app(settings, router=ModelRouter({"champion": pool}))
 
 
+async def _drive(url: str, key: str, connections: int, duration: float) -> dict[str, float]:
+    """``connections`` closed-loop callers for ``duration`` s: req/s and latency percentiles (ms) of
+    every request; raises on any answer that is not a 200."""
+    import aiohttp
+
+    latencies: list[float] = []
+    body = json.dumps(PROXY_CHAT).encode()
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        stop = time.perf_counter() + duration
+
+        async def caller() -> None:
+            while (start := time.perf_counter()) < stop:
+                async with session.post(url, data=body) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"{url} answered {r.status}")
+                latencies.append(time.perf_counter() - start)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(connections)))
+        elapsed = time.perf_counter() - began
+    latencies.sort()
+
+    def at(q: float) -> float:
+        return 1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+
+    return {"rps": len(latencies) / elapsed, "p50_ms": at(0.5), "p90_ms": at(0.9), "p99_ms": at(0.99),
+            "p999_ms": at(0.999), "requests": len(latencies)}
+
+
+def drive(url: str, key: str, connections: int, duration: float) -> dict[str, float]:
+    return asyncio.run(_drive(url, key, connections, duration))
+
+
+def slow_share(base: str, slow: str) -> float:
+    """Share of the attempts the replica named ``slow`` answered, from the gateway's /metrics."""
+    from gpt_observatory.telemetry import names
+
+    series = names.FLEET_REPLICA_REQUESTS.prometheus + "_total{"
+    total = mine = 0.0
+    for line in urllib.request.urlopen(base + "/metrics", timeout=10).read().decode().splitlines():
+        if line.startswith(series):
+            value = float(line.rsplit(" ", 1)[1])
+            total += value
+            mine += value if f'{names.FLEET_REPLICA.replace(".", "_")}="{slow}"' in line else 0.0
+    return mine / total if total else 0.0
+
+
 def run(work: Path, duration: float, rounds: int, connections: int, delay_ms: float) -> dict:
     from gpt_observatory.serving_hooks.apikeys import ApiKeyStore
 
     key, _ = ApiKeyStore(work / "keys.json").create("bench", ["inference"])
     env = {"OBSERVATORY_STATE_DIR": str(work / "state"), "PYTHONPATH": str(REPO)}
-    script = lua(PROXY_CHAT, key, work)
     runs: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
     with contextlib.ExitStack() as stack:
         urls: dict[str, str] = {}
@@ -76,32 +135,33 @@ def run(work: Path, duration: float, rounds: int, connections: int, delay_ms: fl
             urls[name] = f"http://127.0.0.1:{port}/v1"
         one_slow = ",".join([urls["fast0"], urls["fast1"], urls["fast2"], urls["slow"]])
         fast = ",".join(urls[f"fast{i}"] for i in range(4))
-        gateways = {}
+        bases = {}
         for mode in MODES:
             port = free_port()
             cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", mode, "--port", str(port),
                    "--keys", str(work / "keys.json"), "--replicas", fast if mode == "all_fast" else one_slow]
             stack.enter_context(process(cmd, f"http://127.0.0.1:{port}/healthz", env))
-            gateways[mode] = f"http://127.0.0.1:{port}/v1/chat/completions"
+            bases[mode] = f"http://127.0.0.1:{port}"
         for mode in MODES:
-            wrk(gateways[mode], script, connections, 1)  # warm-up
+            drive(bases[mode] + "/v1/chat/completions", key, connections, 1)  # warm-up
         for i in range(rounds):
             for mode in (MODES if i % 2 == 0 else MODES[::-1]):
-                runs[mode].append(wrk(gateways[mode], script, connections, duration))
+                runs[mode].append(drive(bases[mode] + "/v1/chat/completions", key, connections, duration))
+        shares = {m: slow_share(bases[m], "replica-3") for m in MODES if m != "all_fast"}
     median = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()}
     base = median["all_fast"]["p99_ms"]
     return {
         "connections": connections, "delay_ms": delay_ms, "slow_delay_ms": 10 * delay_ms, "rounds": rounds,
-        "duration_s": duration, "median": median, "runs": runs,
+        "duration_s": duration, "median": median, "runs": runs, "slow_share": shares,
         "p99_ratio": {m: median[m]["p99_ms"] / base for m in MODES},
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved wrk runs per mode (medians reported)")
-    parser.add_argument("--connections", type=int, default=8, help="wrk connections (the same load on each)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per mode (medians reported)")
+    parser.add_argument("--connections", type=int, default=8, help="closed-loop callers (the same load on each)")
     parser.add_argument("--delay-ms", type=float, default=20.0, help="a fast replica's time per request")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
@@ -118,12 +178,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     out = {"cpus": os.cpu_count(), **run(work, args.duration, args.rounds, args.connections, args.delay_ms)}
     print(f"replica pool, 4 replicas at {args.delay_ms:g} ms (one at {10 * args.delay_ms:g} ms but in all_fast), "
-          f"wrk -c{args.connections}, {args.rounds} interleaved rounds of {args.duration:g} s, medians, "
-          f"{out['cpus']} CPUs shared by wrk, 4 gateways and 5 replicas:")
-    print(f"{'':>18} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99/all-fast':>13}")
+          f"{args.connections} closed-loop callers, {args.rounds} interleaved rounds of {args.duration:g} s, medians, "
+          f"{out['cpus']} CPUs shared by the client, 4 gateways and 5 replicas:")
+    print(f"{'':>18} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'slow share':>11} "
+          f"{'p99/all-fast':>13}")
     for mode in MODES:
         m = out["median"][mode]
+        share = out["slow_share"].get(mode)
         print(f"{mode:>18} {m['rps']:>8.1f} {m['p50_ms']:>8.2f} {m['p90_ms']:>8.2f} {m['p99_ms']:>8.2f} "
+              f"{m['p999_ms']:>9.2f} {'-' if share is None else f'{100 * share:.2f} %':>11} "
               f"{out['p99_ratio'][mode]:>13.2f}")
     ratio = out["p99_ratio"]
     print(f"p99 / all-fast p99: least-outstanding {ratio['least_outstanding']:.2f}, latency-weighted {ratio['latency_weighted']:.2f} "

@@ -13,15 +13,16 @@ weighs the requests in flight by each replica's recent latency, ``(outstanding +
 weight``, as Finagle's and Linkerd's peak-EWMA balancers do; two changes, measured here: the
 estimate is an EWMA per answer (each answer weighs ``ALPHA``), not a peak-following one (on a
 loaded box one slow answer of a fast replica held its estimate up for seconds and sent the slow
-replica traffic again), and it decays toward 0 while a replica gets no answers, so an avoided
-replica is tried again now and then and its next answer re-measures it.
+replica traffic again), and it decays toward 0 while the rest of the pool answers and this replica
+does not (by count of answers, not time: an idle pool forgets nothing), so an avoided replica is
+tried again now and then, about once per ``decay_answers / 2`` answers, and its next answer
+re-measures it.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -33,7 +34,7 @@ class Loaded(Protocol):
     outstanding: int
     rr_current: float
     rtt_s: float
-    rtt_at: float
+    rtt_at: int
 
 
 def _two(candidates: Sequence[Loaded], rng: random.Random) -> tuple[Loaded, Loaded]:
@@ -61,27 +62,27 @@ class LatencyWeighted:
 
     ALPHA = 0.5  # weight of each new answer in the estimate: two answers mostly replace it
 
-    def __init__(self, decay_s: float = 5.0, rng: random.Random | None = None) -> None:
-        self.decay_s = decay_s
+    def __init__(self, decay_answers: int = 1000, rng: random.Random | None = None) -> None:
+        self.decay_answers = decay_answers
+        self.answers = 0  # answers the pool has observed: the clock estimates decay by
         self._rng = rng or random.Random()
 
-    def estimate(self, c: Loaded, now: float) -> float:
-        """The latency estimate of ``c`` now: its EWMA, decayed toward 0 since its last answer."""
-        return c.rtt_s * math.exp(-max(0.0, now - c.rtt_at) / self.decay_s)
+    def estimate(self, c: Loaded) -> float:
+        """The latency estimate of ``c`` now: its EWMA, decayed toward 0 by the pool's answers since its own last."""
+        return c.rtt_s * math.exp(-(self.answers - c.rtt_at) / self.decay_answers)
 
-    def observe(self, c: Loaded, rtt_s: float, now: float | None = None) -> None:
+    def observe(self, c: Loaded, rtt_s: float) -> None:
         """One answer of ``c`` took ``rtt_s``."""
-        now = time.monotonic() if now is None else now
-        c.rtt_s = self.estimate(c, now) * (1.0 - self.ALPHA) + rtt_s * self.ALPHA
-        c.rtt_at = now
+        c.rtt_s = self.estimate(c) * (1.0 - self.ALPHA) + rtt_s * self.ALPHA
+        self.answers += 1
+        c.rtt_at = self.answers
 
     def pick(self, candidates: Sequence[Loaded]) -> Loaded:
         if len(candidates) == 1:
             return candidates[0]
         first, second = _two(candidates, self._rng)
-        now = time.monotonic()
-        cost_first = (first.outstanding + 1) * self.estimate(first, now) / first.weight
-        cost_second = (second.outstanding + 1) * self.estimate(second, now) / second.weight
+        cost_first = (first.outstanding + 1) * self.estimate(first) / first.weight
+        cost_second = (second.outstanding + 1) * self.estimate(second) / second.weight
         return second if cost_second < cost_first else first
 
 

@@ -19,7 +19,6 @@ healthy, so a pool takes traffic before its first probe round.
 from __future__ import annotations
 
 import math
-import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -47,7 +46,7 @@ class Replica:
         self.outstanding = 0
         self.rr_current = 0.0
         self.rtt_s = DEFAULT_RTT_S  # the latency-weighted balancer's estimate, until answers come
-        self.rtt_at = time.monotonic()
+        self.rtt_at = 0  # the balancer's answer count at its last answer
         self.consecutive_errors = 0
         self.ejected_until = 0.0  # monotonic; in while now < ejected_until is false
         self.ejections = 0  # the backoff multiplier

@@ -38,8 +38,9 @@ class PoolPolicy:
     - ``balancer``: ``least_outstanding`` (two random choices, fewer requests in flight per weight
       wins), ``latency_weighted`` (the same, requests in flight weighed by each replica's recent
       latency: keeps a slow replica out of the p99, ``bench/fleet.py``) or ``round_robin``.
-    - ``latency_decay_s``: ``latency_weighted``'s memory: without answers, a replica's latency
-      estimate falls by e in this time (so it is tried again); measured on answers not streamed.
+    - ``latency_decay_answers``: ``latency_weighted``'s memory: a replica's latency estimate falls by
+      e per this many answers of the pool without one of its own (so an avoided replica is tried
+      again about once per half that many); measured on answers that are not streamed.
     - ``probe_path``: what the active probe GETs: None for ``{url}/models``; a path starting with ``/``
       on the replica's origin (vLLM: ``/health``). ``probe_interval_s``: seconds between probe rounds
       (0: no active probes); ``probe_timeout_s``: a probe slower than this fails.
@@ -57,7 +58,7 @@ class PoolPolicy:
     """
 
     balancer: Balancer = "least_outstanding"
-    latency_decay_s: float = 5.0
+    latency_decay_answers: int = 1000
     probe_path: str | None = None
     probe_interval_s: float = 5.0
     probe_timeout_s: float = 2.0
@@ -81,13 +82,13 @@ class PoolPolicy:
             raise bad("balancer", f"must be one of {', '.join(map(repr, _BALANCERS))}")
         if self.probe_path is not None and not self.probe_path.startswith("/"):
             raise bad("probe_path", "must start with '/' (a path on the replica's origin) or be unset")
-        for field in ("probe_timeout_s", "base_ejection_s", "max_ejection_s", "latency_decay_s"):
+        for field in ("probe_timeout_s", "base_ejection_s", "max_ejection_s"):
             if not getattr(self, field) > 0:
                 raise bad(field, "must be > 0")
         if self.probe_interval_s < 0:
             raise bad("probe_interval_s", "must be >= 0 (0: no active probes)")
         for field in ("healthy_threshold", "unhealthy_threshold", "consecutive_errors", "max_attempts",
-                      "retry_window_s"):
+                      "retry_window_s", "latency_decay_answers"):
             if not (isinstance(getattr(self, field), int) and getattr(self, field) >= 1):
                 raise bad(field, "must be an integer >= 1")
         if not 0.0 <= self.max_ejected_share <= 1.0:

@@ -81,7 +81,7 @@ class ReplicaPool(ModelBackend):
             attrs = {names.FLEET_POOL: model, names.FLEET_REPLICA: spec.name}
             self._replicas.append(Replica(spec, backend, parts.hostname or "", port, probe, attrs))
         self._outliers = Outliers(policy, self._replicas)
-        self._ewma = LatencyWeighted(policy.latency_decay_s) if policy.balancer == "latency_weighted" else None
+        self._ewma = LatencyWeighted(policy.latency_decay_answers) if policy.balancer == "latency_weighted" else None
         self._balancer = self._ewma or (RoundRobin() if policy.balancer == "round_robin" else LeastOutstanding())
         self._budget = RetryBudget(policy.retry_ratio, policy.retry_min, policy.retry_window_s)
         self._pool_attrs = {names.FLEET_POOL: model}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from dataclasses import dataclass
 
 import pytest
@@ -23,7 +22,7 @@ class Load:
     outstanding: int = 0
     rr_current: float = 0.0
     rtt_s: float = 0.03
-    rtt_at: float = 0.0
+    rtt_at: int = 0
 
 
 def test_an_unknown_policy_key_or_a_bad_value_is_refused_by_name():
@@ -66,20 +65,24 @@ def test_least_outstanding_follows_weights_between_idle_replicas():
 
 
 def test_latency_weighted_keeps_a_slow_replica_out_until_its_estimate_decays():
-    lw = LatencyWeighted(decay_s=5.0, rng=random.Random(3))
-    now = time.monotonic()
-    slow, fast = Load(1.0, rtt_at=now), Load(1.0, rtt_at=now)
-    for _ in range(3):
-        lw.observe(slow, 0.2, now)
-        lw.observe(fast, 0.02, now)
-    assert 0.17 < lw.estimate(slow, now) < 0.2 and 0.02 <= lw.estimate(fast, now) < 0.03
+    lw = LatencyWeighted(decay_answers=100, rng=random.Random(3))
+    slow, fast = Load(1.0), Load(1.0)
+    for _ in range(4):
+        lw.observe(slow, 0.2)
+        lw.observe(fast, 0.02)
+    assert 0.17 < lw.estimate(slow) < 0.2 and 0.02 <= lw.estimate(fast) < 0.025
     fast.outstanding = 5  # 6 x 0.02 < 0.2: still cheaper than the idle slow replica
     assert all(lw.pick([slow, fast]) is fast for _ in range(100))
     fast.outstanding = 10  # 11 x 0.02 > 0.2: now the slow one is worth it (least-outstanding would have gone at 1)
     assert lw.pick([slow, fast]) is slow
-    # Without answers the estimate decays toward 0 (e per decay_s), so an avoided replica is tried again.
-    later = now + 5.0 * math.log(10)
-    assert lw.estimate(slow, later) == pytest.approx(lw.estimate(slow, now) / 10)
+    # While the others answer and it does not, its estimate decays toward 0 (e per decay_answers), so an
+    # avoided replica is tried again; time alone (an idle pool) changes nothing.
+    before = lw.estimate(slow)
+    for _ in range(100):
+        lw.observe(fast, 0.02)
+    assert lw.estimate(slow) == pytest.approx(before / math.e)
+    fast.outstanding = 0
+    assert lw.estimate(fast) == pytest.approx(0.02)
 
 
 @given(st.lists(st.tuples(st.floats(0, 30), st.booleans()), max_size=200), st.floats(0, 1), st.integers(0, 5))
