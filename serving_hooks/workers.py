@@ -13,7 +13,8 @@ restarted in its place) and the supervisor serves the workers' shared rate-limit
 Workers are spawned (not forked: the parent's threads and loaded libraries are not copied), each
 told a :class:`Worker`. A worker that exits before it ever started serving stops the supervisor
 with its exit code (its settings or its model are broken, and every restart would fail the same
-way); one that dies later is started again under its index. SIGTERM or SIGINT to the supervisor is
+way); one that dies later is started again under its index. SIGHUP is passed on to every worker
+(each reloads the model catalog). SIGTERM or SIGINT to the supervisor is
 passed to every worker as SIGTERM: each stops accepting, lets its requests in flight finish within
 ``graceful_timeout_s`` and flushes its telemetry; the supervisor waits for all of them (killing any
 still there a few seconds past that), then closes the rate-limit store, which outlived them so that
@@ -107,6 +108,7 @@ class Supervisor:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._signal_all, signal.SIGHUP)  # e.g. reload the catalog
         store = await _hoststore.serve(_store_socket(self.folder)) if self.host_store else None
         try:
             for index in range(self.count):
@@ -144,12 +146,15 @@ class Supervisor:
                 await asyncio.wait_for(stop.wait(), _POLL_S)
         return None
 
-    async def _drain(self) -> int:
-        """SIGTERM every worker and wait until all exited: 0 when each exited cleanly."""
+    def _signal_all(self, sig: int) -> None:
         for process, _ in self.processes.values():
             with contextlib.suppress(ProcessLookupError):
                 if process.pid is not None and process.is_alive():
-                    os.kill(process.pid, signal.SIGTERM)
+                    os.kill(process.pid, sig)
+
+    async def _drain(self) -> int:
+        """SIGTERM every worker and wait until all exited: 0 when each exited cleanly."""
+        self._signal_all(signal.SIGTERM)
         for sock in self.sockets:  # the workers hold their own copies; no new worker will need these
             sock.close()
         deadline = time.monotonic() + self.graceful_timeout_s + _EXIT_MARGIN_S
@@ -181,7 +186,9 @@ def _store_socket(folder: Path) -> Path:
 
 def _worker_main(target: Target, worker: Worker, sockets: list[socket.socket], started: Any,
                  args: tuple[Any, ...]) -> None:
-    """A worker process: SIGTERM if the supervisor dies, then the target (which exits with its code)."""
+    """A worker process: SIGTERM if the supervisor dies, SIGHUP ignored unless the gateway handles it
+    (the catalog reload does), then the target (which exits with its code)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if sys.platform == "linux":
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

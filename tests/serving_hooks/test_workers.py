@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import signal
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -179,3 +180,15 @@ def test_sigterm_to_the_supervisor_drains_every_worker(tmp_path, upstream_peer):
     assert set(per_worker) == {"0", "1"} and min(per_worker.values()) > 0, per_worker  # both were draining
     assert finished == [200] * in_flight
     assert not any(_alive(pid) for pid in workers)
+
+
+def test_sighup_to_the_supervisor_is_passed_on_and_stops_nothing(tmp_path, upstream_peer):
+    with gateway(tmp_path, upstream_peer.url) as gw:
+        workers = _children(gw.proc.pid)
+        gw.proc.send_signal(signal.SIGHUP)  # no catalog here: the workers ignore it
+        time.sleep(1)  # the supervisor has passed it on (it looks every 0.1 s)
+        with ThreadPoolExecutor(4) as pool:
+            statuses = [status for status, _ in pool.map(lambda _: chat(gw.url), range(20))]
+        assert gw.proc.poll() is None, gw.tail()
+        assert _children(gw.proc.pid) == workers and len(workers) == 2
+    assert statuses == [200] * 20
