@@ -114,7 +114,8 @@ class Supervisor:
             for index in range(self.count):
                 self._start(Worker(index, self.count, self.folder, self.host_store))
             failed = await self._watch(stop)
-            return failed if failed is not None else await self._drain()
+            drained = await self._drain()  # the others stop too, gracefully, when one failed to start
+            return failed if failed is not None else drained
         finally:
             self._kill_all()
             if store is not None:

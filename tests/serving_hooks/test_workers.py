@@ -192,3 +192,36 @@ def test_sighup_to_the_supervisor_is_passed_on_and_stops_nothing(tmp_path, upstr
         assert gw.proc.poll() is None, gw.tail()
         assert _children(gw.proc.pid) == workers and len(workers) == 2
     assert statuses == [200] * 20
+
+
+def test_a_worker_that_dies_is_replaced_under_its_index(tmp_path, upstream_peer):
+    with gateway(tmp_path, upstream_peer.url) as gw:
+        before = _children(gw.proc.pid)
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        components.wait_for(lambda: len(now := _children(gw.proc.pid)) == 2 and victim not in now, timeout=30,
+                            what="a replacement worker")
+        components.wait_for(lambda: gw.workers() == {"0", "1"}, timeout=60, interval=0.3,
+                            what="the replacement serving its index's metrics")
+        with ThreadPoolExecutor(4) as pool:
+            statuses = [status for status, _ in pool.map(lambda _: chat(gw.url), range(20))]
+        assert gw.proc.poll() is None
+    assert statuses == [200] * 20
+    assert "exited (-9); starting another" in gw.tail()
+
+
+def test_workers_that_cannot_start_stop_the_supervisor_with_their_error(tmp_path, upstream_peer):
+    # environment=production refuses anonymous access and the default salt: each worker exits 2 at start.
+    port = components.free_port()
+    cmd = [components.require_binary("observatory"), "serve", "--workers", "2", "--backend", "upstream",
+           "--upstream-url", upstream_peer.url, "--allow-anonymous", "--port", str(port)]
+    proc = components.start_process(cmd, tmp_path / "gateway.log", env={"OBSERVATORY_ENVIRONMENT": "production"},
+                                    cwd=tmp_path)
+    try:
+        code = proc.wait(90)
+    finally:
+        components.stop_process(proc)
+    log = (tmp_path / "gateway.log").read_text()
+    assert code == 2, log
+    assert "environment=production refuses to start" in log and "before it started serving" in log
+    assert not _children(proc.pid)
