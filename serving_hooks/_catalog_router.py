@@ -2,9 +2,8 @@
 
 :class:`CatalogRouter` is what the app and the gateway ask about models: whether a name is served
 (``in``), its bounds, its prompt estimate, the OpenAI model list a caller's scopes allow, readiness,
-and, per call, the backend that answers (:meth:`select`), falling back to the first of the entry's
-``fallbacks`` with a healthy replica when its own pool has none (an event and an attribute on the
-gateway's span, and a counter), else the pool's 503.
+and, per call, who answers (:meth:`select`: the entry, or one of its fallbacks, as
+:mod:`serving_hooks._catalog_dispatch` decides).
 
 A reload (:meth:`reload`) builds and starts the backends of new or changed entries, keeps those of
 unchanged ones, swaps the whole version in one assignment (a request sees the old catalog or the
@@ -19,75 +18,18 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import orjson
 from loguru import logger
-from opentelemetry import metrics, trace
-from starlette.types import Receive, Scope, Send
+from opentelemetry import trace
 
 from gpt_observatory.serving_hooks import _errors
+from gpt_observatory.serving_hooks._catalog_dispatch import Dispatch, Fallbacks, Served, visible
 from gpt_observatory.serving_hooks.backends.base import Call, ModelRouter
 from gpt_observatory.serving_hooks.catalog import Catalog, ModelEntry
 from gpt_observatory.serving_hooks.context import RequestContext
 from gpt_observatory.serving_hooks.gateway import Bounds
-from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.settings import ConfigError
 
 Build = Callable[[ModelEntry, Catalog], ModelRouter]
-
-
-def _no_healthy_error() -> type[Exception]:
-    """The pool's "no replica can take it" error (an ApiError 503), when the pool module is there."""
-    try:
-        from gpt_observatory.serving_hooks.backends.pool import NoHealthyReplica
-    except ImportError:  # pragma: no cover - before the pools landed
-        return _Never
-    return NoHealthyReplica
-
-
-class _Never(Exception):
-    pass
-
-
-class Served:
-    """One entry's running router, with the requests it is serving counted (to close it when idle)."""
-
-    def __init__(self, entry: ModelEntry, router: ModelRouter, bounds: Bounds, rewrite: str | None) -> None:
-        self.entry = entry
-        self.router = router
-        self.bounds = bounds
-        self.rewrite = rewrite  # the model id its backend answers to; None: the caller's, as sent
-        self.health: Callable[[], bool] | None = getattr(router.champion, "has_healthy", None)
-        self.inflight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
-        self.attributes = {names.CATALOG_MODEL: entry.name,
-                           **{names.CATALOG_LABEL_PREFIX + k: v for k, v in entry.labels.items()}}
-
-    def healthy(self) -> bool:
-        return self.health is None or self.health()
-
-    def acquire(self) -> None:
-        self.inflight += 1
-        self.idle.clear()
-
-    def release(self) -> None:
-        self.inflight -= 1
-        if self.inflight == 0:
-            self.idle.set()
-
-    def call_for(self, call: Call) -> Call:
-        """``call`` naming the model id this entry's backend answers to (an alias or a fallback's caller
-        named another)."""
-        model = self.rewrite
-        if model is None or call.request.model == model:
-            return call
-        ctx = call.ctx
-        fields = dict(ctx.json) if ctx is not None and ctx.json is not None else orjson.loads(call.raw)
-        fields["model"] = model
-        raw = orjson.dumps(fields)
-        if ctx is not None:  # the upstream proxy rebuilds its body from ctx.json when it changes it
-            ctx.json, ctx.body = fields, raw
-        return Call(call.operation, call.request.model_copy(update={"model": model}), raw, ctx)
 
 
 class _Version:
@@ -97,14 +39,6 @@ class _Version:
         self.catalog = catalog
         self.served = dict(served)
         self.lookup = {name: s for s in self.served.values() for name in s.entry.names}
-
-
-def visible(entry: ModelEntry, ctx: RequestContext | None) -> bool:
-    """Whether the caller may see and call ``entry``: no scope required, or the caller holds it
-    (without the gateway in front, nobody is checked)."""
-    if entry.scope is None or ctx is None:
-        return True
-    return ctx.principal is not None and entry.scope in getattr(ctx.principal, "scopes", ())
 
 
 class CatalogRouter:
@@ -121,9 +55,7 @@ class CatalogRouter:
         })
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
-        m = names.GATEWAY_FALLBACKS
-        self._fallbacks = metrics.get_meter(__name__).create_counter(m.name, m.unit, m.description)
-        self._no_healthy = _no_healthy_error()
+        self._fallbacks = Fallbacks()
 
     @staticmethod
     def _served(entry: ModelEntry, catalog: Catalog, router: ModelRouter) -> Served:
@@ -158,7 +90,7 @@ class CatalogRouter:
         return next(iter(self._version.served.values())).router.champion
 
     # ------------------------------------------------------------------ per call
-    def select(self, call: Call) -> _Dispatch:
+    def select(self, call: Call) -> Dispatch:
         version = self._version
         served = version.lookup.get(call.request.model)
         if served is None or not visible(served.entry, call.ctx):  # a scope the caller lacks: not there for it
@@ -166,15 +98,7 @@ class CatalogRouter:
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attributes(served.attributes)
-        return _Dispatch(self, version, served)
-
-    def _fell_back(self, primary: Served, target: Served) -> None:
-        attrs = {names.CATALOG_MODEL: primary.entry.name, names.FALLBACK_MODEL: target.entry.name}
-        self._fallbacks.add(1, attrs)
-        span = trace.get_current_span()
-        if span.is_recording():
-            span.add_event(names.EVENT_FALLBACK, attrs)
-            span.set_attribute(names.FALLBACK_MODEL, target.entry.name)
+        return Dispatch(served, version.lookup, self._fallbacks)
 
     # ------------------------------------------------------------------ listing and readiness
     def models(self, ctx: RequestContext | None) -> list[dict[str, Any]]:
@@ -262,67 +186,4 @@ class CatalogRouter:
         await served.router.close()
 
 
-class _Dispatch:
-    """One call's backend: the entry, or its first fallback with a healthy replica."""
-
-    __slots__ = ("catalog", "served", "version")
-
-    def __init__(self, catalog: CatalogRouter, version: _Version, served: Served) -> None:
-        self.catalog = catalog
-        self.version = version
-        self.served = served
-
-    async def handle(self, call: Call) -> Any:
-        primary = self.served
-        if not primary.entry.fallbacks:
-            return await self._serve(primary, call)
-        lookup = self.version.lookup
-        chain = [primary, *(s for f in primary.entry.fallbacks
-                            if (s := lookup.get(f)) is not None and visible(s.entry, call.ctx))]
-        no_healthy = self.catalog._no_healthy
-        refused: Exception | None = None  # the primary's own 503, once it was tried
-        for target in chain:
-            if not target.healthy():
-                continue
-            try:
-                response = await self._serve(target, call)
-            except no_healthy as e:  # its last replica failed, or went since the check: nothing was sent
-                if target is primary:
-                    refused = e
-                continue
-            if target is not primary:
-                self.catalog._fell_back(primary, target)
-            return response
-        if refused is not None:
-            raise refused
-        return await self._serve(primary, call)  # nobody healthy: the primary's own answer (503)
-
-    @staticmethod
-    async def _serve(target: Served, call: Call) -> Any:
-        call = target.call_for(call)
-        target.acquire()
-        try:
-            response = await target.router.select(call).handle(call)
-        except BaseException:
-            target.release()
-            raise
-        return _Tracked(response, target)
-
-
-class _Tracked:
-    """A backend's response that tells its entry when it has been sent (streams: at their end)."""
-
-    __slots__ = ("response", "served")
-
-    def __init__(self, response: Any, served: Served) -> None:
-        self.response = response
-        self.served = served
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.response(scope, receive, send)
-        finally:
-            self.served.release()
-
-
-__all__ = ["CatalogRouter", "Served", "visible"]
+__all__ = ["CatalogRouter"]

@@ -40,7 +40,10 @@ from gpt_observatory.serving_hooks.ratelimit import RateLimiter, Refusal, Reserv
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.summed import SummedCounter
 
-__all__ = ["Authenticate", "Bounds", "GatewayConfig", "GatewayMiddleware", "RequestContext", "no_scopes", "request_context"]
+__all__ = [
+    "Authenticate", "Bounds", "GatewayConfig", "GatewayMiddleware", "RequestContext", "hold", "no_scopes",
+    "request_context",
+]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _INPUT, _OUTPUT = names.GEN_AI_TOKEN_TYPE_INPUT, names.GEN_AI_TOKEN_TYPE_OUTPUT
@@ -249,26 +252,16 @@ class GatewayMiddleware:
     def _worst_case(self, request: OpenAIRequest, ctx: RequestContext) -> int:
         """The most tokens ``request`` may use (prompt estimate + completions x max_tokens); 400 past a bound."""
         bounds_for = self.config.bounds_for
-        config = (bounds_for(request.model) if bounds_for is not None else None) or self._bounds
-        if request.n is not None and request.n > config.max_n:
-            raise _errors.above_bound("n", config.max_n, config.n_setting)
-        if request.best_of is not None and request.best_of > config.max_best_of:
-            raise _errors.above_bound("best_of", config.max_best_of, "OBSERVATORY_SERVE_MAX_BEST_OF")
-        for field in _TOKEN_FIELDS:
-            value = getattr(request, field, None)
-            if value is not None and value > config.max_tokens_limit:
-                raise _errors.above_bound(field, config.max_tokens_limit, config.max_tokens_setting)
+        bounds = (bounds_for(request.model) if bounds_for is not None else None) or self._bounds
         prompt = self.config.estimate_tokens(ctx.json or {})
         ctx.prompt_estimate = prompt
-        completions = request.completions
+        hold(request, prompt, bounds)
         declared = request.limit()
-        context = config.context_tokens
-        if context is not None and prompt + completions * (declared or 0) > context:
-            raise _errors.over_context(prompt, completions, declared, context)
-        per_completion = declared or config.default_max_tokens or config.max_tokens_limit
+        context = bounds.context_tokens
+        per_completion = declared or bounds.default_max_tokens or bounds.max_tokens_limit
         if declared is None and context is not None:  # the model stops at its context
-            per_completion = min(per_completion, max(1, (context - prompt) // completions))
-        return prompt + completions * per_completion
+            per_completion = min(per_completion, max(1, (context - prompt) // request.completions))
+        return prompt + request.completions * per_completion
 
     async def _read_body(self, receive: Receive, headers: dict[str, str]) -> bytes:
         limit = self.config.max_request_bytes
@@ -351,6 +344,23 @@ def _headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[dict[str, str], str | 
             repeated = name
         headers[name] = v.decode("latin-1")
     return headers, repeated
+
+
+def hold(request: OpenAIRequest, prompt: int, bounds: Bounds) -> None:
+    """Raise the 400 (naming the setting) for the first of ``bounds`` that ``request`` goes past,
+    ``prompt`` being its prompt's estimated tokens."""
+    if request.n is not None and request.n > bounds.max_n:
+        raise _errors.above_bound("n", bounds.max_n, bounds.n_setting)
+    if request.best_of is not None and request.best_of > bounds.max_best_of:
+        raise _errors.above_bound("best_of", bounds.max_best_of, "OBSERVATORY_SERVE_MAX_BEST_OF")
+    for field in _TOKEN_FIELDS:
+        value = getattr(request, field, None)
+        if value is not None and value > bounds.max_tokens_limit:
+            raise _errors.above_bound(field, bounds.max_tokens_limit, bounds.max_tokens_setting)
+    declared = request.limit()
+    context = bounds.context_tokens
+    if context is not None and prompt + request.completions * (declared or 0) > context:
+        raise _errors.over_context(prompt, request.completions, declared, context)
 
 
 class ClientGone(Exception):

@@ -34,6 +34,9 @@ def gateway(memory_telemetry, upstream_peer, keys, tmp_path):
     dead = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(4)]
     text = "\n".join([
         f'[[models]]\nname = "backup"\nkind = "upstream"\nurl = "{upstream_peer.url}"\nupstream_model = "up-model"\n',
+        f'[[models]]\nname = "tight"\nkind = "upstream"\nurl = "{upstream_peer.url}"\nupstream_model = "up-model"\n'
+        'max_tokens = 4\n',
+        pool("to-tight", ["tight", "backup"], dead[3]),
         f'[[models]]\nname = "guarded"\nkind = "upstream"\nurl = "{upstream_peer.url}"\nupstream_model = "up-model"\n'
         'scope = "research"\n',
         pool("pooled", ["backup"], dead[0]),
@@ -94,3 +97,12 @@ def test_a_fallback_the_caller_may_not_use_is_not_used(gateway, keys):
     _, plain, lab = keys
     assert chat(gateway, plain, "behind-scope").status_code == 503  # "guarded" needs the research scope
     assert chat(gateway, lab, "behind-scope").status_code == 200
+
+
+def test_a_fallback_whose_bounds_the_request_exceeds_is_passed_over(gateway, keys, memory_telemetry):
+    assert chat(gateway, keys.plain, "to-tight", max_tokens=3).status_code == 200  # "tight" takes it
+    assert chat(gateway, keys.plain, "to-tight", max_tokens=8).status_code == 200  # too big for it: "backup"
+    settle(memory_telemetry)
+    fallbacks = memory_telemetry.memory.metrics()[names.GATEWAY_FALLBACKS.name]
+    assert point_value(fallbacks, **{names.CATALOG_MODEL: "to-tight", names.FALLBACK_MODEL: "tight"}) == 1
+    assert point_value(fallbacks, **{names.CATALOG_MODEL: "to-tight", names.FALLBACK_MODEL: "backup"}) == 1
