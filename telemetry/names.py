@@ -565,6 +565,7 @@ HTTP_REQUEST_RESEND_COUNT: Final = "http.request.resend_count"  # on a retry's a
 SPAN_FLEET_ATTEMPT: Final = "POST"  # one CLIENT span per attempt (HTTP client convention: the method)
 EVENT_FLEET_RETRY: Final = "observatory.fleet.retry"  # on the GenAI span: an attempt failed, another replica next
 EVENT_FLEET_EJECTED: Final = "observatory.fleet.ejected"  # on the attempt span whose failure ejected its replica
+FLEET_EJECTION_SECONDS: Final = "observatory.fleet.ejection.seconds"  # on EVENT_FLEET_EJECTED: how long it is out
 FLEET_REPLICA_OUTSTANDING = Metric(
     "observatory.fleet.replica.outstanding", "{request}", "updowncounter",
     "Requests in flight on each replica (streams until their end), by observatory.fleet.pool/replica.",

@@ -278,7 +278,7 @@ class _Attempt:
                 span.set_status(Status(StatusCode.ERROR, error_type))
         if ejected_s is not None:
             pool._ejections.add(1, attrs)
-            span.add_event(names.EVENT_FLEET_EJECTED, {names.FLEET_REPLICA: replica.name, "seconds": ejected_s})
+            span.add_event(names.EVENT_FLEET_EJECTED, {names.FLEET_REPLICA: replica.name, names.FLEET_EJECTION_SECONDS: ejected_s})
             logger.warning("replica {} of model {} ejected for {:g} s after {} failures in a row (last: {})",
                            replica.name, pool.model, ejected_s, pool.policy.consecutive_errors, outcome)
         span.end()

@@ -86,6 +86,9 @@ def test_a_refused_connection_is_retried_on_another_replica_and_ejects_the_dead_
         assert tries[1].attributes[names.SERVER_PORT] == live.port
         assert tries[1].attributes[names.HTTP_REQUEST_RESEND_COUNT] == 1
         assert tries[0].status.status_code is StatusCode.ERROR
+        ejected = [e for s in spans for e in s.events if e.name == names.EVENT_FLEET_EJECTED]
+        assert [(e.attributes[names.FLEET_REPLICA], e.attributes[names.FLEET_EJECTION_SECONDS]) for e in ejected] == [
+            ("dead", PoolPolicy().base_ejection_s)]
         # The replica continues the trace of its own attempt span, and gets its own key.
         _, _, parent_id, _ = live.seen[-1]["headers"]["traceparent"].split("-")
         assert {int(parent_id, 16)} <= {s.context.span_id for s in spans if s.name == names.SPAN_FLEET_ATTEMPT}
