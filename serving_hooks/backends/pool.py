@@ -218,7 +218,11 @@ class ReplicaPool(ModelBackend):
     # ------------------------------------------------------------------ probes
     async def _probe_loop(self) -> None:
         while True:
-            await asyncio.gather(*(self._probe(r) for r in self._replicas))
+            try:
+                await asyncio.gather(*(self._probe(r) for r in self._replicas))
+            except Exception as e:  # the boundary: a bug here must not end the probes for good
+                logger.warning("probing the replicas of model {} failed ({}); trying again", self.model,
+                               type(e).__name__)
             await asyncio.sleep(self.policy.probe_interval_s)
 
     async def _probe(self, replica: Replica) -> None:
