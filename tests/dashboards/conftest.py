@@ -12,8 +12,8 @@ import yaml
 from gpt_observatory.dashboards.artefacts import ROOT
 from gpt_observatory.dashboards.rules import FLEET_GROUP, Alert, groups
 from gpt_observatory.dashboards.scrape import RULE_FILE, scrape_config
-from tests import components
 from gpt_observatory.dashboards.verify import LiveQuery
+from tests import components
 
 
 def is_fleet(query: LiveQuery) -> bool:
