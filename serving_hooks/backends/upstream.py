@@ -37,20 +37,14 @@ from starlette.responses import Response
 
 from gpt_observatory.serving_hooks import _errors
 from gpt_observatory.serving_hooks._openai import ChatCompletionRequest, ChunkWriter
+from gpt_observatory.serving_hooks.backends._answers import Malformed, choices_of, count_of, stats_of, text_of
 from gpt_observatory.serving_hooks.backends._streaming import Departure, EventStream
 from gpt_observatory.serving_hooks.backends.base import Call, ModelBackend, Readiness, bytes_per_token_estimate
 from gpt_observatory.serving_hooks.inference import GenAIHooks, GenAIRequest, Generation, GenerationStats
 from gpt_observatory.telemetry.redact import without_credentials
 from gpt_observatory.telemetry.settings import ConfigError
 
-_MAX_COUNT = 1 << 31  # a token count above this is not a count
-
-
 _RETRYABLE_STATUS = frozenset((502, 503, 504))  # the upstream (or a proxy before it) did not act on the call
-
-
-class Malformed(ValueError):
-    """The upstream's answer is not a valid OpenAI answer."""
 
 
 class UpstreamFailure(Exception):
@@ -315,7 +309,7 @@ class UpstreamBackend(ModelBackend):
             answer = orjson.loads(data)
             if not isinstance(answer, dict):
                 raise Malformed("not a JSON object")
-            gen.record(_stats(answer, self.hooks.capture_content, chat))
+            gen.record(stats_of(answer, self.hooks.capture_content, chat))
         except (orjson.JSONDecodeError, Malformed, AttributeError, TypeError) as e:
             gen.fail("malformed_response")
             reason = e.args[0] if isinstance(e, Malformed) else "not JSON"
@@ -391,20 +385,20 @@ class UpstreamBackend(ModelBackend):
             raise Malformed("not JSON") from None
         if not isinstance(chunk, dict):
             raise Malformed("not a JSON object")
-        choices = _choices(chunk, required=False)
+        choices = choices_of(chunk, required=False)
         if stats.response_id is None:
-            stats.response_id = _text(chunk, "id") or ""
-            stats.response_model = _text(chunk, "model")
+            stats.response_id = text_of(chunk, "id") or ""
+            stats.response_model = text_of(chunk, "model")
         for choice in choices:
-            reason = _text(choice, "finish_reason")
+            reason = text_of(choice, "finish_reason")
             if reason:
                 stats.finish_reasons = (*stats.finish_reasons, reason)
         usage = chunk.get("usage")
         if usage is not None:
             if not isinstance(usage, dict):
                 raise Malformed("usage is not an object")
-            stats.input_tokens = _count(usage, "prompt_tokens")
-            stats.output_tokens = _count(usage, "completion_tokens")
+            stats.input_tokens = count_of(usage, "prompt_tokens")
+            stats.output_tokens = count_of(usage, "completion_tokens")
             if not choices:
                 return not strip_usage
         gen.token()
@@ -426,60 +420,3 @@ def _body(call: Call) -> Mapping[str, Any]:
     if call.ctx is not None and call.ctx.json is not None:
         return call.ctx.json
     return orjson.loads(call.raw)
-
-
-def _count(usage: dict[str, Any], key: str) -> int | None:
-    """``usage[key]`` when it is a non-negative integer count (absent: None); :class:`Malformed` otherwise."""
-    value = usage.get(key)
-    if value is None:
-        return None
-    if type(value) is not int or not 0 <= value < _MAX_COUNT:
-        raise Malformed(f"usage.{key} is not a non-negative integer")
-    return value
-
-
-def _text(data: dict[str, Any], key: str) -> str | None:
-    """``data[key]`` when it is a string or absent/null (None); :class:`Malformed` otherwise."""
-    value = data.get(key)
-    if value is None or type(value) is str:
-        return value
-    raise Malformed(f"{key} is not a string")
-
-
-def _choices(data: dict[str, Any], *, required: bool) -> list[dict[str, Any]]:
-    """``data["choices"]``, a list of objects (non-empty when ``required``); :class:`Malformed` otherwise."""
-    choices = data.get("choices")
-    if choices is None and not required:
-        return []
-    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices) or (required and not choices):
-        raise Malformed("choices is not a list of objects")
-    return choices
-
-
-def _answer(data: dict[str, Any], chat: bool) -> None:
-    """Check that ``data`` is a completion: each choice has a message object (chat) or a text string."""
-    for choice in _choices(data, required=True):
-        if chat:
-            message = choice.get("message")
-            if not isinstance(message, dict):
-                raise Malformed("choice without a message object")
-            _text(message, "content")
-        elif type(choice.get("text")) is not str:
-            raise Malformed("choice without a text string")
-
-
-def _stats(data: dict[str, Any], capture: bool, chat: bool = True) -> GenerationStats:
-    _answer(data, chat)
-    usage = data.get("usage") or {}
-    if not isinstance(usage, dict):
-        raise Malformed("usage is not an object")
-    choices = data["choices"]
-    reasons = tuple(r for c in choices if (r := _text(c, "finish_reason")))
-    completion = None
-    if capture:
-        first = choices[0]
-        completion = first["message"].get("content") if chat else first["text"]
-    return GenerationStats(
-        _count(usage, "prompt_tokens"), _count(usage, "completion_tokens"), reasons, _text(data, "id"),
-        _text(data, "model"), completion,
-    )
