@@ -2,7 +2,7 @@
 choices), latency-weighted least-outstanding and round robin, one replica of four 10x
 slower, against the same pool with four fast replicas, in one run on this machine.
 
-Five replica processes (the project's test upstream, ``tests/serving_hooks/replica_procs.py``):
+Five replica processes (the project's test upstream, ``gpt_observatory/demo/upstream.py``):
 four answer after ``--delay-ms`` (a replica's generation time; the sleep holds no CPU), one after
 ten times that. Four gateway processes, all up for the whole run, each the full gateway (API-key
 auth, rate limits, spans, metrics, GenAI hooks) in front of a :class:`ReplicaPool`:
@@ -129,7 +129,7 @@ def run(work: Path, duration: float, rounds: int, connections: int, delay_ms: fl
         for name, delay in (("fast0", delay_ms), ("fast1", delay_ms), ("fast2", delay_ms), ("fast3", delay_ms),
                             ("slow", 10 * delay_ms)):
             port = free_port()
-            cmd = [sys.executable, "-m", "tests.serving_hooks.replica_procs", "--port", str(port),
+            cmd = [sys.executable, "-m", "gpt_observatory.demo.upstream", "--port", str(port),
                    "--delay-ms", str(delay)]
             stack.enter_context(process(cmd, f"http://127.0.0.1:{port}/v1/models", env))
             urls[name] = f"http://127.0.0.1:{port}/v1"

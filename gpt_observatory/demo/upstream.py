@@ -1,12 +1,13 @@
-"""A fixed, local OpenAI-compatible server: the upstream peer the proxy tests and the bench talk to.
+"""A fixed, local OpenAI-compatible server: the demo's fleet replicas, and the upstream peer the
+proxy tests and the benches talk to (``tests/serving_hooks/upstream_peer.py`` re-exports it).
 
-It answers at once with a fixed completion (streamed as ``max_tokens`` chunks when asked), and
+It answers at once (or ``delay_s`` later: a replica's generation time) with a fixed completion (streamed as ``max_tokens`` chunks when asked), and
 misbehaves on request by model name: ``fail-500`` answers 500, ``bad-request`` answers 400,
 ``slow`` waits 5 s before answering, ``delay-1`` 1 s, ``stall`` streams one chunk and then stalls,
 ``echo-401`` answers 401 with the headers it got in its body, ``cut`` streams its ``max_tokens``
 chunks and ends without its usage chunk or ``[DONE]`` (as a connection cut mid-stream would), ``string-usage`` and ``negative-usage`` report usage counts that are not counts. Every request's
 headers and body are kept in ``seen`` (``GET /_seen`` over HTTP) so tests can check what the
-gateway sent upstream. Run it alone with ``python -m tests.serving_hooks.upstream_peer --port P``.
+gateway sent upstream. Run it alone with ``python -m gpt_observatory.demo.upstream --port P [--delay-ms D]``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _bad_usage(model: str) -> dict[str, Any] | None:
 class UpstreamPeer:
     """The aiohttp app plus, optionally, a thread serving it on loopback."""
 
-    def __init__(self, keep: int = 1000) -> None:
+    def __init__(self, keep: int = 1000, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
         self.seen: deque[dict[str, Any]] = deque(maxlen=keep)
         self.app = web.Application()
         self.app.router.add_get("/v1/models", self.models)
@@ -71,6 +73,8 @@ class UpstreamPeer:
         self.seen.append({"path": request.path, "headers": dict(request.headers), "body": body})
         model = body.get("model", "")
         chat = request.path.endswith("/chat/completions")
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if model == "fail-500":
             return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
         if model == "bad-request":
@@ -161,8 +165,11 @@ class UpstreamPeer:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="answer every completion this much later")
     args = parser.parse_args()
-    web.run_app(UpstreamPeer(keep=10).app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+    # reuse_address: a replica restarted after a kill takes its port back at once
+    web.run_app(UpstreamPeer(keep=10, delay_s=args.delay_ms / 1000).app, host="127.0.0.1", port=args.port,
+                access_log=None, print=None, reuse_address=True)
 
 
 if __name__ == "__main__":

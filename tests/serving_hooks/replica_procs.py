@@ -1,14 +1,12 @@
 """Replicas as real processes: the test upstream (``upstream_peer.py``) in a subprocess each, on a
 port of its own that it keeps across a kill and a restart, optionally answering after a delay.
 
-``python -m tests.serving_hooks.replica_procs --port P [--delay-ms D]`` serves one (the pool tests
-and ``bench/fleet.py`` start them so).
+Each is ``python -m gpt_observatory.demo.upstream --port P [--delay-ms D]`` (the pool tests and
+``bench/fleet.py`` start them so).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
 import os
 import signal
@@ -18,25 +16,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from aiohttp import web
-
 from tests.components import free_port, wait_http
-from tests.serving_hooks.upstream_peer import UpstreamPeer
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-class DelayedPeer(UpstreamPeer):
-    """The test upstream, answering every completion ``delay_s`` later (a replica's generation time)."""
-
-    def __init__(self, delay_s: float, keep: int = 10) -> None:
-        self.delay_s = delay_s
-        super().__init__(keep)
-
-    async def complete(self, request: web.Request) -> web.StreamResponse:
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        return await super().complete(request)
 
 
 class ReplicaProcess:
@@ -53,7 +35,7 @@ class ReplicaProcess:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout: float = 30.0) -> ReplicaProcess:
-        cmd = [sys.executable, "-m", "tests.serving_hooks.replica_procs", "--port", str(self.port),
+        cmd = [sys.executable, "-m", "gpt_observatory.demo.upstream", "--port", str(self.port),
                "--delay-ms", str(self.delay_ms)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
@@ -100,16 +82,3 @@ def wait_until(predicate, timeout: float, step: float = 0.05) -> float:
             raise AssertionError(f"not within {timeout} s")
         time.sleep(step)
     return time.monotonic() - start
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--delay-ms", type=float, default=0.0)
-    args = parser.parse_args()
-    web.run_app(DelayedPeer(args.delay_ms / 1000).app, host="127.0.0.1", port=args.port, access_log=None,
-                print=None, reuse_address=True)
-
-
-if __name__ == "__main__":
-    main()
