@@ -32,6 +32,11 @@ def entry(name: str, url: str, upstream_model: str = "up-model") -> str:
     return f'[[models]]\nname = "{name}"\nkind = "upstream"\nurl = "{url}"\nupstream_model = "{upstream_model}"\n'
 
 
+def pooled(name: str, *urls: str) -> str:
+    replicas = ", ".join(f'{{ url = "{u}", name = "r{i}" }}' for i, u in enumerate(urls))
+    return f'[[models]]\nname = "{name}"\nkind = "upstream"\nupstream_model = "up-model"\nreplicas = [{replicas}]\n'
+
+
 def write(path: Path, text: str) -> None:
     """Replace the file at once (write and rename), as a deploy tool does."""
     tmp = path.with_suffix(".new")
@@ -74,13 +79,14 @@ def test_traffic_across_a_reload_has_no_failure_and_the_new_entry_is_served_afte
         slow_before = [pool.submit(slow_call, stream) for stream in (False, True)]
         components.wait_for(lambda: peers_seen(upstream_peer, "delay-1") >= 2, timeout=10, what="slow calls sent")
         seen_second = peers_seen(second_peer, "up-model")
-        # Both entries move to the second peer (new backends; the old ones hold the slow calls) and one is added.
-        write(path, entry("steady", second_peer.url) + entry("slow", second_peer.url, "delay-1")
-              + entry("fresh", second_peer.url))
+        # "steady" becomes a pool of both peers, "slow" moves to the second (new backends; the old ones hold
+        # the slow calls) and "fresh" is added.
+        write(path, entry("slow", second_peer.url, "delay-1") + entry("fresh", second_peer.url)
+              + pooled("steady", upstream_peer.url, second_peer.url))
         with httpx.Client(base_url=gw.v1, timeout=15) as client:
             components.wait_for(lambda: chat(client, "fresh") == 200, timeout=10, what="the new entry served")
             components.wait_for(lambda: peers_seen(second_peer, "up-model") > seen_second + 20, timeout=10,
-                                what="steady traffic on the new backend")
+                                what="steady traffic on the new backend (the pool)")
         stop.set()
         for loop in loops:
             loop.result()
