@@ -23,10 +23,11 @@ from tests import components
 from tests.reliability.demo_run import DemoRun, demo_run
 
 FIELDS = {
-    "wall_time_s", "model", "shadow", "approval", "serving_version", "served_by_version", "requests", "latency_ms", "ttft_ms",
+    "wall_time_s", "model", "shadow", "approval", "fleet", "serving_version", "served_by_version", "requests", "latency_ms", "ttft_ms",
     "tokens_per_s", "output_tokens", "auth_outcomes", "rate_limit_hits", "gpu", "spans_per_name", "trace",
     "telemetry_files", "telemetry_dropped", "gateway", "ui", "slowest_trace",
 }
+CANARY, FLEET = "canary traffic (JWT)", "fleet traffic (JWT)"  # the judging traffic; the pool model's
 STREAMED = len(PROMPTS)  # the streaming client sends one request per prompt
 BURST_REJECTED = 3  # the burst tenant sends REQUESTS_PER_MINUTE + 3
 
@@ -59,7 +60,7 @@ def test_the_pipeline_made_v1_champion_and_judged_v2(demo):
         # no user was served by the challenger while it was judged: every answer to the judging
         # traffic came from v1, and v2 answered only the scripted client, after an approval
         after = sum(demo.summary["requests"]["client_sent"][k].get("200", 0)
-                    for k in demo.summary["requests"]["client_sent"] if k != "canary traffic (JWT)")
+                    for k in demo.summary["requests"]["client_sent"] if k not in (CANARY, FLEET))
         assert served == ({"1": canary["200"], "2": after} if m["champion_after"] == "2"
                           else {"1": canary["200"] + after})
     else:
@@ -82,6 +83,26 @@ def test_the_challenger_was_judged_on_mirrored_requests(demo):
     assert len(mirrors) >= shadow["compared"]
     assert all(s["attributes"][names.SHADOW] is True and s["parent_span_id"] is None for s in mirrors)
     assert "shadow traffic" in demo.stdout and "no user was served by the challenger" in demo.stdout
+
+
+def test_a_replica_killed_mid_load_failed_no_unstarted_request_and_was_ejected_then_readmitted(demo):
+    fleet = demo.summary["fleet"]
+    sent = demo.summary["requests"]["client_sent"][FLEET]
+    assert fleet["requests"] == sum(sent.values()) > 0
+    assert fleet["failed_unstarted"] == 0, fleet  # the pool retried what the dead replica held
+    assert fleet["statuses"].get("200", 0) == fleet["requests"] - fleet["failed_started"]
+    killed = fleet["killed"]
+    assert fleet["ejected_after_s"] is not None and fleet["readmitted_after_s"] is not None
+    states = fleet["states"]  # as /readyz said, from before the kill
+    assert states[0] == "healthy" and states[1] in ("ejected", "unhealthy") and states[-1] == "healthy", states
+    # passive ejection, as a rule; the probes may get there first on a stalled machine
+    assert fleet["ejections_by_replica"].get(killed, 0) >= 1 or states[1] == "unhealthy", fleet
+    assert fleet["answered_after_restart"] > 0  # the restarted process took requests again
+    by_replica = fleet["attempts_by_replica"]
+    assert set(by_replica) == {"replica-1", "replica-2"} and all(o.get("ok", 0) > 0 for o in by_replica.values())
+    failed = {o: n for o, n in by_replica[killed].items() if o != "ok"}
+    assert failed and set(failed) <= {"connect_error", "reset", "timeout", "error"}, failed
+    assert "replica-2 killed: out after" in demo.stdout
 
 
 def test_a_pass_waited_for_approval_and_the_demo_approved_it_through_the_cli(demo):
@@ -114,7 +135,8 @@ def test_requests_by_outcome_match_what_the_client_sent(demo):
     assert req["by_outcome"] == {"ok": ok, "unauthenticated": 6, "forbidden": 1, "rate_limited": BURST_REJECTED}
     assert req["rejections_by_reason"] == {"auth": 6, "forbidden": 1, "rate_limit": BURST_REJECTED}
     assert req["client_sent"]["over limit (burst)"] == {"200": REQUESTS_PER_MINUTE, "429": BURST_REJECTED}
-    assert sum(demo.summary["served_by_version"].values()) == ok
+    # served_by_version counts the in-process model's answers; the pool model's come from its replicas
+    assert sum(demo.summary["served_by_version"].values()) == ok - req["client_sent"][FLEET]["200"]
 
 
 def test_latency_ttft_and_throughput_come_from_the_gateway_telemetry(demo):
@@ -122,7 +144,7 @@ def test_latency_ttft_and_throughput_come_from_the_gateway_telemetry(demo):
     lat, ttft = s["latency_ms"], s["ttft_ms"]
     assert lat["count"] == s["requests"]["by_status"]["200"] and 0 < lat["p50"] <= lat["p95"]
     canary = sum(s["requests"]["client_sent"].get("canary traffic (JWT)", {}).values())  # every other one streamed
-    generations = gateway_generations(demo)
+    generations = [a for a in gateway_generations(demo) if a[names.GEN_AI_REQUEST_MODEL] == MODEL]
     streamed = [a for a in generations if a.get(names.GEN_AI_REQUEST_STREAM) and not a.get(names.SHADOW)]
     # two canary workers alternate between streamed and not: with both counts odd, one fewer streamed
     assert STREAMED + canary // 2 - 1 <= len(streamed) <= STREAMED + canary // 2

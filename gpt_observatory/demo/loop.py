@@ -5,8 +5,10 @@ the development IdP) starts; v2 is trained, registered as the challenger and eva
 then judged: on shadow traffic (the gateway mirrors every request to the challenger after the
 champion answered; the ``canary`` flow reads both sides from a Prometheus that scrapes the gateway)
 when Prometheus is installed, a pass then waiting for approval, which the demo gives through the
-CLI; else by the offline gates. The gateway follows the champion alias; a scripted client sends good, streaming, unauthenticated, forged-token and
-over-limit requests; the summary is read back from the telemetry the processes really emitted
+CLI; else by the offline gates. The gateway follows the champion alias; a scripted client sends
+good, streaming, unauthenticated, forged-token and over-limit requests; the gateway's second
+catalog model, a pool of two local replicas, is loaded while one replica is killed and started
+again (``fleet``); the summary is read back from the telemetry the processes really emitted
 (``<state>/telemetry/*.jsonl`` and the gateway's ``/metrics``).
 """
 
@@ -25,12 +27,21 @@ from rich.console import Console
 from gpt_observatory import telemetry
 from gpt_observatory.demo import canary as _demo_canary
 from gpt_observatory.demo import client as _demo_client
+from gpt_observatory.demo import fleet as _demo_fleet
 from gpt_observatory.demo import pipeline as _demo_pipeline
 from gpt_observatory.demo import stack as _demo_stack
 from gpt_observatory.demo.approver import ApprovalReport, Approver
 from gpt_observatory.demo.readback import SERVICE_INSTANCE_ID, Scrape, instance_of, is_api_server_span, wait_for_spans
-from gpt_observatory.demo.stack import MODEL, SCOPE, Gateway
-from gpt_observatory.demo.summary import approval_section, build, dumps, render, shadow_section, show_slowest
+from gpt_observatory.demo.stack import FLEET_MODEL, MODEL, SCOPE, Gateway
+from gpt_observatory.demo.summary import (
+    approval_section,
+    build,
+    dumps,
+    fleet_section,
+    render,
+    shadow_section,
+    show_slowest,
+)
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.backends.jsonl import telemetry_dir
 
@@ -125,9 +136,12 @@ def _run(json_out: str | None, keep_serving: bool) -> dict[str, Any]:
                 uri = _demo_pipeline.prepare_store(MODEL)
                 creds, keys_file = _demo_stack.make_credentials(state, idp.issuer)
                 idp.register_client(creds.client_id, creds.client_secret, "demo", [SCOPE])
+                replicas = _demo_fleet.start_replicas(state / "demo")
+                for replica in replicas:
+                    cleanup.callback(replica.stop)
+                catalog = _demo_fleet.catalog_toml(replicas, None if no_canary else _demo_canary.SHADOW_SHARE)
                 # it boots, and waits for a champion, while Prefect starts and the pipeline runs
-                gateway = _demo_stack.start_gateway(state, uri, creds, keys_file,
-                                                    shadow_share=None if no_canary else _demo_canary.SHADOW_SHARE)
+                gateway = _demo_stack.start_gateway(state, uri, creds, keys_file, catalog)
                 cleanup.callback(gateway.stop)
                 prometheus = None
                 if no_canary is None:
@@ -168,10 +182,18 @@ def _run(json_out: str | None, keep_serving: bool) -> dict[str, Any]:
             with step("scripted client: good, streaming, unauthenticated, forged, over-limit") as s:
                 _demo_client.run(gateway.v1, creds, idp, report)
                 s.note = f"{report.total} requests in all"
+            with step(f"fleet: {FLEET_MODEL} on {len(replicas)} replicas, {_demo_fleet.KILLED} killed mid-load, "
+                      "then restarted") as s:
+                fleet = _demo_fleet.run(gateway, idp, replicas)
+                for status, n in fleet.statuses.items():
+                    report.note("fleet traffic (JWT)", status, n)
+                s.note = (f"{sum(fleet.statuses.values())} requests, {fleet.failed_unstarted} failed before a byte; "
+                          f"out {fleet.ejected_after_s} s after the kill, back {fleet.readmitted_after_s} s after "
+                          "the restart")
             with step("reading the telemetry back") as s:
                 scrape = _settled(gateway, report.total)
                 instance = scrape.resource(SERVICE_INSTANCE_ID)
-                readyz = gateway.readyz()
+                readyz = gateway.model_status()  # the champion's part of /readyz
                 if not keep_serving:
                     gateway.stop()  # SIGTERM: the gateway flushes its telemetry before it exits
                 handle.force_flush()
@@ -185,6 +207,7 @@ def _run(json_out: str | None, keep_serving: bool) -> dict[str, Any]:
                        "decision": verdict.decision, "reason": verdict.reason, "judged_by": verdict.judged_by,
                        "champion_after": verdict.champion},
                 shadow=shadow_section(verdict, scrape), approval=approval_section(verdict, approval),
+                fleet=fleet_section(fleet, scrape),
                 gpu=gpu.readings(scrape.total(names.GEN_AI_OUTPUT_TOKENS)),
                 files={s: str(traces.with_name(f"{s}.jsonl")) for s in ("traces", "metrics", "logs")},
                 tracking_uri=uri,

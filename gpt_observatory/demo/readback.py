@@ -74,9 +74,9 @@ def span_key(span: dict[str, Any]) -> str:
     return str(span["name"])
 
 
-def shared_trace(spans: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    """One trace in which the gateway's SERVER span, ``auth.verify`` and the inference span share
-    the trace id (a streamed one when there is one)."""
+def shared_trace(spans: Iterable[dict[str, Any]], model: str) -> dict[str, Any] | None:
+    """One trace in which the gateway's SERVER span, ``auth.verify`` and the inference span of
+    ``model`` share the trace id (a streamed one when there is one)."""
     by_trace: dict[str, list[dict[str, Any]]] = {}
     for span in spans:
         by_trace.setdefault(span["trace_id"], []).append(span)
@@ -84,7 +84,8 @@ def shared_trace(spans: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
     for trace_id, group in by_trace.items():
         server = [s for s in group if s["kind"] == "SERVER"]
         auth = [s for s in group if s["name"] == names.SPAN_AUTH_VERIFY]
-        inference = [s for s in group if names.GEN_AI_OPERATION_NAME in s["attributes"]]
+        inference = [s for s in group if names.GEN_AI_OPERATION_NAME in s["attributes"]
+                     and s["attributes"].get(names.GEN_AI_REQUEST_MODEL) == model]
         if server and auth and inference:
             streamed = bool(inference[0]["attributes"].get(names.GEN_AI_REQUEST_STREAM))
             found.append((streamed, trace_id, server[0], auth[0], inference[0]))

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 MODEL = "tiny-gpt"
+FLEET_MODEL = "fleet-echo"  # the replica pool of the catalog (gpt_observatory.demo.fleet)
 AUDIENCE = "observatory"
 SCOPE = "inference"
 REQUESTS_PER_MINUTE = 12  # per tenant; the scripted client's "burst" tenant goes past it
@@ -126,6 +127,11 @@ class Gateway:
     def readyz(self) -> dict[str, Any]:
         return dict(httpx.get(self.url + "/readyz", timeout=5).json())
 
+    def model_status(self) -> dict[str, Any]:
+        """``MODEL``'s part of ``/readyz`` (a catalog of several models lists each under ``models``)."""
+        body = self.readyz()
+        return dict((body.get("models") or {}).get(MODEL) or body)
+
     def metrics_text(self) -> str:
         return httpx.get(self.url + "/metrics", timeout=10).text
 
@@ -137,7 +143,7 @@ class Gateway:
             if self.proc.poll() is not None:
                 break
             with contextlib.suppress(httpx.HTTPError, ValueError):
-                last = self.readyz()
+                last = self.model_status()
                 model = last.get("model") or {}
                 if last.get("ready") and (version is None or model.get("version") == version):
                     return last
@@ -152,7 +158,7 @@ class Gateway:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError, ValueError):
-                loaded = ((self.readyz().get("canary") or {}).get("challenger") or {}).get("version")
+                loaded = ((self.model_status().get("canary") or {}).get("challenger") or {}).get("version")
                 if loaded == version:
                     return
             time.sleep(0.2)
@@ -172,22 +178,25 @@ class Gateway:
 
 
 def start_gateway(
-    state: Path, tracking_uri: str, creds: Credentials, keys_file: Path, shadow_share: float | None = None
+    state: Path, tracking_uri: str, creds: Credentials, keys_file: Path, catalog: str
 ) -> Gateway:
-    """Start ``observatory serve`` on a free loopback port, serving ``MODEL@champion`` (and, with a
-    ``shadow_share``, mirroring that share of requests to ``MODEL@challenger`` while the alias
-    exists: the callers only ever get the champion's answers).
+    """Start ``observatory serve`` on a free loopback port with the model catalog ``catalog`` (TOML):
+    ``MODEL@champion`` in process (with a ``shadow_share``, mirroring that share of requests to
+    ``MODEL@challenger`` while the alias exists: the callers only ever get the champion's answers),
+    and the demo's replica pool (:mod:`gpt_observatory.demo.fleet`).
 
     Authentication: JWTs of the development IdP and the demo's API keys; model ``tiny-gpt``
     needs the ``inference`` scope; ``REQUESTS_PER_MINUTE`` per tenant.
     """
     port = free_port()
     log = state / "demo" / "gateway.log"
+    catalog_file = state / "demo" / "catalog.toml"
+    catalog_file.write_text(catalog)
     env = {
         **os.environ,
         # the backend resolves models:/ URIs through MLflow's process-wide URI (see the report)
         "MLFLOW_TRACKING_URI": tracking_uri,
-        "OBSERVATORY_AUTH_MODEL_SCOPES": json.dumps({MODEL: [SCOPE]}),
+        "OBSERVATORY_AUTH_MODEL_SCOPES": json.dumps({MODEL: [SCOPE], FLEET_MODEL: [SCOPE]}),
         # exact per-tenant counts: a fixed window could reset in the middle of the over-limit burst
         "OBSERVATORY_SERVE_RATE_LIMIT_STRATEGY": "moving-window",
     }
@@ -197,7 +206,7 @@ def start_gateway(
         "--poll-interval-s", str(POLL_INTERVAL_S), "--host", "127.0.0.1", "--port", str(port),
         "--oidc-issuer", creds.issuer, "--audience", AUDIENCE, "--api-keys-file", str(keys_file),
         "--requests-per-minute", str(REQUESTS_PER_MINUTE), "--graceful-timeout-s", "20",
-        *(["--shadow-share", str(shadow_share)] if shadow_share else []),
+        "--catalog-file", str(catalog_file),
     ]
     with open(log, "ab") as fh:
         # its own session: Ctrl-C reaches the demo, which then stops the gateway gracefully

@@ -83,6 +83,20 @@ def shadow_section(verdict: Any, scrape: Scrape) -> dict[str, Any] | None:
             "source": "canary flow figures (Prometheus) and observatory.shadow.* (/metrics)"}
 
 
+def fleet_section(report: Any, scrape: Scrape) -> dict[str, Any]:
+    """The pool model's phase: what its callers saw (``report``) and, per replica, what the gateway
+    counted (``/metrics``): attempts by outcome, ejections; and the pool's retries."""
+    attempts = scrape.by(names.FLEET_REPLICA_REQUESTS, names.FLEET_REPLICA, names.FLEET_OUTCOME)
+    per: dict[str, dict[str, int]] = {}
+    for key, n in sorted(attempts.items()):
+        replica, outcome = key.split("/", 1)
+        per.setdefault(replica, {})[outcome] = int(n)
+    ejections = {k: int(v) for k, v in sorted(scrape.by(names.FLEET_REPLICA_EJECTIONS, names.FLEET_REPLICA).items())}
+    return {**report.as_dict(), "attempts_by_replica": per, "ejections_by_replica": ejections,
+            "retries": int(scrape.total(names.FLEET_RETRIES)),
+            "source": "the client's own record, /readyz, and observatory.fleet.* (/metrics)"}
+
+
 def approval_section(verdict: Any, report: Any) -> dict[str, Any] | None:
     """The approval the flow waited for and how it was answered; None when none was asked."""
     if report.run_id is None and report.error is None:
@@ -137,6 +151,7 @@ def build(
     model: dict[str, Any],
     shadow: dict[str, Any] | None,
     approval: dict[str, Any] | None,
+    fleet: dict[str, Any],
     gpu: dict[str, Any],
     files: dict[str, str],
     tracking_uri: str,
@@ -155,6 +170,7 @@ def build(
         "model": model,
         "shadow": shadow,
         "approval": approval,
+        "fleet": fleet,
         "serving_version": (readyz.get("model") or {}).get("version"),
         "served_by_version": dict(served),
         "requests": requests_section(scrape, client),
@@ -166,7 +182,7 @@ def build(
         "rate_limit_hits": int(scrape.total(names.GATEWAY_REJECTIONS, **{names.REJECTION_REASON: "rate_limit"})),
         "gpu": gpu,
         "spans_per_name": dict(sorted(Counter(span_key(s) for s in spans).items())),
-        "trace": shared_trace(gateway_spans),
+        "trace": shared_trace(gateway_spans, model["name"]),
         "telemetry_files": files,
         "slowest_trace": slowest_trace(gateway_spans, str(Path(files["traces"]).parent)),
         "telemetry_dropped": int(scrape.total(names.TELEMETRY_DROPPED)),
@@ -195,6 +211,7 @@ def render(summary: dict[str, Any], console: Console) -> None:
         ("decision", f"{m['decision']} v{m['challenger']} by {m['judged_by']}: {m['reason']}"),
         *([("shadow traffic", _shadow_text(s["shadow"]))] if s["shadow"] else []),
         *([("approval", _approval_text(s["approval"]))] if s["approval"] else []),
+        ("fleet", _fleet_text(s["fleet"])),
         ("serving version", f"v{s['serving_version']} (answered by version: "
                             f"{', '.join(f'v{v} {n}' for v, n in sorted(s['served_by_version'].items()))})"),
         ("requests by outcome", f"{_pairs(req['by_outcome'])} (total {req['total']})"),
@@ -232,6 +249,19 @@ def _shadow_text(shadow: dict[str, Any]) -> str:
     return (f"challenger: {side(shadow['challenger'])}\nchampion:   {side(shadow['champion'])}\n"
             f"mirrors compared {shadow['compared']} ({shadow['exact']} identical), dropped {shadow['dropped']}; "
             f"no user was served by the challenger")
+
+
+def _fleet_text(fleet: dict[str, Any]) -> str:
+    lines = [f"{fleet['requests']} requests ({_pairs(fleet['statuses'])}); failed before a byte: "
+             f"{fleet['failed_unstarted']}, cut after one: {fleet['failed_started']}; retried on another replica: "
+             f"{fleet['retries']}",
+             f"{fleet['killed']} killed: out after {fleet['ejected_after_s']} s ({' → '.join(fleet['states'])}), "
+             f"back {fleet['readmitted_after_s']} s after its restart, then took requests again "
+             f"({fleet['answered_after_restart']} answered, of the last 10 it keeps)"]
+    for replica, outcomes in fleet["attempts_by_replica"].items():
+        ejected = fleet["ejections_by_replica"].get(replica, 0)
+        lines.append(f"{replica}: {_pairs(outcomes)}; ejected {ejected}x")
+    return "\n".join(lines)
 
 
 def _whole(value: float | None) -> str:
