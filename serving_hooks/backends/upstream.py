@@ -15,6 +15,9 @@ its credentials everywhere (readiness, error bodies, spans). A stream that ends 
 ``[DONE]``, or is cut, is an error to the caller (an SSE error event) and to the gateway
 (``RequestContext.error_type``); a caller that leaves mid-stream is not. A stream without the
 upstream's usage (cut, or an upstream that ignores ``include_usage``) is charged the prompt estimate.
+A stream's cleanup (its connection, usage, GenAI span, and a pool's outstanding count) runs however
+its response ends, also when its body never began (the caller left before the first byte) or the
+response was dropped unsent (``_Relay``).
 
 aiohttp is the client by measurement (``bench/gateway.py``; STYLE: ~3,650 vs ~650 req/s for httpx
 as a bare proxy on this machine).
@@ -22,6 +25,8 @@ as a bare proxy on this machine).
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +39,7 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.trace import TraceState
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gpt_observatory.serving_hooks import _errors
 from gpt_observatory.serving_hooks._openai import ChatCompletionRequest, ChunkWriter
@@ -45,6 +51,7 @@ from gpt_observatory.telemetry.redact import without_credentials
 from gpt_observatory.telemetry.settings import ConfigError
 
 _RETRYABLE_STATUS = frozenset((502, 503, 504))  # the upstream (or a proxy before it) did not act on the call
+UNSENT = "unsent"  # Exchange.settle: a stream that never went out, no fault of the upstream's
 
 
 class UpstreamFailure(Exception):
@@ -68,7 +75,9 @@ class Exchange:
     """One call on its way upstream: its generation, the body to send and where.
 
     ``on_settled`` (set by a pool) is called once when the answer is over (a stream at its end) with
-    None, or the kind of failure (``malformed`` or the stream's failure) after the headers came.
+    None, or the kind of failure (``malformed`` or the stream's failure) after the headers came, or
+    :data:`UNSENT` (a stream whose body never began: the caller left first, or the response was
+    dropped); and the output tokens of the answer (its usage, else the chunks relayed; None unknown).
     """
 
     call: Call
@@ -77,17 +86,17 @@ class Exchange:
     path: str  # under the upstream's base URL
     chat: bool
     strip_usage: bool
-    on_settled: Callable[[str | None], None] | None = None
+    on_settled: Callable[[str | None, int | None], None] | None = None
 
     def give_up(self, failure: UpstreamFailure) -> _errors.ApiError:
         """Mark the generation failed by ``failure``; the error to raise to the caller."""
         self.gen.fail(failure.error_type)
         return failure.error
 
-    def settle(self, failure: str | None) -> None:
+    def settle(self, failure: str | None, output_tokens: int | None = None) -> None:
         settled, self.on_settled = self.on_settled, None
         if settled is not None:
-            settled(failure)
+            settled(failure, output_tokens)
 
 
 class UpstreamBackend(ModelBackend):
@@ -229,14 +238,14 @@ class UpstreamBackend(ModelBackend):
             return response
         if not exchange.call.request.stream:
             try:
-                response = await self._complete(resp, gen, exchange.chat)
+                response, output_tokens = await self._complete(resp, gen, exchange.chat)
             except _errors.ApiError:
                 exchange.settle("malformed")
                 raise
             gen.end()
-            exchange.settle(None)
+            exchange.settle(None, output_tokens)
             return response
-        return EventStream(lambda departure: self._relay(resp, exchange, departure))
+        return self._stream(resp, exchange)
 
     @property
     def _http(self) -> aiohttp.ClientSession:
@@ -298,7 +307,8 @@ class UpstreamBackend(ModelBackend):
         headers = {k.decode(): v.decode() for k, v in error.headers}
         return Response(error.body(), status_code=error.status, headers=headers, media_type="application/json")
 
-    async def _complete(self, resp: aiohttp.ClientResponse, gen: Generation, chat: bool) -> Response:
+    async def _complete(self, resp: aiohttp.ClientResponse, gen: Generation, chat: bool) -> tuple[Response, int | None]:
+        """The checked answer and its ``usage.completion_tokens`` (None: not given)."""
         try:
             data = await resp.read()
         except (TimeoutError, aiohttp.ClientError) as e:
@@ -309,65 +319,28 @@ class UpstreamBackend(ModelBackend):
             answer = orjson.loads(data)
             if not isinstance(answer, dict):
                 raise Malformed("not a JSON object")
-            gen.record(stats_of(answer, self.hooks.capture_content, chat))
+            stats = stats_of(answer, self.hooks.capture_content, chat)
+            gen.record(stats)
         except (orjson.JSONDecodeError, Malformed, AttributeError, TypeError) as e:
             gen.fail("malformed_response")
             reason = e.args[0] if isinstance(e, Malformed) else "not JSON"
             raise _errors.upstream_failed(f"malformed answer from the upstream ({reason})") from None
-        return Response(data, media_type="application/json")  # checked JSON: never the upstream's content type
+        return Response(data, media_type="application/json"), stats.output_tokens  # checked JSON: never the upstream's content type
 
-    async def _relay(self, resp: aiohttp.ClientResponse, exchange: Exchange, departure: Departure) -> AsyncIterator[bytes]:
-        gen, strip_usage, call = exchange.gen, exchange.strip_usage, exchange.call
-        ctx = call.ctx
-        stats = GenerationStats()
-        error: BaseException | None = None
-        failure: str | None = None
-        done = False
-        buffer = b""
-        try:
-            async for data in resp.content.iter_any():
-                buffer += data
-                if b"\n\n" not in buffer:
-                    continue
-                *events, buffer = buffer.split(b"\n\n")
-                for i, ev in enumerate(events):
-                    if ev.startswith(b"data: [DONE]"):  # the end: whatever follows it is not relayed
-                        events, done = events[: i + 1], True
-                        break
-                out = [ev for ev in events if ev and self._inspect(ev, gen, stats, strip_usage)]
-                if out:
-                    yield b"\n\n".join(out) + b"\n\n"
-                if done:
-                    break
-            if not done:  # ended without [DONE]: cut or truncated
-                failure = "stream_truncated"
-                yield ChunkWriter.error("the upstream ended the stream before it finished", "upstream_error")
-        except Malformed as e:
-            failure = "malformed_response"
-            yield ChunkWriter.error(f"malformed chunk from the upstream ({e.args[0]})", "upstream_error")
-        except TimeoutError:
-            failure = "timeout"
-            yield ChunkWriter.error(f"upstream stalled for {self.timeout_s:g} s", "upstream_timeout")
-        except aiohttp.ClientError as e:
-            failure = type(e).__qualname__
-            yield ChunkWriter.error("upstream connection failed mid-stream", "upstream_error")
-        except BaseException as e:  # cancelled: the client left (not an error of ours) or the server stops
-            if not departure.gone:
-                error = e
-                failure = type(e).__qualname__
-            raise
-        finally:
-            resp.release()
-            if failure is not None:
-                if error is None:
-                    gen.fail(failure)
-                if ctx is not None:
-                    ctx.error_type = failure
-            if stats.input_tokens is None:  # no usage from the upstream: the prompt reached it all the same
-                stats.input_tokens = bytes_per_token_estimate(_body(call))
-            gen.record(stats)
-            gen.end(error)
-            exchange.settle(failure)
+    def _stream(self, resp: aiohttp.ClientResponse, exchange: Exchange) -> Response:
+        relay = _Relay(self, resp, exchange)
+        response = _Relayed(relay)
+        loop = asyncio.get_running_loop()
+
+        def dropped() -> None:  # the response was never called: nothing else would end the relay
+            try:  # on the loop, not inside the garbage collector (which may run amid a span processor's lock)
+                loop.call_soon_threadsafe(relay.close, True)
+            except RuntimeError:  # the loop is closed: nothing left to release but the records
+                relay.close(True)
+
+        relay.finalizer = weakref.finalize(response, dropped)
+        relay.finalizer.atexit = False
+        return response
 
     @staticmethod
     def _inspect(event: bytes, gen: Generation, stats: GenerationStats, strip_usage: bool) -> bool:
@@ -403,6 +376,116 @@ class UpstreamBackend(ModelBackend):
                 return not strip_usage
         gen.token()
         return True
+
+
+class _Relay:
+    """One upstream stream on its way to the caller. :meth:`close` is its cleanup (the connection
+    back to the pool, the usage, ``RequestContext.error_type``, the GenAI span, the pool's attempt),
+    run once whichever way the stream ends: at the end of the body; when the response was called but
+    the body never began (the caller left first: Starlette cancels a body task that has not started,
+    an ASGI 2.4 server raises on the first send, and an unstarted generator has no ``finally`` to
+    run); or when the response is dropped without being called (:meth:`UpstreamBackend._stream`'s
+    finalizer)."""
+
+    __slots__ = ("backend", "closed", "departure", "done", "error", "exchange", "failure", "finalizer", "resp",
+                 "stats")
+
+    def __init__(self, backend: UpstreamBackend, resp: aiohttp.ClientResponse, exchange: Exchange) -> None:
+        self.backend, self.resp, self.exchange = backend, resp, exchange
+        self.stats = GenerationStats()
+        self.error: BaseException | None = None
+        self.failure: str | None = None
+        self.departure: Departure | None = None
+        self.finalizer: weakref.finalize[Any, Any] | None = None
+        self.done = self.closed = False
+
+    def events(self, departure: Departure) -> AsyncIterator[bytes]:
+        self.departure = departure
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        backend, resp, gen = self.backend, self.resp, self.exchange.gen
+        strip_usage, stats = self.exchange.strip_usage, self.stats
+        self.done = True  # the body began: what happens from here is settled by its own end
+        ended = False
+        buffer = b""
+        try:
+            async for data in resp.content.iter_any():
+                buffer += data
+                if b"\n\n" not in buffer:
+                    continue
+                *events, buffer = buffer.split(b"\n\n")
+                for i, ev in enumerate(events):
+                    if ev.startswith(b"data: [DONE]"):  # the end: whatever follows it is not relayed
+                        events, ended = events[: i + 1], True
+                        break
+                out = [ev for ev in events if ev and backend._inspect(ev, gen, stats, strip_usage)]
+                if out:
+                    yield b"\n\n".join(out) + b"\n\n"
+                if ended:
+                    break
+            if not ended:  # ended without [DONE]: cut or truncated
+                self.failure = "stream_truncated"
+                yield ChunkWriter.error("the upstream ended the stream before it finished", "upstream_error")
+        except Malformed as e:
+            self.failure = "malformed_response"
+            yield ChunkWriter.error(f"malformed chunk from the upstream ({e.args[0]})", "upstream_error")
+        except TimeoutError:
+            self.failure = "timeout"
+            yield ChunkWriter.error(f"upstream stalled for {backend.timeout_s:g} s", "upstream_timeout")
+        except aiohttp.ClientError as e:
+            self.failure = type(e).__qualname__
+            yield ChunkWriter.error("upstream connection failed mid-stream", "upstream_error")
+        except BaseException as e:  # cancelled: the client left (not an error of ours) or the server stops
+            if self.departure is None or not self.departure.gone:
+                self.error = e
+                self.failure = type(e).__qualname__
+            raise
+        finally:
+            self.close()
+
+    def close(self, dropped: bool = False) -> None:
+        """End the stream's records (once). A body that never began is the caller's departure when it
+        left (not an error of ours, as a caller leaving mid-stream is not), else ``stream_not_sent``;
+        either way the pool's attempt is :data:`UNSENT`, not held against the replica."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.finalizer is not None:
+            self.finalizer.detach()
+        exchange, gen, stats = self.exchange, self.exchange.gen, self.stats
+        ctx = exchange.call.ctx
+        self.resp.release()
+        settled = self.failure
+        if not self.done:
+            settled = UNSENT
+            if dropped or self.departure is None or not self.departure.gone:
+                self.failure = "stream_not_sent"
+        if self.failure is not None:
+            if self.error is None:
+                gen.fail(self.failure)
+            if ctx is not None:
+                ctx.error_type = self.failure
+        if stats.input_tokens is None:  # no usage from the upstream: the prompt reached it all the same
+            stats.input_tokens = bytes_per_token_estimate(_body(exchange.call))
+        gen.record(stats)
+        gen.end(self.error)
+        exchange.settle(settled, stats.output_tokens if stats.output_tokens is not None else gen.tokens)
+
+
+class _Relayed(EventStream):
+    """The relayed stream's response: its :class:`_Relay` is closed once the response was sent, or
+    failed to be, even when the body never began."""
+
+    def __init__(self, relay: _Relay) -> None:
+        self.relay = relay
+        super().__init__(relay.events)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.relay.close()
 
 
 async def _drain(resp: aiohttp.ClientResponse) -> None:
