@@ -9,14 +9,28 @@ is the reference it is measured against (``bench/fleet.py``).
 Least-outstanding equalises requests in flight, not waiting: by Little's law a replica 10x slower
 holding as many requests as the others still answers about 1/(1 + 10 (n - 1)) of them (1/31 of
 four), which is above 1 %, so the pool's p99 is the slow replica's latency. ``LatencyWeighted``
-weighs the requests in flight by each replica's recent latency, ``(outstanding + 1) x estimate /
-weight``, as Finagle's and Linkerd's peak-EWMA balancers do; two changes, measured here: the
-estimate is an EWMA per answer (each answer weighs ``ALPHA``), not a peak-following one (on a
-loaded box one slow answer of a fast replica held its estimate up for seconds and sent the slow
-replica traffic again), and it decays toward 0 while the rest of the pool answers and this replica
-does not (by count of answers, not time: an idle pool forgets nothing), so an avoided replica is
-tried again now and then, about once per ``decay_answers / 2`` answers, and its next answer
-re-measures it.
+(the pool's default) weighs the requests in flight by each replica's recent speed, ``(outstanding
++ 1) x estimate / weight``, as Finagle's and Linkerd's peak-EWMA balancers do; three changes,
+measured here: the estimate is an EWMA per answer (each answer weighs ``ALPHA``), not a
+peak-following one (on a loaded box one slow answer of a fast replica held its estimate up for
+seconds and sent the slow replica traffic again); it decays toward 0 while the rest of the pool
+answers and this replica does not (by count of answers, not time: an idle pool forgets nothing),
+so an avoided replica is tried again now and then, about once per ``decay_answers / 2`` answers,
+and its next answer re-measures it; and it is a time per output token, not per answer.
+
+Why per output token: an LLM answer's time grows with its length (decode is one step per token),
+so timing whole answers makes a replica that just served long answers look slow and sends it
+nothing, however fast it is. The sample is the answer's whole time (a stream's to its end) over its
+output tokens; the fixed part (queueing, prefill: what a time-to-first-byte or TTFT would measure)
+stays inside each sample rather than being a second estimate, because (1) a non-streamed answer's
+first byte comes with its last, so only streams could measure it and non-streamed traffic would
+never feed it; (2) two estimates only combine into one cost with a guessed answer length, and
+compared between replicas a per-token time needs none (the same length multiplies both); (3)
+waiting in a replica's queue is what ``outstanding + 1`` already counts. What stays: a short answer
+carries its fixed part over fewer tokens, so a replica that just served only short answers reads
+slower per token than one that served long ones (by the prefill over the length, far less than the
+length ratio whole-answer timing was off by), and two random choices spread lengths evenly over
+time. O(1) per answer.
 """
 
 from __future__ import annotations
@@ -58,7 +72,8 @@ class LeastOutstanding:
 
 
 class LatencyWeighted:
-    """Power of two choices on ``(outstanding + 1) x latency estimate / weight`` (see the module docstring)."""
+    """Power of two choices on ``(outstanding + 1) x estimate / weight``, the estimate an EWMA of
+    seconds per output token (see the module docstring)."""
 
     ALPHA = 0.5  # weight of each new answer in the estimate: two answers mostly replace it
 
@@ -71,9 +86,13 @@ class LatencyWeighted:
         """The latency estimate of ``c`` now: its EWMA, decayed toward 0 by the pool's answers since its own last."""
         return c.rtt_s * math.exp(-(self.answers - c.rtt_at) / self.decay_answers)
 
-    def observe(self, c: Loaded, rtt_s: float) -> None:
-        """One answer of ``c`` took ``rtt_s``."""
-        c.rtt_s = self.estimate(c) * (1.0 - self.ALPHA) + rtt_s * self.ALPHA
+    def observe(self, c: Loaded, rtt_s: float, raise_only: bool = False) -> None:
+        """One answer of ``c`` took ``rtt_s`` per output token; ``raise_only`` (a failed attempt):
+        counted only when it is slower than the estimate, so failing fast never makes ``c`` look fast."""
+        estimate = self.estimate(c)
+        if raise_only and rtt_s <= estimate:
+            return
+        c.rtt_s = estimate * (1.0 - self.ALPHA) + rtt_s * self.ALPHA
         self.answers += 1
         c.rtt_at = self.answers
 

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 # Outcomes that count as the replica's failure (names.FLEET_OUTCOMES); the others reset the streak.
 FAILURES = frozenset(("connect_error", "reset", "timeout", "server_error", "bad_status", "answer_failed", "error"))
-NEUTRAL = frozenset(("cancelled",))
-DEFAULT_RTT_S = 0.03  # Linkerd's default for a replica not yet measured  # neither a failure nor a success of the replica's
+NEUTRAL = frozenset(("cancelled",))  # neither a failure nor a success of the replica's
+DEFAULT_RTT_S = 0.03  # seconds per output token of a replica not yet measured (Linkerd's default latency)
 
 
 class Replica:
@@ -45,7 +45,7 @@ class Replica:
         self.outcome_attrs: dict[str, dict[str, str]] = {}
         self.outstanding = 0
         self.rr_current = 0.0
-        self.rtt_s = DEFAULT_RTT_S  # the latency-weighted balancer's estimate, until answers come
+        self.rtt_s = DEFAULT_RTT_S  # the latency-weighted balancer's estimate (s per output token), until answers come
         self.rtt_at = 0  # the balancer's answer count at its last answer
         self.consecutive_errors = 0
         self.ejected_until = 0.0  # monotonic; in while now < ejected_until is false

@@ -35,12 +35,13 @@ class PoolPolicy:
     """How a pool balances, checks and retries. Built from a catalog table as ``PoolPolicy(**table)``:
     an unknown key is a ``TypeError`` naming it, a bad value a ``ValueError`` naming the field.
 
-    - ``balancer``: ``least_outstanding`` (two random choices, fewer requests in flight per weight
-      wins), ``latency_weighted`` (the same, requests in flight weighed by each replica's recent
-      latency: keeps a slow replica out of the p99, ``bench/fleet.py``) or ``round_robin``.
-    - ``latency_decay_answers``: ``latency_weighted``'s memory: a replica's latency estimate falls by
-      e per this many answers of the pool without one of its own (so an avoided replica is tried
-      again about once per half that many); measured on answers that are not streamed.
+    - ``balancer``: ``latency_weighted`` (the default: two random choices, fewer requests in flight
+      per weight wins, weighed by each replica's recent time per output token; keeps a slow replica
+      out of the p99 where plain least-outstanding does not, ``bench/fleet.py``), ``least_outstanding``
+      (the same without the weighing) or ``round_robin``.
+    - ``latency_decay_answers``: ``latency_weighted``'s memory: a replica's estimate falls by e per
+      this many answers of the pool without one of its own (so an avoided replica is tried again
+      about once per half that many); measured on every answer, streamed or not, per output token.
     - ``probe_path``: what the active probe GETs: None for ``{url}/models``; a path starting with ``/``
       on the replica's origin (vLLM: ``/health``). ``probe_interval_s``: seconds between probe rounds
       (0: no active probes); ``probe_timeout_s``: a probe slower than this fails.
@@ -57,7 +58,7 @@ class PoolPolicy:
       ``retry_window_s`` seconds at most ``retry_ratio`` retries per request, plus ``retry_min``.
     """
 
-    balancer: Balancer = "least_outstanding"
+    balancer: Balancer = "latency_weighted"
     latency_decay_answers: int = 1000
     probe_path: str | None = None
     probe_interval_s: float = 5.0

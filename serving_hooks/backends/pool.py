@@ -1,7 +1,8 @@
 """A pool of OpenAI-compatible replicas (vLLM servers, other gateways) behind one model.
 
-Each request goes to one replica chosen by the balancer (least outstanding requests with two random
-choices, the same weighed by latency, or round robin: ``_balance.py``) among those that take requests now (``_health.py``:
+Each request goes to one replica chosen by the balancer (by default least outstanding requests with
+two random choices weighed by each replica's recent time per output token; plain least outstanding,
+or round robin: ``_balance.py``) among those that take requests now (``_health.py``:
 active probes and passive outlier ejection). A failure before the first byte reached the caller
 that the replica cannot have acted on (never connected, reset before any response header,
 502/503/504) is retried on another replica, at most ``max_attempts`` attempts per request and
@@ -34,10 +35,10 @@ from starlette.responses import Response
 
 from gpt_observatory.serving_hooks._errors import ApiError
 from gpt_observatory.serving_hooks.backends._balance import LatencyWeighted, LeastOutstanding, RetryBudget, RoundRobin
-from gpt_observatory.serving_hooks.backends._health import Outliers, Replica
+from gpt_observatory.serving_hooks.backends._health import FAILURES, Outliers, Replica
 from gpt_observatory.serving_hooks.backends._pool_policy import Balancer, NoHealthyReplica, PoolPolicy, ReplicaSpec
 from gpt_observatory.serving_hooks.backends.base import Call, ModelBackend, Readiness, bytes_per_token_estimate
-from gpt_observatory.serving_hooks.backends.upstream import Exchange, UpstreamBackend, UpstreamFailure
+from gpt_observatory.serving_hooks.backends.upstream import UNSENT, Exchange, UpstreamBackend, UpstreamFailure
 from gpt_observatory.serving_hooks.inference import GenAIHooks
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.summed import SummedCounter
@@ -131,6 +132,9 @@ class ReplicaPool(ModelBackend):
             r.name: {"state": state, "url": r.backend.base_url, "outstanding": r.outstanding, "ejections": r.ejections}
             for r, state in self.states()
         }
+        if self._ewma is not None:  # the balancer's view: seconds per output token, decayed as it reads it
+            for r in self._replicas:
+                replicas[r.name]["s_per_token"] = round(self._ewma.estimate(r), 6)
         healthy = sum(1 for r in replicas.values() if r["state"] == "healthy")
         info = {"model": self.model, "balancer": self.policy.balancer, "replicas": replicas}
         if healthy == len(replicas):
@@ -233,13 +237,14 @@ class ReplicaPool(ModelBackend):
 
 
 class _Attempt:
-    """One attempt on one replica: its CLIENT span, its share of the replica's outstanding count."""
+    """One attempt on one replica: its CLIENT span, its share of the replica's outstanding count, and
+    (``latency_weighted``) its time per output token for the replica's estimate."""
 
-    __slots__ = ("context", "done", "pool", "replica", "span", "start", "status", "timed")
+    __slots__ = ("context", "done", "pool", "replica", "span", "start", "status", "tokens")
 
     def __init__(self, pool: ReplicaPool, replica: Replica, exchange: Exchange, resend: int) -> None:
         self.pool, self.replica, self.status, self.done = pool, replica, None, False
-        self.timed = pool._ewma is not None and not exchange.call.request.stream  # a stream's length is not latency
+        self.tokens: int | None = None  # the answer's output tokens, once it is over
         attrs: dict[str, Any] = {
             names.HTTP_REQUEST_METHOD: "POST", names.SERVER_ADDRESS: replica.address, **replica.attrs,
         }
@@ -254,7 +259,11 @@ class _Attempt:
         pool._outstanding.add(1, replica.attrs)
         self.start = time.perf_counter()
 
-    def settled(self, failure: str | None) -> None:
+    def settled(self, failure: str | None, output_tokens: int | None) -> None:
+        self.tokens = output_tokens
+        if failure == UNSENT:  # the caller left, or the response was dropped: the replica did its part
+            self.finish("cancelled")
+            return
         self.finish("answer_failed" if failure is not None else "ok", failure)
 
     def finish(self, outcome: str, error_type: str | None = None) -> None:
@@ -270,8 +279,13 @@ class _Attempt:
         pool._requests.add(1, attrs)
         elapsed = time.perf_counter() - self.start
         pool._duration.record(elapsed, attrs)
-        if self.timed and outcome in ("ok", "client_error"):
-            pool._ewma.observe(replica, elapsed)  # type: ignore[union-attr]  # timed: there is one
+        if pool._ewma is not None and (outcome == "ok" or outcome in FAILURES):
+            # Seconds per output token (see _balance.py): the whole answer, streams to their end, over
+            # its tokens (usage, else the chunks relayed; unknown: the answer as one). A failure only
+            # raises the estimate (a replica that fails fast must not look fast); a 4xx refusal and a
+            # cancelled attempt say nothing of its speed.
+            per_token = elapsed / max(1, self.tokens or 1)
+            pool._ewma.observe(replica, per_token, raise_only=outcome != "ok")
         ejected_s = pool._outliers.record(replica, outcome, time.monotonic())
         if span.is_recording():
             span.set_attribute(names.FLEET_OUTCOME, outcome)

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 from opentelemetry.trace import SpanKind, StatusCode
 
 from gpt_observatory.serving_hooks.app import create_app, served_models
-from gpt_observatory.serving_hooks.backends.base import ModelRouter
+from gpt_observatory.serving_hooks.backends._health import DEFAULT_RTT_S
+from gpt_observatory.serving_hooks.backends.base import ModelBackend, ModelRouter
 from gpt_observatory.serving_hooks.backends.pool import PoolPolicy, ReplicaPool, ReplicaSpec
 from gpt_observatory.serving_hooks.inference import GenAIHooks
 from gpt_observatory.serving_hooks.settings import load
@@ -26,14 +28,18 @@ REPLICA_KEY = "sk-replica-0123456789abcdef"
 
 
 @contextlib.contextmanager
-def pool_gateway(keyring, replicas: list[ReplicaSpec], **policy) -> Iterator[tuple[httpx.Client, ReplicaPool]]:
+def pool_gateway(keyring, replicas: list[ReplicaSpec], wrap: Callable[[ReplicaPool], ModelBackend] | None = None,
+                 outer: Callable[[Any], Any] | None = None, **policy) -> Iterator[tuple[httpx.Client, ReplicaPool]]:
+    """The real gateway in front of a pool of ``replicas`` (``wrap``: a backend around the pool
+    instead; ``outer``: an ASGI app around the gateway's)."""
     settings = load(backend="upstream", upstream_url=replicas[0].url, upstream_models=MODELS,
                     api_keys_file=keyring.path, upstream_timeout_s=2.0)
     hooks = GenAIHooks("client", models=served_models(settings))
     pool = ReplicaPool(hooks, "up-model", replicas, PoolPolicy(**{"probe_interval_s": 0, **policy}),
                        connect_timeout_s=1.0, timeout_s=2.0)
     auth = {"authorization": f"Bearer {keyring.acme}"}
-    with (serve(create_app(settings, router=ModelRouter({"champion": pool}))) as served,
+    app = create_app(settings, router=ModelRouter({"champion": pool if wrap is None else wrap(pool)}))
+    with (serve(app if outer is None else outer(app)) as served,
           httpx.Client(base_url=served.v1, headers=auth, timeout=10) as client):
         yield client, pool
 
@@ -50,7 +56,10 @@ def dead_url() -> str:
 def test_a_refused_connection_is_retried_on_another_replica_and_ejects_the_dead_one(memory_telemetry, keyring):
     with UpstreamPeer() as live:
         replicas = [ReplicaSpec(dead_url(), "dead"), ReplicaSpec(live.url, "live", api_key=REPLICA_KEY)]
-        with pool_gateway(keyring, replicas, consecutive_errors=2, max_ejected_share=0.5) as (client, pool):
+        # least_outstanding: latency_weighted (the default) would stop sending to the dead replica once the
+        # live one answers faster per token, before the dead one reached its consecutive errors
+        with pool_gateway(keyring, replicas, balancer="least_outstanding", consecutive_errors=2,
+                          max_ejected_share=0.5) as (client, pool):
             answers = [ask(client, stream=i % 2 == 1) for i in range(16)]
             assert [a.status_code for a in answers] == [200] * 16
             assert dict((r.name, s) for r, s in pool.states()) == {"dead": "ejected", "live": "healthy"}
@@ -157,3 +166,31 @@ def test_readiness_shows_each_replica_without_its_credentials(memory_telemetry, 
     info = ready.json()
     assert "dead" in body and "unhealthy" in body, info
     assert_no_secrets(exported_text(memory_telemetry), ["hunter2-secret"])
+
+
+def test_latency_weighted_times_answers_per_output_token_streams_included(memory_telemetry, keyring):
+    """The default balancer's estimate (shown in /readyz) is the time of an answer over its output
+    tokens: a replica's long answers do not make it look slow, streams count, a 4xx says nothing of
+    its speed and a failure never makes it look faster."""
+    with (UpstreamPeer(delay_s=0.2) as replica,  # 0.2 s per answer, whatever its length
+          pool_gateway(keyring, [ReplicaSpec(replica.url, "a")]) as (client, pool)):
+        assert pool.policy.balancer == "latency_weighted"
+        ready = str(client.base_url).removesuffix("/v1/") + "/readyz"
+
+        def estimate() -> float:
+            return client.get(ready).json()["model"]["replicas"]["a"]["s_per_token"]
+
+        start = estimate()
+        assert start == DEFAULT_RTT_S  # not measured yet
+        assert ask(client, max_tokens=40).status_code == 200  # usage.completion_tokens = 40
+        once = estimate()
+        # 0.2 s over 40 tokens (up to 0.6 s on a busy box); whole-answer timing read (0.03 + 0.2) / 2
+        assert (start + 0.2 / 40) / 2 <= once < (start + 0.6 / 40) / 2
+        streamed = ask(client, max_tokens=40, stream=True)
+        assert streamed.status_code == 200 and streamed.text.rstrip().endswith("[DONE]")
+        twice = estimate()
+        assert (once + 0.2 / 40) / 2 <= twice < (once + 0.6 / 40) / 2
+        assert ask(client, "bad-request").status_code == 400
+        assert estimate() == twice  # a refusal: no sample
+        assert ask(client, "fail-500").status_code == 502  # 0.2 s for no token: slower than the estimate
+        assert estimate() > twice

@@ -85,6 +85,20 @@ def test_latency_weighted_keeps_a_slow_replica_out_until_its_estimate_decays():
     assert lw.estimate(fast) == pytest.approx(0.02)
 
 
+@given(st.lists(st.tuples(st.floats(0, 10), st.booleans()), min_size=1, max_size=50))
+def test_latency_weighted_a_failed_attempt_never_lowers_an_estimate(samples):
+    lw = LatencyWeighted(decay_answers=1000)
+    replica = Load(1.0)
+    for seconds, failed in samples:
+        before = lw.estimate(replica)
+        lw.observe(replica, seconds, raise_only=failed)
+        after = lw.estimate(replica)
+        if failed:
+            assert after >= before
+        else:  # an answer moves it halfway to its own time
+            assert after == pytest.approx((before + seconds) / 2)
+
+
 @given(st.lists(st.tuples(st.floats(0, 30), st.booleans()), max_size=200), st.floats(0, 1), st.integers(0, 5))
 def test_the_retry_budget_holds_its_ratio_over_its_window(events, ratio, minimum):
     budget = RetryBudget(ratio, minimum, 10)
