@@ -23,10 +23,10 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["WORKER_LABEL", "exposition", "join", "merge", "serve_own"]
+from gpt_observatory.telemetry import names
 
-# The label naming the worker a series came from (a Prometheus label, as ``le`` is; not an OTel attribute).
-WORKER_LABEL = "worker"
+__all__ = ["exposition", "join", "merge", "serve_own"]
+
 _TIMEOUT_S = 5.0
 
 
@@ -97,7 +97,7 @@ def merge(texts: Mapping[str, bytes]) -> bytes:
             if merged is None:
                 merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
             for sample in family.samples:
-                merged.samples.append(sample._replace(labels={**sample.labels, WORKER_LABEL: worker}))
+                merged.samples.append(sample._replace(labels={**sample.labels, names.WORKER: worker}))
     return generate_latest(_Families(list(families.values())))  # type: ignore[arg-type]
 
 

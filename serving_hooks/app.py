@@ -60,7 +60,7 @@ from gpt_observatory.serving_hooks.context import request_context
 from gpt_observatory.serving_hooks.gateway import Authenticate, GatewayConfig, GatewayMiddleware, no_scopes
 from gpt_observatory.serving_hooks.production import AdminGuard, admin_app, admin_paths, metrics
 from gpt_observatory.serving_hooks.production import check as check_production
-from gpt_observatory.serving_hooks.ratelimit import RateLimiter
+from gpt_observatory.serving_hooks.ratelimit import RateLimiter, limiter_for
 from gpt_observatory.serving_hooks.settings import ServeSettings
 from gpt_observatory.serving_hooks.settings import load as load_settings
 from gpt_observatory.telemetry.settings import ConfigError
@@ -135,12 +135,8 @@ def create_listeners(
         reloader = CatalogReloader(catalog, settings.catalog_file, settings, settings.catalog_poll_s)
     if authenticator is _UNSET:
         authenticator = build_authenticator(settings)
-    if limiter is None and (settings.requests_per_minute or settings.tokens_per_minute):
-        limiter = RateLimiter(
-            requests_per_minute=settings.requests_per_minute, tokens_per_minute=settings.tokens_per_minute,
-            redis_url=settings.redis_url, strategy=settings.rate_limit_strategy,
-            namespace=settings.rate_limit_namespace, timeout_s=settings.redis_timeout_s,
-        )
+    if limiter is None:
+        limiter = limiter_for(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -600,6 +600,10 @@ FLEET_UNAVAILABLE = Metric(
     "Requests a pool refused with no replica able to take them (the catalog's fallback chain takes over).",
 )
 
+# serve --workers N (serving_hooks/workers.py): the one scrape of every worker labels each sample with
+# the worker's index ("0".."N-1"), as Prometheus' own relabelling would name an instance.
+WORKER: Final = "worker"
+
 METRICS: Final[tuple[Metric, ...]] = tuple(v for v in list(globals().values()) if isinstance(v, Metric))
 """Every metric the project emits."""
 

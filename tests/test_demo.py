@@ -15,8 +15,8 @@ import pytest
 
 from gpt_observatory.demo.approver import APPROVER, REASON
 from gpt_observatory.demo.canary import CANARY_SETTINGS
-from gpt_observatory.demo.pipeline import JUDGED_ON_SHADOW
 from gpt_observatory.demo.client import PROMPTS
+from gpt_observatory.demo.pipeline import JUDGED_ON_SHADOW
 from gpt_observatory.demo.stack import MODEL, REQUESTS_PER_MINUTE
 from gpt_observatory.telemetry import names
 from tests import components

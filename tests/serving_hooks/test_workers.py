@@ -23,7 +23,7 @@ import pytest
 from opentelemetry.semconv.attributes.service_attributes import SERVICE_INSTANCE_ID
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpt_observatory.serving_hooks._worker_metrics import WORKER_LABEL
+from gpt_observatory.telemetry import names
 from tests import components
 
 pytestmark = pytest.mark.timeout(180)
@@ -46,11 +46,11 @@ class Gateway:
         counts: Counter[str] = Counter()
         for s in self.samples(family):
             if all(s.labels.get(k) == v for k, v in labels.items()):
-                counts[s.labels[WORKER_LABEL]] += s.value
+                counts[s.labels[names.WORKER]] += s.value
         return counts
 
     def workers(self) -> set[str]:
-        return {s.labels[WORKER_LABEL] for s in self.samples("target_info")}
+        return {s.labels[names.WORKER] for s in self.samples("target_info")}
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""

@@ -10,7 +10,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpt_observatory.serving_hooks._worker_metrics import WORKER_LABEL
 from gpt_observatory.telemetry import names
 from tests import components
 from tests.reliability.support import api_key, call, register_slow_model, set_champion, start_gateway
@@ -27,8 +26,8 @@ def scrape(url: str) -> str:
 def workers_serving(scrape: str, value: str, attribute: str = names.MODEL_VERSION) -> set[str]:
     """The workers whose series in one scrape carry ``attribute`` = ``value`` (the model version by default)."""
     label = attribute.replace(".", "_")
-    return {s.labels[WORKER_LABEL] for f in text_string_to_metric_families(scrape) for s in f.samples
-            if s.labels.get(label) == value and WORKER_LABEL in s.labels}
+    return {s.labels[names.WORKER] for f in text_string_to_metric_families(scrape) for s in f.samples
+            if s.labels.get(label) == value and names.WORKER in s.labels}
 
 
 def answers(url: str, key: str, n: int = 40) -> list[str]:

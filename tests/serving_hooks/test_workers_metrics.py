@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpt_observatory.serving_hooks._worker_metrics import WORKER_LABEL, merge
+from gpt_observatory.serving_hooks._worker_metrics import merge
+from gpt_observatory.telemetry import names
 
 TENANTS = st.sampled_from(["acme", "globex", "initech", 'with "quotes"', "back\\slash"])
 WORKER = st.fixed_dictionaries({
@@ -40,7 +41,7 @@ def test_every_workers_samples_come_out_once_with_its_worker_label(workers):
     texts = {str(i): exposition(w) for i, w in enumerate(workers)}
     merged = merge(texts)
 
-    expected = sorted((family, name, tuple(sorted({**dict(labels), WORKER_LABEL: worker}.items())), value)
+    expected = sorted((family, name, tuple(sorted({**dict(labels), names.WORKER: worker}.items())), value)
                       for worker, text in texts.items() for family, name, labels, value in samples(text))
     assert samples(merged) == expected
     families = [f.name for f in text_string_to_metric_families(merged.decode())]
