@@ -91,13 +91,48 @@ def _unsafe(settings: ServeSettings, auth: AuthSettings) -> list[tuple[str, str]
     return found
 
 
-def admin_app(api: FastAPI, telemetry: dict[str, bool]) -> FastAPI:
-    """``/metrics`` and ``api``'s docs (``/docs``, ``/docs/oauth2-redirect``, ``/redoc``, ``/openapi.json``: the
-    API's document, not this app's) for the admin listener."""
+def admin_app(api: FastAPI, telemetry: dict[str, bool], settings: ServeSettings | None = None) -> FastAPI:
+    """``/metrics``, ``/admin/usage`` (the usage ledger's totals, as ``observatory usage --format json``)
+    and ``api``'s docs (``/docs``, ``/docs/oauth2-redirect``, ``/redoc``, ``/openapi.json``: the API's
+    document, not this app's) for the admin listener. ``settings`` name the ledger (unset: loaded)."""
     admin = FastAPI(title=api.title, version=api.version, telemetry=telemetry)
     admin.openapi = api.openapi  # type: ignore[method-assign]  # serve the API's document
     admin.add_api_route("/metrics", metrics, response_class=Response, include_in_schema=False)
+    admin.add_api_route("/admin/usage", _usage_endpoint(settings), response_class=Response, include_in_schema=False)
     return admin
+
+
+def _usage_endpoint(settings: ServeSettings | None):
+    async def usage(tenant: str | None = None, model: str | None = None, since: str | None = None,
+                    until: str | None = None, by: str = "tenant") -> Response:
+        """Totals from the usage ledger: ``?tenant=&model=&since=&until=&by=tenant|model|day``."""
+        import asyncio
+
+        import orjson
+
+        from gpt_observatory.serving_hooks.ledger import open_store, store_location
+        from gpt_observatory.serving_hooks.ledger._read import BY, Filters, totals, when
+        from gpt_observatory.serving_hooks.settings import load
+
+        try:
+            if by not in BY:
+                raise ValueError(f"'by' must be one of {', '.join(BY)}")
+            filters = Filters(tenant, model, when(since), when(until))
+        except ValueError as e:
+            body = {"error": {"message": f"invalid query: {e}", "type": "invalid_request_error", "code": None}}
+            return Response(orjson.dumps(body), 400, media_type="application/json")
+
+        def read() -> list[dict]:
+            store = open_store(store_location(settings or load()))
+            try:
+                return totals(store, by, filters)
+            finally:
+                store.close()
+
+        rows = await asyncio.to_thread(read)
+        return Response(orjson.dumps({"by": by, "rows": rows}), media_type="application/json")
+
+    return usage
 
 
 def admin_paths(api: FastAPI) -> frozenset[str]:

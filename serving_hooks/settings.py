@@ -178,6 +178,40 @@ class ServeSettings(TableSettings):
         None, description="Record prompt and completion text on GenAI spans; unset: the telemetry setting (off)."
     )
 
+    # Usage ledger (issue 17, serving_hooks/ledger).
+    ledger_enabled: bool = Field(
+        True, description="Write one usage row per completion request to the ledger (spooled locally, shipped "
+                          "in batches to ledger_url)."
+    )
+    ledger_url: str | None = Field(
+        None, description="The ledger store: a SQLite file path, or a postgresql:// URL (table 'usage', "
+                          "partitioned by month); unset: <state dir>/ledger.sqlite3."
+    )
+    ledger_spool_dir: Path | None = Field(
+        None, description="Folder of the durable local spool (SQLite WAL) rows wait in until the store has "
+                          "them; rows left by a killed gateway ship on the next start. Unset: <state dir>/ledger-spool."
+    )
+    ledger_batch_rows: int = Field(1000, ge=1, le=100_000, description="Most rows per spool commit and per "
+                                                                        "shipped batch.")
+    ledger_ship_interval_s: float = Field(0.2, gt=0, le=60, description="Seconds between shipping passes "
+                                                                          "(a failing store backs off to 5 s).")
+    ledger_queue_rows: int = Field(
+        65536, ge=1, description="Rows the in-memory queue to the spool writer holds; past it a row is dropped "
+                                 "and counted (observatory.ledger.rows.dropped), never waited for."
+    )
+    ledger_spool_max_mb: float | None = Field(
+        None, gt=0, description="Largest size of the spool file; past it rows are dropped and counted as on a "
+                                "full disk. Unset: the disk's size."
+    )
+    ledger_spool_sync: Literal["normal", "full"] = Field(
+        "normal", description="Spool durability: 'normal' (WAL, survives the gateway being killed) or 'full' "
+                              "(also fsyncs each batch, survives power loss)."
+    )
+    ledger_commit_wait_s: float = Field(
+        1.0, ge=0, le=30, description="Longest a response's last bytes wait for its row to be in the spool "
+                                      "(so a response the caller saw complete is never lost); 0: do not wait."
+    )
+
     @model_validator(mode="after")
     def _backend_needs(self) -> ServeSettings:
         if self.backend == "upstream" and not self.upstream_url:

@@ -600,6 +600,47 @@ FLEET_UNAVAILABLE = Metric(
     "Requests a pool refused with no replica able to take them (the catalog's fallback chain takes over).",
 )
 
+# ledger (issue 17)
+# serving_hooks/ledger: one row per request, written off the request path to a local spool (SQLite WAL)
+# and shipped in batches to the ledger store (SQLite or PostgreSQL). Label values: the closed sets below.
+LEDGER_OUTCOME: Final = "observatory.ledger.outcome"  # a ledger row's outcome column (not a metric label)
+LEDGER_OUTCOMES: Final = (
+    "ok",         # answered in full
+    "error",      # failed: a 5xx, or cut after its status went out
+    "cancelled",  # the caller left before the response ended
+    "rejected",   # refused before the model (rate limit, budget, scope): no tokens
+)
+LEDGER_DROP_REASON: Final = "observatory.ledger.reason"  # why a row was not written
+LEDGER_DROP_REASONS: Final = (
+    "queue_full",   # the in-memory queue to the writer was full (the writer is behind)
+    "spool_error",  # the spool could not take it (disk full, spool_max_mb reached, I/O error)
+    "closed",       # submitted after the ledger closed
+)
+LEDGER_ROWS_WRITTEN = Metric(
+    "observatory.ledger.rows.written", "{row}", "counter",
+    "Usage rows committed to the local spool (durable across a gateway crash from then on).",
+)
+LEDGER_ROWS_SHIPPED = Metric(
+    "observatory.ledger.rows.shipped", "{row}", "counter",
+    "Usage rows shipped from the spool to the ledger store (a retried row counts once per shipment).",
+)
+LEDGER_ROWS_DROPPED = Metric(
+    "observatory.ledger.rows.dropped", "{row}", "counter",
+    "Usage rows that could not be written, by observatory.ledger.reason (lost: alert on any).",
+)
+LEDGER_SHIP_FAILURES = Metric(
+    "observatory.ledger.ship.failures", "{batch}", "counter",
+    "Batches the ledger store refused or could not be reached for (kept in the spool and retried).",
+)
+LEDGER_SPOOL_ROWS = Metric(
+    "observatory.ledger.spool.rows", "{row}", "gauge",
+    "Rows in the local spool not yet shipped to the ledger store.",
+)
+LEDGER_LAG = Metric(
+    "observatory.ledger.lag", "s", "gauge",
+    "Age of the oldest row in the spool not yet shipped (0 when the spool is empty).",
+)
+
 # serve --workers N (serving_hooks/workers.py): the one scrape of every worker labels each sample with
 # the worker's index ("0".."N-1"), as Prometheus' own relabelling would name an instance.
 WORKER: Final = "worker"

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import typer
 
-_GROUPS = ("demo", "gpu", "serve", "keys", "idp", "pipeline", "dashboards", "trace", "logs")
+_GROUPS = ("demo", "gpu", "serve", "keys", "idp", "pipeline", "dashboards", "trace", "logs", "usage")
 
 
 def SUBCOMMANDS() -> Iterator[tuple[str, typer.Typer]]:

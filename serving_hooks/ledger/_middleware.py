@@ -1,0 +1,125 @@
+"""Pure ASGI, outside the gateway: one usage row per completion request, from the gateway's context.
+
+It sees the request after the gateway's own end (tokens settled, the prompt estimate charged to a cut
+stream), so the row holds what the gateway metered and charged. The response's last message is held
+until the row is in the durable spool (at most ``commit_wait_s``; the event loop is never blocked):
+a response the caller saw complete is in the ledger even if the gateway is killed the next instant.
+Requests refused before the caller was identified or the model was known (400, 401, 403, 404, 405,
+413) are not rows: nothing was used and nobody to bill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from opentelemetry import trace
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gpt_observatory.serving_hooks.context import STATE_KEY
+from gpt_observatory.serving_hooks.ledger._ledger import Ledger
+from gpt_observatory.serving_hooks.ledger._row import UsageRow, iso
+
+PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+_NOT_ROWS = frozenset({400, 401, 403, 404, 405, 413})
+
+
+class LedgerMiddleware:
+    def __init__(self, app: ASGIApp, ledger: Ledger, paths: frozenset[str] = PATHS) -> None:
+        self.app = app
+        self.ledger = ledger
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})  # the gateway puts its context in this same dict
+        arrived, start = time.time(), time.perf_counter()
+        status = 500
+        first: float | None = None
+        trace_id: str | None = None
+        held: Message | None = None
+        left = False
+
+        async def watching() -> Message:
+            nonlocal left
+            message = await receive()
+            if message["type"] == "http.disconnect" and held is None:
+                left = True
+            return message
+
+        async def holding(message: Message) -> None:
+            nonlocal status, first, trace_id, held
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+                tid = trace.get_current_span().get_span_context().trace_id
+                trace_id = format(tid, "032x") if tid else None
+            elif kind == "http.response.body":
+                if first is None and message.get("body"):
+                    first = time.perf_counter()
+                if not message.get("more_body", False):
+                    held = message  # sent once the row is durable
+                    return
+            await send(message)
+
+        try:
+            await self.app(scope, watching, holding)
+        finally:
+            ctx = state.get(STATE_KEY)
+            future = None
+            if ctx is not None and status not in _NOT_ROWS:
+                row = _row(scope, ctx, status, arrived, start, first, trace_id, left or held is None)
+                future = self.ledger.submit(row, wait=held is not None)
+            if held is not None:
+                if future is not None and self.ledger.commit_wait_s > 0:
+                    try:
+                        await asyncio.wait_for(asyncio.shield(future), self.ledger.commit_wait_s)
+                    except TimeoutError:
+                        pass  # the row is still queued; the caller is not kept waiting longer
+                await send(held)
+
+
+def _row(scope: Scope, ctx: Any, status: int, arrived: float, start: float, first: float | None,
+         trace_id: str | None, unfinished: bool) -> UsageRow:
+    request = ctx.request
+    principal = ctx.principal
+    model_info = ctx.model
+    if status >= 500 or ctx.error_type is not None:  # an upstream's failure is also a ctx.rejection
+        outcome = "error"
+    elif ctx.rejection is not None or status == 429:
+        outcome = "rejected"
+    elif unfinished:
+        outcome = "cancelled"
+    else:
+        outcome = "ok"
+    return UsageRow(
+        request_id=uuid.uuid4().hex,
+        time=iso(arrived),
+        tenant=ctx.tenant,
+        route=scope["path"],
+        outcome=outcome,
+        status=status,
+        input_tokens=ctx.input_tokens,
+        output_tokens=ctx.output_tokens,
+        cached_tokens=getattr(ctx, "cached_tokens", None),
+        trace_id=trace_id,
+        subject=getattr(principal, "subject_hash", None),
+        key_id=getattr(principal, "key_id", None),
+        model=getattr(request, "model", None),
+        model_version=getattr(model_info, "version", None),
+        replica=getattr(ctx, "replica", None),
+        stream=bool(getattr(request, "stream", False)),
+        latency_s=time.perf_counter() - start,
+        ttft_s=(first - start) if first is not None else None,
+        # Filled by the pricing layer (issue 17, Deliver 2) on the context when it is there.
+        price_input_micro_per_1m=getattr(ctx, "price_input_micro_per_1m", None),
+        price_output_micro_per_1m=getattr(ctx, "price_output_micro_per_1m", None),
+        currency=getattr(ctx, "currency", None),
+        cost_micro=getattr(ctx, "cost_micro", None),
+        gpu_seconds=getattr(ctx, "gpu_seconds", None),
+        gpu_joules=getattr(ctx, "gpu_joules", None),
+    )

@@ -1,0 +1,55 @@
+"""One usage row: what one request used, priced, as the ledger stores it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass(slots=True)
+class UsageRow:
+    """One request. Prices and cost are integer micro-units of ``currency`` (None: not priced); GPU
+    figures are None when nothing measured them (never 0 for "unknown")."""
+
+    request_id: str
+    time: str  # ISO 8601 UTC, microseconds: when the request arrived
+    tenant: str
+    route: str
+    outcome: str  # names.LEDGER_OUTCOMES
+    status: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int | None = None
+    trace_id: str | None = None
+    subject: str | None = None  # the subject's salted hash, never the subject
+    key_id: str | None = None
+    model: str | None = None  # the catalog name the caller asked for
+    model_version: str | None = None  # the MLflow version that answered (in-process models)
+    replica: str | None = None
+    stream: bool = False
+    latency_s: float = 0.0
+    ttft_s: float | None = None
+    price_input_micro_per_1m: int | None = None
+    price_output_micro_per_1m: int | None = None
+    currency: str | None = None
+    cost_micro: int | None = None
+    gpu_seconds: float | None = None
+    gpu_joules: float | None = None
+    billable: bool = True
+    shadow: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UsageRow:
+        return cls(**{k: data[k] for k in COLUMNS if k in data})
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(UsageRow))
+
+
+def iso(epoch_s: float) -> str:
+    """``epoch_s`` as the ledger writes times: ISO 8601 UTC with microseconds (sorts as text)."""
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="microseconds")

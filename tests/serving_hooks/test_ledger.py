@@ -1,0 +1,227 @@
+"""The usage ledger (issue 17, Deliver 4 and 6): rows from the real gateway in front of a real
+upstream, the spool, idempotent shipping, a full spool, ``GET /admin/usage`` and ``observatory usage``."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+
+import httpx
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpt_observatory.serving_hooks.app import create_app
+from gpt_observatory.serving_hooks.ledger import Ledger, LedgerMiddleware, UsageRow, open_ledger, open_store
+from gpt_observatory.serving_hooks.ledger._read import totals
+from gpt_observatory.serving_hooks.ledger._row import iso
+from gpt_observatory.serving_hooks.ledger._sqlite import SqliteStore
+from gpt_observatory.serving_hooks.production import admin_app
+from gpt_observatory.serving_hooks.settings import load
+from gpt_observatory.telemetry import names
+from tests.components import VENV_BIN, free_port
+from tests.serving_hooks.support import point_value, serve, settle
+from tests.serving_hooks.upstream_peer import PROMPT_TOKENS
+
+PEER_MODELS = ["up-model", "fail-500", "stall", "cut"]
+
+
+def row(i: int, tenant: str = "acme", **extra) -> UsageRow:
+    return UsageRow(f"req-{i}", iso(time.time()), tenant, "/v1/chat/completions", "ok", 200, 7, i % 5, **extra)
+
+
+def test_rows_reach_the_store_once_and_a_retried_batch_changes_nothing(tmp_path):
+    ledger = Ledger(tmp_path / "spool" / "s.sqlite3", SqliteStore(tmp_path / "ledger.sqlite3"), batch_rows=64)
+    ledger.start()
+    rows = [row(i, tenant=f"t{i % 3}") for i in range(1000)]
+    for r in rows:
+        assert ledger.submit(r) is None  # no waiter asked for
+    assert ledger.flush(30)
+    assert ledger.store.insert(rows[:100]) == 0  # the same batch again: nothing new
+    got = {t["key"]: t for t in totals(ledger.store, "tenant")}
+    for tenant in ("t0", "t1", "t2"):
+        mine = [r for r in rows if r.tenant == tenant]
+        assert got[tenant]["requests"] == len(mine)
+        assert got[tenant]["output_tokens"] == sum(r.output_tokens for r in mine)
+    assert ledger.meters.dropped_total == 0
+    ledger.close()
+
+
+def test_rows_a_dead_store_left_in_the_spool_ship_on_the_next_start(tmp_path):
+    spool = tmp_path / "spool" / "s.sqlite3"
+    dead = open_store(f"postgresql://nobody@127.0.0.1:{free_port()}/none")  # nothing listens there
+    first = Ledger(spool, dead, ship_interval_s=0.05)
+    first.start()
+    for i in range(50):
+        first.submit(row(i))
+    assert not first.flush(1.0)  # written to the spool, not shipped
+    first.close(timeout_s=1.0)
+    second = Ledger(spool, SqliteStore(tmp_path / "ledger.sqlite3"))
+    second.start()
+    assert second.flush(10)
+    assert totals(second.store)[0]["requests"] == 50
+    second.close()
+
+
+def test_a_full_spool_drops_and_counts_without_blocking(tmp_path):
+    ledger = Ledger(tmp_path / "s.sqlite3", SqliteStore(tmp_path / "ledger.sqlite3"), spool_max_mb=0.05,
+                    ship_interval_s=60)
+    ledger.start()
+    fat = "x" * 2000
+
+    async def submit_all() -> list[bool]:
+        futures = [ledger.submit(row(i, tenant=fat), wait=True) for i in range(200)]
+        return [await f for f in futures if f is not None]
+
+    import asyncio
+
+    start = time.perf_counter()
+    results = asyncio.run(submit_all())
+    assert time.perf_counter() - start < 5
+    assert True in results and False in results  # the first rows fit, the rest were refused
+    assert ledger.meters.dropped_total == results.count(False)
+    ledger.close()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 10_000), st.integers(0, 10_000),
+                          st.none() | st.integers(0, 5_000_000)), max_size=40))
+def test_totals_are_exact_sums_per_tenant_and_currency(tmp_path_factory, data):
+    store = SqliteStore(tmp_path_factory.mktemp("t") / "l.sqlite3")
+    rows = [UsageRow(f"r{i}", iso(1.7e9 + i), t, "/v1/completions", "ok", 200, inp, out,
+                     cost_micro=cost, currency="EUR" if cost is not None else None)
+            for i, (t, inp, out, cost) in enumerate(data)]
+    if rows:
+        store.insert(rows)
+    for group in totals(store, "tenant"):
+        mine = [r for r in rows if r.tenant == group["key"] and r.currency == group["currency"]]
+        assert group["requests"] == len(mine)
+        assert (group["input_tokens"], group["output_tokens"]) == (sum(r.input_tokens for r in mine),
+                                                                    sum(r.output_tokens for r in mine))
+        costs = [r.cost_micro for r in mine if r.cost_micro is not None]
+        assert group["cost_micro"] == (sum(costs) if costs else None)
+    store.close()
+
+
+# ------------------------------------------------------------------ the real gateway in front of a real upstream
+def _settings(upstream_peer, keyring, **extra):
+    return load(backend="upstream", upstream_url=upstream_peer.url, upstream_timeout_s=0.5,
+                api_keys_file=keyring.path, upstream_models=PEER_MODELS, **extra)
+
+
+def _trace() -> tuple[str, dict[str, str]]:
+    tid = secrets.token_hex(16)
+    return tid, {"traceparent": f"00-{tid}-{secrets.token_hex(8)}-01"}
+
+
+def _usage_of_stream(lines: list[str]) -> dict | None:
+    usage = None
+    for line in lines:
+        if line.startswith("data: {"):
+            usage = orjson.loads(line[6:]).get("usage") or usage
+    return usage
+
+
+def test_each_request_is_one_row_with_what_the_caller_was_charged(memory_telemetry, upstream_peer, keyring,
+                                                                  state_dir):
+    settings_ = _settings(upstream_peer, keyring)
+    ledger = open_ledger(settings_)
+    ledger.start()
+    seen: dict[str, dict | None] = {}  # trace id -> the usage the caller saw (None: none shown)
+    outcome: dict[str, str] = {}
+    auth = {"authorization": f"Bearer {keyring.acme}"}
+    with serve(LedgerMiddleware(create_app(settings_), ledger)) as gw, httpx.Client(base_url=gw.v1, timeout=10) as http:
+        for n in range(1, 4):  # plain
+            tid, tp = _trace()
+            r = http.post("/chat/completions", headers={**auth, **tp},
+                          json={"model": "up-model", "max_tokens": n, "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 200
+            seen[tid], outcome[tid] = r.json()["usage"], "ok"
+        for model, options, expected in (("up-model", {"include_usage": True}, "ok"), ("up-model", None, "ok"),
+                                         ("cut", {"include_usage": True}, "error")):
+            tid, tp = _trace()
+            body = {"model": model, "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            if options:
+                body["stream_options"] = options
+            with http.stream("POST", "/chat/completions", headers={**auth, **tp}, json=body) as r:
+                seen[tid], outcome[tid] = _usage_of_stream(list(r.iter_lines())), expected
+        tid, tp = _trace()  # the upstream fails
+        r = http.post("/completions", headers={**auth, **tp}, json={"model": "fail-500", "prompt": "x"})
+        assert r.status_code >= 500
+        seen[tid], outcome[tid] = None, "error"
+        tid, tp = _trace()  # the caller leaves mid-stream
+        with http.stream("POST", "/chat/completions", headers={**auth, **tp},
+                         json={"model": "stall", "stream": True, "max_tokens": 3,
+                               "messages": [{"role": "user", "content": "hi"}]}) as r:
+            next(r.iter_raw())
+        seen[tid], outcome[tid] = None, "cancelled"
+        r = http.post("/completions", json={"model": "up-model", "prompt": "x"})  # no credential: not a row
+        assert r.status_code == 401
+        deadline = time.monotonic() + 10
+        while len(_rows(ledger)) < len(seen) and time.monotonic() < deadline:
+            ledger.flush(5)
+            time.sleep(0.05)
+        settle(memory_telemetry)
+    ledger.close()
+    rows = {r["trace_id"]: r for r in _rows(ledger, reopen=True)}
+    assert set(rows) == set(seen)
+    for tid, usage in seen.items():
+        got = rows[tid]
+        assert (got["outcome"], got["tenant"], got["model"] is not None) == (outcome[tid], "acme", True), got
+        if usage is not None:  # to the token, what the caller was shown
+            assert (got["input_tokens"], got["output_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
+        assert got["latency_s"] > 0 and got["subject"] and got["billable"] == 1
+    assert rows[next(iter(seen))]["input_tokens"] == PROMPT_TOKENS
+    # ... and in all, what the gateway metered (and settled the token budget with), streams, cuts,
+    # failures and departures included.
+    points = memory_telemetry.memory.metrics()[names.GATEWAY_TOKENS.name]
+    for kind, column in ((names.GEN_AI_TOKEN_TYPE_INPUT, "input_tokens"), (names.GEN_AI_TOKEN_TYPE_OUTPUT, "output_tokens")):
+        metered = point_value(points, **{names.TENANT: "acme", names.GEN_AI_TOKEN_TYPE: kind})
+        assert sum(r[column] for r in rows.values()) == metered
+
+
+def _rows(ledger: Ledger, reopen: bool = False) -> list[dict]:
+    store = SqliteStore(ledger.store.path) if reopen else ledger.store
+    cur = store.db.execute("SELECT * FROM usage")
+    cols = [c[0] for c in cur.description]
+    out = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    if reopen:
+        store.close()
+    return out
+
+
+def test_admin_usage_and_the_cli_read_the_same_totals(tmp_path, state_dir):
+    path = tmp_path / "ledger.sqlite3"
+    store = SqliteStore(path)
+    store.insert([UsageRow(f"r{i}", iso(1.7e9 + 86400 * (i % 2)), "acme" if i % 3 else "globex", "/v1/completions",
+                           "ok", 200, 10, i, model="m", model_version="3", cost_micro=1500 * i, currency="USD")
+                  for i in range(12)]
+                 + [UsageRow("shadow", iso(1.7e9), "acme", "/v1/completions", "ok", 200, 99, 99, billable=False,
+                             shadow=True)])
+    store.close()
+    settings_ = load(backend="upstream", upstream_url="http://127.0.0.1:1/v1", ledger_url=str(path),
+                     allow_anonymous=True)
+    from fastapi import FastAPI
+
+    admin = admin_app(FastAPI(), {"tracing": False, "metrics": False, "logs": False,
+                                               "operation_spans": False}, settings_)
+    with serve(admin, lifespan="off") as served:
+        answer = httpx.get(served.url + "/admin/usage", params={"by": "tenant"}).json()
+        by_day = httpx.get(served.url + "/admin/usage", params={"by": "day", "tenant": "acme"}).json()
+        bad = httpx.get(served.url + "/admin/usage", params={"since": "yesterday-ish"})
+    acme = next(r for r in answer["rows"] if r["key"] == "acme")
+    mine = [i for i in range(12) if i % 3]
+    assert acme["requests"] == len(mine) and acme["output_tokens"] == sum(mine)  # the shadow row is not billed
+    assert acme["cost_micro"] == 1500 * sum(mine) and acme["cost"] == f"{1500 * sum(mine) / 1e6:.6f}"
+    assert [r["requests"] for r in by_day["rows"]] == [sum(1 for i in mine if i % 2 == 0), sum(1 for i in mine if i % 2)]
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+
+    out = subprocess.run([str(VENV_BIN / "observatory"), "usage", "--ledger", str(path), "--format", "json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["rows"] == answer["rows"]
+    csv_out = subprocess.run([str(VENV_BIN / "observatory"), "usage", "--ledger", str(path), "--by", "model",
+                              "--format", "csv"], capture_output=True, text=True, timeout=120)
+    assert csv_out.stdout.splitlines()[1].startswith("m@3,USD,12,120,66,")
