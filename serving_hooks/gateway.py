@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from opentelemetry import context as otel_context
@@ -37,6 +37,9 @@ from gpt_observatory.serving_hooks._errors import ApiError
 from gpt_observatory.serving_hooks._openai import REQUEST_MODELS, OpenAIRequest, validate
 from gpt_observatory.serving_hooks.context import STATE_KEY, RequestContext, prompt_bytes, request_context
 from gpt_observatory.serving_hooks.ratelimit import RateLimiter, Refusal, Reservation
+
+if TYPE_CHECKING:
+    from gpt_observatory.serving_hooks.budgets import Hold, Metering
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.summed import SummedCounter
 
@@ -111,8 +114,10 @@ class GatewayMiddleware:
         *,
         authenticator: Authenticate | None = None,
         limiter: RateLimiter | None = None,
+        metering: Metering | None = None,
     ) -> None:
         self.app = app
+        self.metering = metering
         self.config = config or GatewayConfig()
         self.authenticator = authenticator
         self.limiter = limiter if limiter is not None and limiter.enabled else None
@@ -137,6 +142,8 @@ class GatewayMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.config.excluded_paths:
+            if scope["type"] == "lifespan" and self.metering is not None:
+                receive = _with_lifespan(receive, self.metering)
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
@@ -159,6 +166,7 @@ class GatewayMiddleware:
         scope.setdefault("state", {})[STATE_KEY] = ctx
         status = 500
         reservation: Reservation | None = None
+        held = _Held()
         error: BaseException | None = None
 
         async def send_wrapper(message: Message) -> None:
@@ -171,7 +179,7 @@ class GatewayMiddleware:
             try:
                 if repeated:
                     raise _errors.duplicate_header(repeated)
-                receive, reservation = await self._admit(scope, receive, headers, method, path, ctx)
+                receive, reservation = await self._admit(scope, receive, headers, method, path, ctx, held)
             except ApiError as rejection:
                 ctx.rejection = rejection.reason
                 status = rejection.status
@@ -187,18 +195,22 @@ class GatewayMiddleware:
             if not ctx.input_tokens and (status == 200 or ctx.output_tokens or ctx.error_type is not None):
                 ctx.input_tokens = ctx.prompt_estimate  # the model had the prompt; no usage came back (cut, gone)
             try:
-                if reservation is not None and self.limiter is not None:  # every outcome: error, cut, gone
-                    await self.limiter.settle(reservation, ctx.input_tokens + ctx.output_tokens)
+                limiter = held.limiter or self.limiter
+                if reservation is not None and limiter is not None:  # every outcome: error, cut, gone
+                    await limiter.settle(reservation, ctx.input_tokens + ctx.output_tokens)
+                if held.budget is not None and self.metering is not None:
+                    await self.metering.settle(held.budget, ctx.input_tokens, ctx.output_tokens)
             finally:
                 self._finish(scope, span, method, route, scheme, status, ctx, error, start)
                 self._active.add(-1, active_attrs)
                 otel_context.detach(token)
 
     async def _admit(
-        self, scope: Scope, receive: Receive, headers: dict[str, str], method: str, path: str, ctx: RequestContext
+        self, scope: Scope, receive: Receive, headers: dict[str, str], method: str, path: str, ctx: RequestContext,
+        held: _Held,
     ) -> tuple[Receive, Reservation | None]:
-        """Size, JSON, validation, bounds, catalog, auth and rate-limit checks; returns the receive to
-        hand on and the token reservation to settle."""
+        """Size, JSON, validation, bounds, catalog, auth, tenant, rate-limit and budget checks; returns the
+        receive to hand on and the token reservation to settle (the budget's goes in ``held``)."""
         if not path.startswith(self.config.protected_prefix):
             return receive, None
         model = None
@@ -233,7 +245,14 @@ class GatewayMiddleware:
                     refusal.status, refusal.reason, refusal.detail, refusal.www_authenticate
                 ) from None
             ctx.tenant = ctx.principal.tenant
-        if self.limiter is None:
+        limiter = self.limiter
+        tenant = None
+        if self.metering is not None:
+            tenant = self._tenant(ctx.tenant, model)
+            held.limiter = limiter = self.metering.limiter(tenant) or limiter
+        if limiter is None:
+            if tenant is not None:
+                held.budget = await self._reserve_budget(tenant, model, worst, ctx)
             return receive, None
         if ctx.principal is None:
             key = ctx.tenant
@@ -241,13 +260,43 @@ class GatewayMiddleware:
             key = ctx.principal.tenant if self.config.rate_limit_by == "tenant" else ctx.principal.subject_hash
         if ctx.request is None and ctx.json:  # another body: its prompt is all it declares
             worst = self.config.estimate_tokens(ctx.json)
-        verdict = await self.limiter.admit(key, worst)
+        verdict = await limiter.admit(key, worst)
         if isinstance(verdict, Refusal):
             ctx.rate_limit_kind = verdict.kind
             if verdict.budget is not None:
                 raise _errors.over_budget(worst, verdict.budget)
             raise _errors.rate_limited(verdict.kind, verdict.retry_after)
+        if tenant is not None:
+            try:
+                held.budget = await self._reserve_budget(tenant, model, worst, ctx)
+            except BaseException:
+                await limiter.settle(verdict, 0)  # refused: the tokens held for it go back
+                raise
         return receive, verdict
+
+    def _tenant(self, name: str, model: str | None) -> Any:
+        """The tenant's policy from the tenants table; 403 for a tenant it refuses or a model it does not allow."""
+        assert self.metering is not None
+        tenant = self.metering.tenant(name)
+        if tenant is None:
+            raise _errors.ApiError(
+                403, f"forbidden: tenant {name!r} is not in this gateway's tenants table; ask its operator to add it",
+                "permission_error", "unknown_tenant", "forbidden",
+            )
+        if model is not None and not tenant.may_call(model):
+            raise _errors.ApiError(
+                403, f"forbidden: tenant {name!r} may not call model {model!r}; GET /v1/models lists the models",
+                "permission_error", "model_not_allowed", "forbidden",
+            )
+        return tenant
+
+    async def _reserve_budget(self, tenant: Any, model: str | None, worst: int, ctx: RequestContext) -> Hold | None:
+        """Reserve the request's worst case (prompt estimate in, the rest out) against the tenant's budget."""
+        assert self.metering is not None
+        if ctx.request is None:
+            return None  # not a completion: nothing is generated, nothing priced
+        prompt = min(ctx.prompt_estimate, worst)
+        return await self.metering.reserve(tenant, model, prompt, worst - prompt)
 
     def _worst_case(self, request: OpenAIRequest, ctx: RequestContext) -> int:
         """The most tokens ``request`` may use (prompt estimate + completions x max_tokens); 400 past a bound."""
@@ -361,6 +410,29 @@ def hold(request: OpenAIRequest, prompt: int, bounds: Bounds) -> None:
     context = bounds.context_tokens
     if context is not None and prompt + request.completions * (declared or 0) > context:
         raise _errors.over_context(prompt, request.completions, declared, context)
+
+
+@dataclass(slots=True)
+class _Held:
+    """What an admitted request holds besides its token reservation: the tenant's own limiter (None: the
+    gateway's) and its budget reservation."""
+
+    limiter: RateLimiter | None = None
+    budget: Hold | None = None
+
+
+def _with_lifespan(receive: Receive, metering: Metering) -> Receive:
+    """A lifespan receive that starts ``metering`` (its reloads) at startup and closes it at shutdown."""
+
+    async def wrapped() -> Message:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await metering.start()
+        elif message["type"] == "lifespan.shutdown":
+            await metering.close()
+        return message
+
+    return wrapped
 
 
 class ClientGone(Exception):

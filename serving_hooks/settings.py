@@ -164,6 +164,31 @@ class ServeSettings(TableSettings):
                             "worker supervisor over a unix socket, exact across workers), 'memory' (per worker "
                             "process, not exact with workers > 1) or 'auto' (host with workers > 1, else memory)."
     )
+    # Tenants, prices and budgets (issue 17: serving_hooks.tenants, prices, budgets).
+    tenants_file: Path | None = Field(
+        None, description="TOML file of tenants and tiers (per-tenant RPM/TPM, allowed models, budget, labels; README "
+                          "'Tenants, prices and budgets'), re-read when it changes. Unset: every tenant alike, no budgets."
+    )
+    tenants_poll_s: float = Field(
+        2.0, gt=0, description="Seconds between checks of the tenants and prices files for a change (reload)."
+    )
+    default_tier: str = Field(
+        "default", description="Tier ([tiers.NAME] of the tenants file) of tenants not in the table."
+    )
+    refuse_unknown_tenants: bool = Field(
+        False, description="Refuse (403) tenants not in the tenants file instead of giving them default_tier."
+    )
+    prices_file: Path | None = Field(
+        None, description="TOML file of [[prices]] per catalog model (per 1M input/output tokens, per GPU-second, "
+                          "from an effective time), re-read when it changes. Unset: every model is free."
+    )
+    budget_currency: str = Field(
+        "USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 currency of prices and budgets (every price names it)."
+    )
+    budget_fail_mode: Literal["open", "closed"] = Field(
+        "open", description="When the budget store fails or times out: 'open' admits the request unchecked (counted, "
+                            "alerted), 'closed' refuses it (503)."
+    )
     max_n: int = Field(8, ge=1, le=128, description="Largest 'n' (completions per request) accepted; above: 400.")
     max_best_of: int = Field(8, ge=1, le=128, description="Largest 'best_of' accepted; above: 400.")
     max_tokens_limit: int = Field(

@@ -641,6 +641,34 @@ LEDGER_LAG = Metric(
     "Age of the oldest row in the spool not yet shipped (0 when the spool is empty).",
 )
 
+# budgets (issue 17)
+# serving_hooks/tenants.py, prices.py and budgets.py: per-tenant limits and models, prices per catalog
+# model, and budgets reserved before a call and settled after it in the shared store. Money is integer
+# micro-units of budget_currency (1 USD = 1,000,000). Tenant labels: the tenants table's names (a closed
+# set) and, for tenants on the default tier, at most BUDGET_TENANTS_TRACKED more per process.
+REJECTION_BUDGET: Final = "budget"  # observatory.rejection.reason of a 429 insufficient_quota (beside REJECTION_REASONS)
+BUDGET_FAILURE: Final = "observatory.budget.failure"  # "timeout" | "error": why the budget store failed
+BUDGET_FAIL_MODE: Final = "observatory.budget.fail_mode"  # "open" (admitted unchecked) | "closed" (refused, 503)
+BUDGET_FAIL_MODES: Final = ("open", "closed")
+BUDGET_TENANTS_TRACKED: Final = 1000
+BUDGET_SPENT = Metric(
+    "observatory.budget.spent", "{micro}", "gauge",
+    "What each tenant's budget has charged in its current period (open reservations included), in micro-units "
+    "of budget_currency, as this process last read it from the store.",
+)
+BUDGET_LIMIT = Metric(
+    "observatory.budget.limit", "{micro}", "gauge", "Each tenant's budget for its period, in micro-units.",
+)
+BUDGET_STORE_FAILURES = Metric(
+    "observatory.gateway.budget.store_failures", "{request}", "counter",
+    "Requests whose budget the store could not check (failed or timed out), by observatory.budget.failure and "
+    "observatory.budget.fail_mode (open: admitted unchecked; closed: refused).",
+)
+TENANTS_RELOADS = Metric(
+    "observatory.tenants.reloads", "{reload}", "counter",
+    "Reloads of the tenants or prices file on change, by observatory.catalog.reload.outcome (ok | invalid).",
+)
+
 # serve --workers N (serving_hooks/workers.py): the one scrape of every worker labels each sample with
 # the worker's index ("0".."N-1"), as Prometheus' own relabelling would name an instance.
 WORKER: Final = "worker"
