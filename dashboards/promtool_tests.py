@@ -120,6 +120,7 @@ def cases() -> tuple[Case, ...]:
             _sel(decisions, **promoted, **{s.PIPELINE_DECISION: "promoted"}): "1x10",
         }, "ModelRolledBack", "5m"),
         *_fleet_cases(),
+        *_budget_cases(),
     )
 
 
@@ -192,6 +193,44 @@ def _fleet_cases() -> tuple[Case, ...]:
             attempt("r1", "connect_error"): "0+1x30",
             retried: "0+1x30",
         }, "RetryRatioHigh", "25m"),
+    )
+
+
+def _budget_cases() -> tuple[Case, ...]:
+    """Tenant budgets: spend and limit per tenant as two gateway processes report them, budget refusals,
+    and budget store failures."""
+    acme = {s.JOB: GATEWAY_JOB, s.TENANT: "acme"}
+    spent, limit = s.gauge(names.BUDGET_SPENT), s.gauge(names.BUDGET_LIMIT)
+    refused = _sel(s.total(names.GATEWAY_REJECTIONS), **acme, **{s.REJECTION_REASON: names.REJECTION_BUDGET})
+    failure = {s.JOB: GATEWAY_JOB, names.prometheus_label(names.BUDGET_FAILURE): "timeout",
+               names.prometheus_label(names.BUDGET_FAIL_MODE): "open"}
+
+    def spend(*values: str) -> dict[str, str]:
+        """acme's spend as each gateway process (instance) last read it, against a budget of 1,000,000."""
+        out = {}
+        for i, series in enumerate(values):
+            out[_sel(spent, **acme, instance=f"gw{i}")] = series
+            out[_sel(limit, **acme, instance=f"gw{i}")] = "1000000x20"
+        return out
+
+    return (
+        Case("a tenant at 85 % of its budget (the latest of two processes' reads)", spend("850000x20", "700000x20"),
+             "BudgetNearlySpent", "5m", (acme,)),
+        Case("a tenant at 60 % is no alert", spend("600000x20", "500000x20"), "BudgetNearlySpent", "5m"),
+        Case("a spent budget is no longer 'nearly' spent", spend("1000000x20"), "BudgetNearlySpent", "5m"),
+        Case("a tenant at 100 % of its budget", spend("1000000x20"), "BudgetExhausted", "5m", (acme,)),
+        Case("a tenant refused for its budget below 100 % (its next worst case did not fit)", {
+            **spend("950000x20"), refused: "0 0 0 1 2x16",
+        }, "BudgetExhausted", "5m", (acme,)),
+        Case("a tenant at 90 % and never refused has not exhausted its budget", {
+            **spend("900000x20"), refused: "0x20",
+        }, "BudgetExhausted", "5m"),
+        Case("the budget store timed out: requests admitted without a budget check", {
+            _sel(s.total(names.BUDGET_STORE_FAILURES), **failure): "0+2x10",
+        }, "BudgetStoreFailing", "5m", (failure,)),
+        Case("no budget store failure in the last 5 minutes: quiet", {
+            _sel(s.total(names.BUDGET_STORE_FAILURES), **failure): "0+2x3 6x20",
+        }, "BudgetStoreFailing", "15m"),
     )
 
 
