@@ -21,7 +21,8 @@ robin's is the reference). The client, the gateways and the replicas share this 
 read the ratios.
 
 Run from the repository root: ``.venv/bin/python bench/fleet.py [--duration 5] [--rounds 3]
-[--connections 8] [--delay-ms 20]``.
+[--connections 8] [--delay-ms 20]``; ``bench/fleet.py --workers [N ...]`` runs ``bench/workers.py``
+(proxy throughput with ``serve --workers N`` vs 1) instead.
 """
 
 from __future__ import annotations
@@ -158,6 +159,16 @@ def run(work: Path, duration: float, rounds: int, connections: int, delay_ms: fl
 
 
 def main() -> None:
+    args = sys.argv[1:]
+    if "--workers" in args:  # the all-cores figure (--workers [N ...], default 2 vs 1): bench/workers.py
+        import workers
+
+        at = args.index("--workers")
+        if at + 1 == len(args) or not args[at + 1].isdigit():
+            del args[at]  # bare --workers: bench/workers.py's default counts
+        sys.argv = [str(Path(workers.__file__)), *args]
+        workers.main()
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per mode (medians reported)")
