@@ -1,0 +1,89 @@
+"""SIGKILL of the gateway under load: every request whose response the caller saw complete is in the
+ledger once the next process started (its rows were in the spool; the store had not seen them)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+
+import httpx
+
+from gpt_observatory.serving_hooks.ledger import open_ledger
+from gpt_observatory.serving_hooks.ledger._sqlite import SqliteStore
+from gpt_observatory.serving_hooks.settings import load
+from tests.components import free_port, start_process, wait_http
+
+GATEWAY = """
+import sys, uvicorn
+from gpt_observatory.serving_hooks.app import create_app
+from gpt_observatory.serving_hooks.ledger import LedgerMiddleware, open_ledger
+from gpt_observatory.serving_hooks.settings import load
+settings = load()
+ledger = open_ledger(settings)
+ledger.start()
+uvicorn.run(LedgerMiddleware(create_app(settings), ledger), host="127.0.0.1", port=int(sys.argv[1]),
+            log_level="warning")
+"""
+
+
+def test_sigkill_under_load_loses_no_completed_request(upstream_peer, keyring, tmp_path, state_dir):
+    env = {
+        "OBSERVATORY_SERVE_BACKEND": "upstream", "OBSERVATORY_SERVE_UPSTREAM_URL": upstream_peer.url,
+        "OBSERVATORY_SERVE_API_KEYS_FILE": str(keyring.path), "OBSERVATORY_SERVE_UPSTREAM_MODELS": "up-model",
+        "OBSERVATORY_SERVE_LEDGER_URL": str(tmp_path / "ledger.sqlite3"),
+        "OBSERVATORY_SERVE_LEDGER_SHIP_INTERVAL_S": "30",  # nothing shipped before the kill: all from the spool
+        "OBSERVATORY_STATE_DIR": str(state_dir),
+    }
+    port = free_port()
+    proc = start_process([sys.executable, "-c", GATEWAY, str(port)], tmp_path / "gateway.log", env=env)
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc, log=tmp_path / "gateway.log")
+    completed: list[str] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def load_loop(stream: bool) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", timeout=10,
+                          headers={"authorization": f"Bearer {keyring.acme}"}) as http:
+            while not stop.is_set():
+                tid = secrets.token_hex(16)
+                body = {"model": "up-model", "prompt": "x", "max_tokens": 3, "stream": stream}
+                try:
+                    with http.stream("POST", "/completions", json=body,
+                                     headers={"traceparent": f"00-{tid}-{secrets.token_hex(8)}-01"}) as r:
+                        r.read()  # to the response's end: a cut one raises
+                        done = r.status_code == 200
+                except httpx.HTTPError:
+                    done = False
+                if done:
+                    with lock:
+                        completed.append(tid)
+
+    threads = [threading.Thread(target=load_loop, args=(i % 2 == 1,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert len(completed) > 50
+
+    os.environ.update(env)  # the next start, on the same spool and store
+    try:
+        ledger = open_ledger(load())
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+    ledger.start()
+    assert ledger.flush(30)
+    ledger.close()
+    store = SqliteStore(tmp_path / "ledger.sqlite3")
+    ids = [r[0] for r in store.query("SELECT trace_id FROM usage", [])]
+    store.close()
+    assert set(completed) <= set(ids), f"{len(set(completed) - set(ids))} completed requests missing"
+    assert len(ids) == len(set(ids))
