@@ -314,15 +314,16 @@ def _outside_window(tenant: str, starts: datetime | None, ends: datetime | None)
 
 
 def metering_for(settings: ServeSettings, host_store: Path | None = None) -> Metering | None:
-    """The metering ``settings`` describe (None without a tenants file), its budgets in Redis, the host
+    """The metering ``settings`` describe (None without a tenants or prices file), its budgets in Redis, the host
     store (``host_store``: the supervisor's socket) or this process's memory, as the rate limiter's are."""
     from gpt_observatory.serving_hooks import prices, tenants
     from gpt_observatory.serving_hooks.ratelimit import RateLimiter, storage_uri
 
-    if settings.tenants_file is None:
+    if settings.tenants_file is None and settings.prices_file is None:
         return None
-    table = tenants.load(settings.tenants_file, default_tier=settings.default_tier,
-                         refuse_unknown=settings.refuse_unknown_tenants)
+    # Prices without a tenants file: every tenant alike (no limits of its own, every model, no budget).
+    table = TenantTable({}, Tenant("")) if settings.tenants_file is None else tenants.load(
+        settings.tenants_file, default_tier=settings.default_tier, refuse_unknown=settings.refuse_unknown_tenants)
     price_table = prices.load(settings.prices_file, settings.budget_currency) if settings.prices_file else None
     where = settings.limiter_store
     uri = None
@@ -348,7 +349,9 @@ def metering_for(settings: ServeSettings, host_store: Path | None = None) -> Met
     def read_tenants(path: Path) -> TenantTable:
         return tenants.load(path, default_tier=settings.default_tier, refuse_unknown=settings.refuse_unknown_tenants)
 
-    files: dict[Path, Any] = {settings.tenants_file: (read_tenants, lambda t: setattr(metering, "tenants", t))}
+    files: dict[Path, Any] = {}
+    if settings.tenants_file is not None:
+        files[settings.tenants_file] = (read_tenants, lambda t: setattr(metering, "tenants", t))
     if settings.prices_file is not None:
         files[settings.prices_file] = (lambda p: prices.load(p, settings.budget_currency),
                                        lambda t: setattr(metering, "prices", t))

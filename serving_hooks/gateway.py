@@ -20,6 +20,7 @@ bounded by ``max_request_bytes`` either way.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -199,7 +200,9 @@ class GatewayMiddleware:
                 if reservation is not None and limiter is not None:  # every outcome: error, cut, gone
                     await limiter.settle(reservation, ctx.input_tokens + ctx.output_tokens)
                 if held.budget is not None and self.metering is not None:
-                    await self.metering.settle(held.budget, ctx.input_tokens, ctx.output_tokens)
+                    cost = await self.metering.settle(held.budget, ctx.input_tokens, ctx.output_tokens)
+                    if held.budget.price is not None:
+                        _record(ctx, cost_micro=cost)
             finally:
                 self._finish(scope, span, method, route, scheme, status, ctx, error, start)
                 self._active.add(-1, active_attrs)
@@ -283,12 +286,18 @@ class GatewayMiddleware:
                 403, f"forbidden: tenant {name!r} is not in this gateway's tenants table; ask its operator to add it",
                 "permission_error", "unknown_tenant", "forbidden",
             )
-        if model is not None and not tenant.may_call(model):
+        if model is not None and not any(tenant.may_call(name) for name in self._names_of(model)):
             raise _errors.ApiError(
                 403, f"forbidden: tenant {name!r} may not call model {model!r}; GET /v1/models lists the models",
                 "permission_error", "model_not_allowed", "forbidden",
             )
         return tenant
+
+    def _names_of(self, model: str) -> tuple[str, ...]:
+        """The catalog entry's public name and aliases that ``model`` resolves to (the name alone without one)."""
+        catalog = getattr(self.config.models, "catalog", None)  # a live CatalogRouter
+        entry = catalog.get(model) if catalog is not None else None
+        return tuple(entry.names) if entry is not None else (model,)
 
     async def _reserve_budget(self, tenant: Any, model: str | None, worst: int, ctx: RequestContext) -> Hold | None:
         """Reserve the request's worst case (prompt estimate in, the rest out) against the tenant's budget."""
@@ -296,7 +305,12 @@ class GatewayMiddleware:
         if ctx.request is None:
             return None  # not a completion: nothing is generated, nothing priced
         prompt = min(ctx.prompt_estimate, worst)
-        return await self.metering.reserve(tenant, model, prompt, worst - prompt)
+        priced = self._names_of(model)[0] if model is not None else None  # prices are by public name
+        hold = await self.metering.reserve(tenant, priced, prompt, worst - prompt)
+        if hold.price is not None:  # the price used, for the usage ledger (its cost: prices.cost_micro)
+            _record(ctx, price_input_micro_per_1m=hold.price.input_micro_per_1m,
+                    price_output_micro_per_1m=hold.price.output_micro_per_1m, currency=hold.price.currency)
+        return hold
 
     def _worst_case(self, request: OpenAIRequest, ctx: RequestContext) -> int:
         """The most tokens ``request`` may use (prompt estimate + completions x max_tokens); 400 past a bound."""
@@ -419,6 +433,13 @@ class _Held:
 
     limiter: RateLimiter | None = None
     budget: Hold | None = None
+
+
+def _record(ctx: RequestContext, **fields: Any) -> None:
+    """Set the pricing fields the usage ledger reads on ``ctx``, where the context has them."""
+    for name, value in fields.items():
+        with contextlib.suppress(AttributeError):  # a RequestContext without pricing fields (slots)
+            setattr(ctx, name, value)
 
 
 def _with_lifespan(receive: Receive, metering: Metering) -> Receive:

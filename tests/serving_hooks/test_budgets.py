@@ -193,3 +193,31 @@ def test_concurrent_reservations_never_overdraw(amounts, limit, redis_url):
             await store.close()
 
     asyncio.run(race())
+
+
+def test_an_alias_is_held_to_and_priced_as_its_catalog_entry(tmp_path, memory_telemetry, keyring, peer):
+    """A tenant allowed 'n-model' may call it by its alias, and the alias spends the entry's price."""
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(f'[[models]]\nname = "n-model"\nkind = "upstream"\nurl = "{peer.url}"\naliases = ["n-alias"]\n'
+                       f'[[models]]\nname = "n-other"\nkind = "upstream"\nurl = "{peer.url}"\n')
+    files = _files(tmp_path, budget="0.2")
+    files["tenants_file"].write_text('[[tenants]]\nname = "acme"\nmodels = ["n-model"]\n'
+                                     'budget = { amount = "0.2", period = "month" }\n')
+    headers = {"authorization": f"Bearer {keyring.acme}"}
+    with serve(metered_app(peer, keyring, catalog_file=catalog, **files)) as gw:
+        chat = gw.v1 + "/chat/completions"
+        by_alias = [httpx.post(chat, json={**_chat(), "model": "n-alias"}, headers=headers).status_code for _ in range(2)]
+        other = httpx.post(chat, json={**_chat(), "model": "n-other"}, headers=headers)
+    assert by_alias == [200, 429]  # 0.105 USD each at n-model's price: the second does not fit in 0.2
+    assert other.status_code == 403 and other.json()["error"]["code"] == "model_not_allowed"
+
+
+def test_prices_without_a_tenants_file_limit_nobody(tmp_path, memory_telemetry, keyring, peer):
+    files = _files(tmp_path)
+    del files["tenants_file"]
+    app = metered_app(peer, keyring, **files)
+    assert app.metering is not None and app.metering.prices.price_at("n-model") is not None
+    with serve(app) as gw:
+        statuses = [httpx.post(gw.v1 + "/chat/completions", json=_chat(), headers={
+            "authorization": f"Bearer {key}"}).status_code for key in (keyring.acme, keyring.globex) * 3]
+    assert statuses == [200] * 6 and peer.calls == 6

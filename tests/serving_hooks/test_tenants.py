@@ -129,8 +129,10 @@ models = ["n-*"]
 ''')
     body = {"model": "n-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     acme, globex = {"authorization": f"Bearer {keyring.acme}"}, {"authorization": f"Bearer {keyring.globex}"}
-    app = metered_app(peer, keyring, tenants_file=path, refuse_unknown_tenants=True,
-                      upstream_models=["other-model"])
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text("".join(f'[[models]]\nname = "{m}"\nkind = "upstream"\nurl = "{peer.url}"\n'
+                               for m in ("n-model", "other-model")))
+    app = metered_app(peer, keyring, tenants_file=path, refuse_unknown_tenants=True, catalog_file=catalog)
     with serve(app) as gw:
         chat = gw.v1 + "/chat/completions"
         served = [httpx.post(chat, json=body, headers=acme).status_code for _ in range(3)]
