@@ -234,9 +234,10 @@ class Metering:
             raise _over_budget(tenant.name, end, now, spent, budget.amount_micro, worst, self.currency)
         return Hold(tenant, price, key, worst, ttl_s)
 
-    async def settle(self, hold: Hold, input_tokens: int, output_tokens: int) -> int:
+    async def settle(self, hold: Hold, input_tokens: int, output_tokens: int, cached_tokens: int = 0,
+                     gpu_seconds: float | None = None) -> int:
         """Turn ``hold``'s reservation into the real cost of the usage reported; returns that cost."""
-        cost = cost_micro(hold.price, input_tokens, output_tokens)
+        cost = cost_micro(hold.price, input_tokens, output_tokens, cached_tokens, gpu_seconds)
         if hold.key is None or self.store is None or cost == hold.reserved:
             return cost
         try:

@@ -200,7 +200,9 @@ class GatewayMiddleware:
                 if reservation is not None and limiter is not None:  # every outcome: error, cut, gone
                     await limiter.settle(reservation, ctx.input_tokens + ctx.output_tokens)
                 if held.budget is not None and self.metering is not None:
-                    cost = await self.metering.settle(held.budget, ctx.input_tokens, ctx.output_tokens)
+                    cost = await self.metering.settle(  # cached tokens and GPU time where a layer below reports them
+                        held.budget, ctx.input_tokens, ctx.output_tokens, getattr(ctx, "cached_tokens", None) or 0,
+                        getattr(ctx, "gpu_seconds", None))
                     if held.budget.price is not None:
                         _record(ctx, cost_micro=cost)
             finally:
