@@ -115,11 +115,25 @@ def _row(scope: Scope, ctx: Any, status: int, arrived: float, start: float, firs
         stream=bool(getattr(request, "stream", False)),
         latency_s=time.perf_counter() - start,
         ttft_s=(first - start) if first is not None else None,
-        # Filled by the pricing layer (issue 17, Deliver 2) on the context when it is there.
-        price_input_micro_per_1m=getattr(ctx, "price_input_micro_per_1m", None),
-        price_output_micro_per_1m=getattr(ctx, "price_output_micro_per_1m", None),
-        currency=getattr(ctx, "currency", None),
-        cost_micro=getattr(ctx, "cost_micro", None),
+        **_priced(ctx),
         gpu_seconds=getattr(ctx, "gpu_seconds", None),
         gpu_joules=getattr(ctx, "gpu_joules", None),
     )
+
+
+def _priced(ctx: Any) -> dict[str, Any]:
+    """The price used and the cost, from the pricing layer's marks on the context (issue 17, Deliver 2):
+    ``ctx.price`` (a :class:`serving_hooks.prices.Price`) and ``ctx.cost_micro`` when it settled one (else
+    the cost is worked out here from the price and the row's tokens). Nothing marked: None (not priced)."""
+    price = getattr(ctx, "price", None)
+    cost = getattr(ctx, "cost_micro", None)
+    if price is None:
+        return {"price_input_micro_per_1m": None, "price_output_micro_per_1m": None,
+                "currency": getattr(ctx, "currency", None), "cost_micro": cost}
+    if cost is None:
+        from gpt_observatory.serving_hooks.prices import cost_micro
+
+        cost = cost_micro(price, ctx.input_tokens, ctx.output_tokens, getattr(ctx, "cached_tokens", None) or 0,
+                          getattr(ctx, "gpu_seconds", None))
+    return {"price_input_micro_per_1m": price.input_micro_per_1m, "price_output_micro_per_1m": price.output_micro_per_1m,
+            "currency": price.currency, "cost_micro": cost}

@@ -225,3 +225,16 @@ def test_admin_usage_and_the_cli_read_the_same_totals(tmp_path, state_dir):
     csv_out = subprocess.run([str(VENV_BIN / "observatory"), "usage", "--ledger", str(path), "--by", "model",
                               "--format", "csv"], capture_output=True, text=True, timeout=120)
     assert csv_out.stdout.splitlines()[1].startswith("m@3,USD,12,120,66,")
+
+
+def test_a_row_takes_the_price_and_cost_the_pricing_layer_marked():
+    from types import SimpleNamespace
+
+    from gpt_observatory.serving_hooks.ledger._middleware import _priced
+
+    price = SimpleNamespace(input_micro_per_1m=600_000, output_micro_per_1m=2_400_000, currency="EUR")
+    marked = SimpleNamespace(price=price, cost_micro=1234, input_tokens=10, output_tokens=5)
+    assert _priced(marked) == {"price_input_micro_per_1m": 600_000, "price_output_micro_per_1m": 2_400_000,
+                               "currency": "EUR", "cost_micro": 1234}
+    assert _priced(SimpleNamespace(input_tokens=10, output_tokens=5)) == {
+        "price_input_micro_per_1m": None, "price_output_micro_per_1m": None, "currency": None, "cost_micro": None}
