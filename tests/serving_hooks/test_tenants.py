@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from datetime import UTC, datetime
 
 import httpx
@@ -169,3 +170,20 @@ models = ["nothing-*"]
     assert globex.status_code == 403 and globex.json()["error"]["code"] == "insufficient_scope"
     assert acme.status_code == 403 and acme.json()["error"]["code"] == "model_not_allowed"
     assert peer.calls == 0
+
+
+def test_a_serving_gateway_takes_a_changed_tenants_file_without_a_restart(tmp_path, memory_telemetry, keyring, peer):
+    path = _tenants_file(tmp_path, '[[tenants]]\nname = "acme"\nmodels = ["n-*"]\n')
+    body = {"model": "n-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    headers = {"authorization": f"Bearer {keyring.acme}"}
+    with serve(metered_app(peer, keyring, tenants_file=path, tenants_poll_s=0.05)) as gw:
+        before = httpx.post(gw.v1 + "/chat/completions", json=body, headers=headers).status_code
+        path.write_text('[[tenants]]\nname = "acme"\nmodels = ["none-*"]\n')
+        os.utime(path, ns=(2, 2))
+        deadline = time.monotonic() + 10
+        while (after := httpx.post(gw.v1 + "/chat/completions", json=body, headers=headers)).status_code == 200:
+            assert time.monotonic() < deadline, "the changed tenants file was not taken"
+            time.sleep(0.05)
+    assert before == 200 and after.status_code == 403 and after.json()["error"]["code"] == "model_not_allowed"
+    reloads = memory_telemetry.memory.metrics()[names.TENANTS_RELOADS.name]
+    assert point_value(reloads, **{names.CATALOG_RELOAD_OUTCOME: "ok"}) >= 1
