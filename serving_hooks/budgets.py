@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,15 +96,9 @@ class Metering:
         self._last_failure = "error"
         self._last_warning = 0.0
         self._failures = SummedCounter.of(__name__, names.BUDGET_STORE_FAILURES)
-        self._seen: dict[str, tuple[int, int]] = {}  # tenant -> (spent, limit), for the gauges
-        meter = metrics.get_meter(__name__)
-        for m, i in ((names.BUDGET_SPENT, 0), (names.BUDGET_LIMIT, 1)):
-            meter.create_observable_gauge(m.name, [self._observe(i)], m.unit, m.description)
-
-    def _observe(self, index: int) -> Callable[[CallbackOptions], list[Observation]]:
-        def callback(options: CallbackOptions) -> list[Observation]:
-            return [Observation(v[index], {names.TENANT: t}) for t, v in list(self._seen.items())]
-        return callback
+        self.seen: dict[str, tuple[int, int]] = {}  # tenant -> (spent, limit), for the gauges
+        _METERINGS.add(self)
+        _watch(metrics.get_meter(__name__))
 
     # ------------------------------------------------------------------ tenants and limits
     def tenant(self, name: str) -> Tenant | None:
@@ -177,9 +172,9 @@ class Metering:
             await self.store.close()
 
     def _note(self, tenant: Tenant, spent: int) -> None:
-        if tenant.budget is not None and (tenant.name in self._seen or len(self._seen) < names.BUDGET_TENANTS_TRACKED
+        if tenant.budget is not None and (tenant.name in self.seen or len(self.seen) < names.BUDGET_TENANTS_TRACKED
                                           or tenant.known):
-            self._seen[tenant.name] = (spent, tenant.budget.amount_micro)
+            self.seen[tenant.name] = (spent, tenant.budget.amount_micro)
 
     def _store_down(self, tenant: Tenant, price: Price | None, cause: str) -> Hold:
         self._failures.add(1, {names.BUDGET_FAILURE: cause, names.BUDGET_FAIL_MODE: self.fail_mode})
@@ -197,6 +192,29 @@ class Metering:
             self._last_warning = now
             logger.warning("budget store failed ({}: {}); failing {}", cause, type(error).__name__, self.fail_mode)
         return cause
+
+
+# ------------------------------------------------------------------ spend gauges (one pair for every Metering)
+_METERINGS: weakref.WeakSet[Metering] = weakref.WeakSet()
+_watched: set[int] = set()
+
+
+def _watch(meter: metrics.Meter) -> None:
+    """One pair of observable gauges per meter, reading every live Metering (an observable instrument
+    keeps its first callbacks: one pair per Metering would report the first one only)."""
+    if id(meter) in _watched:
+        return
+    _watched.add(id(meter))
+    for m, index in ((names.BUDGET_SPENT, 0), (names.BUDGET_LIMIT, 1)):
+        meter.create_observable_gauge(m.name, [_observer(index)], m.unit, m.description)
+
+
+def _observer(index: int) -> Callable[[CallbackOptions], Iterator[Observation]]:
+    def observe(options: CallbackOptions) -> Iterator[Observation]:
+        for metering in list(_METERINGS):
+            for tenant, values in list(metering.seen.items()):
+                yield Observation(values[index], {names.TENANT: tenant})
+    return observe
 
 
 def _money(micro: int, currency: str) -> str:

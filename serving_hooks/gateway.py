@@ -16,6 +16,13 @@ The body is read, validated and checked against the catalog before authenticatio
 scopes required depend on the model named in it: nothing reads a field of a body that was not
 validated, and a model outside the catalog never reaches a scope lookup or a backend. The read is
 bounded by ``max_request_bytes`` either way.
+
+With a :class:`~serving_hooks.budgets.Metering` (tenants, prices, budgets; issue 17), after
+authentication the tenant is held to its entry in the tenants table (403 ``unknown_tenant`` or
+``model_not_allowed``; the IdP's scopes were checked first, so the table only narrows them), to its own
+RPM/TPM (its limiter replaces the global one), and the request's worst case, priced, is reserved against
+its budget after the rate limits admitted it (429 ``insufficient_quota``), then settled to the real
+cost with the tokens, whatever the outcome.
 """
 
 from __future__ import annotations
@@ -38,11 +45,11 @@ from gpt_observatory.serving_hooks._errors import ApiError
 from gpt_observatory.serving_hooks._openai import REQUEST_MODELS, OpenAIRequest, validate
 from gpt_observatory.serving_hooks.context import STATE_KEY, RequestContext, prompt_bytes, request_context
 from gpt_observatory.serving_hooks.ratelimit import RateLimiter, Refusal, Reservation
+from gpt_observatory.telemetry import names
+from gpt_observatory.telemetry.summed import SummedCounter
 
 if TYPE_CHECKING:
     from gpt_observatory.serving_hooks.budgets import Hold, Metering
-from gpt_observatory.telemetry import names
-from gpt_observatory.telemetry.summed import SummedCounter
 
 __all__ = [
     "Authenticate", "Bounds", "GatewayConfig", "GatewayMiddleware", "RequestContext", "hold", "no_scopes",
@@ -288,9 +295,10 @@ class GatewayMiddleware:
                 403, f"forbidden: tenant {name!r} is not in this gateway's tenants table; ask its operator to add it",
                 "permission_error", "unknown_tenant", "forbidden",
             )
-        if model is not None and not any(tenant.may_call(name) for name in self._names_of(model)):
+        if model is not None and not any(tenant.may_call(alias) for alias in self._names_of(model)):
             raise _errors.ApiError(
-                403, f"forbidden: tenant {name!r} may not call model {model!r}; GET /v1/models lists the models",
+                403, f"forbidden: tenant {name!r} may not call model {model!r} (the models of its entry in the "
+                     "tenants table); ask its operator to allow it",
                 "permission_error", "model_not_allowed", "forbidden",
             )
         return tenant
