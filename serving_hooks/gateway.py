@@ -317,9 +317,8 @@ class GatewayMiddleware:
         prompt = min(ctx.prompt_estimate, worst)
         priced = self._names_of(model)[0] if model is not None else None  # prices are by public name
         hold = await self.metering.reserve(tenant, priced, prompt, worst - prompt)
-        if hold.price is not None:  # the price used, for the usage ledger (its cost: prices.cost_micro)
-            _record(ctx, price_input_micro_per_1m=hold.price.input_micro_per_1m,
-                    price_output_micro_per_1m=hold.price.output_micro_per_1m, currency=hold.price.currency)
+        if hold.price is not None:  # the price used, for the usage ledger (ctx.price, then ctx.cost_micro)
+            _record(ctx, price=hold.price)
         return hold
 
     def _worst_case(self, request: OpenAIRequest, ctx: RequestContext) -> int:
