@@ -76,10 +76,10 @@ class LedgerMiddleware:
                 future = self.ledger.submit(row, wait=held is not None)
             if held is not None:
                 if future is not None and self.ledger.commit_wait_s > 0:
-                    try:
-                        await asyncio.wait_for(asyncio.shield(future), self.ledger.commit_wait_s)
-                    except TimeoutError:
-                        pass  # the row is still queued; the caller is not kept waiting longer
+                    # Not wait_for: a timer that gives up on the future costs less than a task per request.
+                    expiry = asyncio.get_running_loop().call_later(self.ledger.commit_wait_s, _give_up, future)
+                    await future  # True: in the spool; False: refused (counted); the row stays queued past the wait
+                    expiry.cancel()
                 await send(held)
 
 
@@ -137,3 +137,8 @@ def _priced(ctx: Any) -> dict[str, Any]:
                           getattr(ctx, "gpu_seconds", None))
     return {"price_input_micro_per_1m": price.input_micro_per_1m, "price_output_micro_per_1m": price.output_micro_per_1m,
             "currency": price.currency, "cost_micro": cost}
+
+
+def _give_up(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_result(False)

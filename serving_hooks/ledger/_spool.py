@@ -44,7 +44,7 @@ class Spool:
     def append(self, rows: Sequence[UsageRow]) -> None:
         """Commit ``rows`` in one transaction (a request id already there is kept as it was)."""
         now = time.time()
-        data = [(r.request_id, now, orjson.dumps(r.as_dict())) for r in rows]
+        data = [(r.request_id, now, orjson.dumps(r)) for r in rows]  # orjson writes a dataclass itself
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
