@@ -7,15 +7,17 @@ current period only if the sum stays within the budget, in one atomic step, so c
 every gateway replica and worker together never charge more than the budget; a request that does not
 fit is refused (429, ``insufficient_quota``, with ``Retry-After`` and ``x-observatory-budget-reset``
 at the period's end). After the call, whatever its outcome, :meth:`Metering.settle` turns the
-reservation into the real cost (the usage the model reported). Spend therefore never exceeds the
-budget by more than the prompt estimate's error of the requests in flight.
+reservation into the real cost (the usage the model reported, cached tokens and GPU-seconds where a
+layer below reports them). Spend therefore never exceeds the budget by more than the prompt estimate's
+error of the requests in flight, and, for a model priced per GPU-second (not known before the call, so
+not in the worst case), their GPU time.
 
 The refusal's type and code are OpenAI's ``insufficient_quota`` (what OpenAI answers a spent quota):
 clients and SDKs built for OpenAI already know it means "waiting a minute does not help", unlike
 ``rate_limit_exceeded``; the message says it is this gateway's budget and when it resets.
 
-Stores (:mod:`serving_hooks._budget_stores`): Redis (``redis_url``; two Lua scripts, one round trip each), else the ``limits`` storage the
-rate limiter uses (the supervisor's host store with ``serve --workers N``, or this process's memory).
+Stores (:mod:`serving_hooks._budget_stores`): Redis (``redis_url``; two Lua scripts, one round trip
+each), else the ``limits`` storage the rate limiter uses (the supervisor's host store with ``serve --workers N``, or this process's memory).
 The host store serves ``limits``' storage calls only, not scripts, so there the reservation is an atomic
 ``incr`` that is given back when it went past the budget: never an overdraft, but two requests racing
 for the last of a budget may both be refused where Redis would admit one.
