@@ -221,3 +221,52 @@ def test_prices_without_a_tenants_file_limit_nobody(tmp_path, memory_telemetry, 
         statuses = [httpx.post(gw.v1 + "/chat/completions", json=_chat(), headers={
             "authorization": f"Bearer {key}"}).status_code for key in (keyring.acme, keyring.globex) * 3]
     assert statuses == [200] * 6 and peer.calls == 6
+
+
+requests = st.lists(st.tuples(st.integers(1, 50), st.integers(1, 200), st.integers(0, 100), st.integers(0, 3)),
+                    min_size=1, max_size=40)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(calls=requests, budget_micro=st.integers(1, 300_000), on_redis=st.booleans())
+def test_concurrent_calls_spend_at_most_the_budget_and_the_store_ends_at_their_real_cost(
+        calls, budget_micro, on_redis, redis_url):
+    """Each call reserves (prompt, max output) at 1000 micro-units a token, waits a few loop turns, and
+    settles to a real use no larger: the admitted worst cases never exceed the budget together, and the
+    store ends at the sum of the real costs."""
+    from gpt_observatory.serving_hooks.budgets import Metering
+    from gpt_observatory.serving_hooks.prices import Price, PriceTable
+    from gpt_observatory.serving_hooks.tenants import Budget, Tenant, TenantTable
+
+    tenant = Tenant("acme", budget=Budget(budget_micro, "month"))
+    table = PriceTable((Price("m", datetime(2026, 1, 1, tzinfo=UTC), "USD", 10**9, 10**9),))
+    namespace = f"prop-{uuid.uuid4().hex}"
+
+    async def scenario() -> None:
+        store = RedisBudgetStore(redis_url, timeout_s=2) if on_redis else LimitsBudgetStore(MemoryStorage())
+        metering = Metering(TenantTable({"acme": tenant}, None), table, store, namespace=namespace)
+        held, real_costs = [0], []
+
+        async def call(prompt: int, output: int, used: int, turns: int) -> None:
+            try:
+                hold = await metering.reserve(tenant, "m", prompt, output)
+            except Exception:  # the 429 (ApiError): refused, nothing held
+                return
+            held[0] += hold.reserved
+            assert held[0] <= budget_micro  # what is reserved or spent never passes the budget
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            cost = await metering.settle(hold, prompt, min(used, output))
+            held[0] += cost - hold.reserved
+            real_costs.append(cost)
+
+        try:
+            await asyncio.gather(*(call(*c) for c in calls))
+            key = f"{namespace}:budget:acme:{int(tenant.budget.window(datetime.now(UTC))[0].timestamp())}"
+            assert await store.spent(key) == sum(real_costs) == held[0]
+        finally:
+            await metering.close()
+            if on_redis:
+                _clear(redis_url, namespace)
+
+    asyncio.run(scenario())
