@@ -43,20 +43,23 @@ class Ledger:
         self.batch_rows = batch_rows
         self._writer = threading.Thread(target=self._write, name="observatory-ledger-write", daemon=True)
         self._closed = False
+        self._started = False
         self._spool_failing = False
 
     def start(self) -> None:
         """Start writing and shipping (rows an earlier process left in the spool go first)."""
+        self._started = True
         self._writer.start()
         self.shipper.start()
 
     def submit(self, row: UsageRow, wait: bool = False) -> asyncio.Future[bool] | None:
         """Queue ``row``; never blocks. With ``wait`` (on an event loop): a future that is True once the
-        row is in the spool, False when it could not be (counted); None when it was dropped at once."""
+        row is in the spool, False when it could not be (counted); None when it was dropped at once, or
+        the ledger is not started yet (the row waits in the queue: nobody is kept waiting for it)."""
         if self._closed:
             self.meters.dropped("closed")
             return None
-        future = asyncio.get_running_loop().create_future() if wait else None
+        future = asyncio.get_running_loop().create_future() if wait and self._started else None
         try:
             self._queue.put_nowait((row, future))
         except queue.Full:

@@ -238,3 +238,18 @@ def test_a_row_takes_the_price_and_cost_the_pricing_layer_marked():
                                "currency": "EUR", "cost_micro": 1234}
     assert _priced(SimpleNamespace(input_tokens=10, output_tokens=5)) == {
         "price_input_micro_per_1m": None, "price_output_micro_per_1m": None, "currency": None, "cost_micro": None}
+
+
+def test_a_ledger_not_started_keeps_nobody_waiting_and_writes_once_started(tmp_path):
+    import asyncio
+
+    ledger = Ledger(tmp_path / "s.sqlite3", SqliteStore(tmp_path / "ledger.sqlite3"))
+
+    async def submit() -> object:
+        return ledger.submit(row(1), wait=True)
+
+    assert asyncio.run(submit()) is None  # an app served without its lifespan: the response is not held
+    ledger.start()
+    assert ledger.flush(10)
+    assert totals(ledger.store)[0]["requests"] == 1
+    ledger.close()
