@@ -10,6 +10,7 @@ import time
 
 import httpx
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -253,3 +254,66 @@ def test_a_ledger_not_started_keeps_nobody_waiting_and_writes_once_started(tmp_p
     assert ledger.flush(10)
     assert totals(ledger.store)[0]["requests"] == 1
     ledger.close()
+
+
+@pytest.mark.slow
+def test_ten_thousand_requests_the_ledger_holds_what_each_caller_saw(memory_telemetry, upstream_peer, keyring,
+                                                                     state_dir):
+    """Issue 17's Must show: 10,000 requests (plain, streamed with and without usage, cut, failed, left
+    mid-stream): one row each, the tokens of every request that showed usage to the token, and in all
+    what the gateway metered."""
+    import asyncio
+
+    settings_ = _settings(upstream_peer, keyring)
+    ledger = open_ledger(settings_)
+    ledger.start()
+    seen: dict[str, dict | None] = {}
+    kinds = ("plain", "stream_usage", "stream", "cut", "failed", "left", "plain", "stream_usage")
+
+    async def drive(base: str) -> None:
+        sem = asyncio.Semaphore(16)
+
+        async def one(i: int, http: httpx.AsyncClient) -> None:
+            kind = kinds[i % len(kinds)]
+            body: dict = {"model": {"cut": "cut", "failed": "fail-500", "left": "stall"}.get(kind, "up-model"),
+                          "max_tokens": 1 + i % 7, "messages": [{"role": "user", "content": "hi"}]}
+            if kind in ("stream_usage", "stream", "cut", "left"):
+                body["stream"] = True
+            if kind in ("stream_usage", "cut"):
+                body["stream_options"] = {"include_usage": True}
+            tid, tp = _trace()
+            seen[tid] = None
+            async with sem, http.stream("POST", "/chat/completions", json=body, headers=tp) as r:
+                if kind == "left":
+                    async for _ in r.aiter_raw():
+                        break
+                    return
+                text = (await r.aread()).decode()
+            if not body.get("stream") and r.status_code == 200:
+                seen[tid] = orjson.loads(text)["usage"]
+            elif body.get("stream"):
+                seen[tid] = _usage_of_stream(text.splitlines())
+
+        async with httpx.AsyncClient(base_url=base, timeout=30, headers={"authorization": f"Bearer {keyring.acme}"},
+                                     limits=httpx.Limits(max_connections=32)) as http:
+            await asyncio.gather(*(one(i, http) for i in range(10_000)))
+
+    with serve(LedgerMiddleware(create_app(settings_), ledger)) as gw:
+        asyncio.run(drive(gw.v1))
+        settle(memory_telemetry, timeout=30)
+        assert ledger.flush(60)
+    ledger.close()
+    rows = {r["trace_id"]: r for r in _rows(ledger, reopen=True)}
+    assert len(rows) == len(seen) == 10_000 and set(rows) == set(seen)
+    shown = {t: u for t, u in seen.items() if u}
+    assert len(shown) >= 5000
+    assert sum(u["prompt_tokens"] for u in shown.values()) == sum(rows[t]["input_tokens"] for t in shown)
+    assert sum(u["completion_tokens"] for u in shown.values()) == sum(rows[t]["output_tokens"] for t in shown)
+    assert all((rows[t]["input_tokens"], rows[t]["output_tokens"]) == (u["prompt_tokens"], u["completion_tokens"])
+               for t, u in shown.items())
+    points = memory_telemetry.memory.metrics()[names.GATEWAY_TOKENS.name]
+    for kind, column in ((names.GEN_AI_TOKEN_TYPE_INPUT, "input_tokens"), (names.GEN_AI_TOKEN_TYPE_OUTPUT, "output_tokens")):
+        metered = point_value(points, **{names.TENANT: "acme", names.GEN_AI_TOKEN_TYPE: kind})
+        assert sum(r[column] for r in rows.values()) == metered
+    outcomes = {o: sum(1 for r in rows.values() if r["outcome"] == o) for o in names.LEDGER_OUTCOMES}
+    assert outcomes == {"ok": 6250, "error": 2500, "cancelled": 1250, "rejected": 0}
