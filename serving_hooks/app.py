@@ -56,6 +56,7 @@ from gpt_observatory.serving_hooks._completions import CompletionsEndpoint
 from gpt_observatory.serving_hooks._errors import ApiError
 from gpt_observatory.serving_hooks._openai import ErrorBody, ModelList
 from gpt_observatory.serving_hooks.backends.base import ModelRouter
+from gpt_observatory.serving_hooks.budgets import Metering, metering_for
 from gpt_observatory.serving_hooks.context import request_context
 from gpt_observatory.serving_hooks.gateway import Authenticate, GatewayConfig, GatewayMiddleware, no_scopes
 from gpt_observatory.serving_hooks.production import AdminGuard, admin_app, admin_paths, metrics
@@ -104,10 +105,11 @@ def create_app(
     authenticator: Authenticate | None = _UNSET,
     limiter: RateLimiter | None = None,
     instrument: bool = True,
+    metering: Metering | None = _UNSET,
 ) -> ASGIApp:
     """Build the API app (see :func:`create_listeners`; with ``admin_port`` set, its admin app is left out)."""
     return create_listeners(
-        settings, router=router, authenticator=authenticator, limiter=limiter, instrument=instrument
+        settings, router=router, authenticator=authenticator, limiter=limiter, instrument=instrument, metering=metering
     ).api
 
 
@@ -118,6 +120,7 @@ def create_listeners(
     authenticator: Authenticate | None = _UNSET,
     limiter: RateLimiter | None = None,
     instrument: bool = True,
+    metering: Metering | None = _UNSET,
 ) -> Listeners:
     """Build the apps. ``router``/``authenticator``/``limiter`` default to what ``settings`` describe;
     ``instrument=False`` leaves the gateway out (the hooks-off side of ``bench/gateway.py``).
@@ -137,6 +140,8 @@ def create_listeners(
         authenticator = build_authenticator(settings)
     if limiter is None:
         limiter = limiter_for(settings)
+    if metering is _UNSET:
+        metering = metering_for(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -166,7 +171,7 @@ def create_listeners(
     admin = admin_app(api, _NATIVE) if admin_apart else None
     app: ASGIApp = CompletionsEndpoint(api, catalog)  # type: ignore[arg-type]  # a router of routers
     if instrument:
-        app = _gateway(app, settings, catalog, authenticator, limiter)
+        app = _gateway(app, settings, catalog, authenticator, limiter, metering)
     token = settings.admin_token
     if token is not None:
         if admin is not None:
@@ -194,7 +199,7 @@ def build_catalog(settings: ServeSettings, router: ModelRouter | None = None) ->
 
 def _gateway(
     app: ASGIApp, settings: ServeSettings, router: CatalogRouter, authenticator: Authenticate | None,
-    limiter: RateLimiter | None,
+    limiter: RateLimiter | None, metering: Metering | None = None,
 ) -> ASGIApp:
     config = GatewayConfig(
         max_request_bytes=settings.max_request_bytes,
@@ -212,7 +217,7 @@ def _gateway(
         # own default is not known here, so the worst case reserved is the bound.
         default_max_tokens=DEFAULT_MAX_TOKENS if settings.backend == "mlflow" else None,
     )
-    return GatewayMiddleware(app, config, authenticator=authenticator, limiter=limiter)
+    return GatewayMiddleware(app, config, authenticator=authenticator, limiter=limiter, metering=metering)
 
 
 def auth_settings(settings: ServeSettings) -> AuthSettings:

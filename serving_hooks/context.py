@@ -40,6 +40,10 @@ class RequestContext:
     # Set by a layer below when the response failed after its status went out (a stream cut, truncated
     # or ended by shutdown): the gateway then records the request as an error whatever the status said.
     error_type: str | None = None
+    # Pricing (issue 17): the serving_hooks.prices.Price in force when the budget was reserved and the
+    # settled cost in integer micro-units of its currency (the gateway sets them; the ledger records them).
+    price: Any = None
+    cost_micro: int | None = None
 
     def record_usage(self, input_tokens: int, output_tokens: int) -> None:
         self.input_tokens = input_tokens

@@ -151,6 +151,7 @@ def _run(
     import uvicorn
 
     from gpt_observatory.serving_hooks.app import create_listeners
+    from gpt_observatory.serving_hooks.budgets import metering_for
     from gpt_observatory.serving_hooks.ratelimit import limiter_for
     from gpt_observatory.telemetry.settings import ConfigError
 
@@ -163,7 +164,8 @@ def _run(
     try:
         try:
             limiter = limiter_for(settings, worker.store_socket if worker is not None else None)
-            listeners = create_listeners(settings, limiter=limiter)
+            store = worker.store_socket if worker is not None else None
+            listeners = create_listeners(settings, limiter=limiter, metering=metering_for(settings, store))
         except ConfigError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None

@@ -46,13 +46,13 @@ output_per_1m = "1000"
 
 
 def metered_app(peer: CountingPeer, keyring: Any, host_store: Any = None, **extra: Any) -> Any:
-    """The reference app on the counting peer with the metering ``extra`` settings describe, as
-    ``create_app`` wires it once it passes ``metering_for(settings)`` to the gateway."""
+    """The reference app on the counting peer with the metering ``extra`` settings describe: ``create_app``
+    builds it from the settings (``serve --workers`` passes its supervisor's ``host_store`` instead)."""
     settings = load(backend="upstream", upstream_url=peer.url, model="n-model", api_keys_file=keyring.path,
                     redis_timeout_s=1.0, **extra)
-    app = create_app(settings, limiter=limiter_for(settings, host_store))
-    assert isinstance(app, GatewayMiddleware)
-    app.metering = metering_for(settings, host_store)
+    app = create_app(settings, limiter=limiter_for(settings, host_store),
+                     **({"metering": metering_for(settings, host_store)} if host_store is not None else {}))
+    assert isinstance(app, GatewayMiddleware) and app.metering is not None
     return app
 
 
