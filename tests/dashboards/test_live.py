@@ -72,6 +72,15 @@ def test_every_panel_and_rule_returns_data_from_real_traffic(tmp_path, mlflow_se
     proxy, _ = keys.create("proxy")
     revoked, record = keys.create("acme")
     keys.revoke(record.key_id)
+    budgeted, _ = keys.create("budgeted")
+    # Budgets (issue 17): "budgeted" may spend 30 micro-USD a day at A (a request's worst case is ~11 at a
+    # micro-USD a token: two pass, then 429); acme's budget at B is kept in B's dead Redis (fail-open, counted).
+    tenants, prices = tmp_path / "tenants.toml", tmp_path / "prices.toml"
+    tenants.write_text('[[tenants]]\nname = "budgeted"\nbudget = { amount = "0.00003", period = "day" }\n'
+                       '[[tenants]]\nname = "acme"\nbudget = { amount = "1000", period = "day" }\n')
+    prices.write_text(f'[[prices]]\nmodel = "{MODEL}"\neffective_from = 2026-01-01T00:00:00Z\ncurrency = "USD"\n'
+                      'input_per_1m = "1"\noutput_per_1m = "1"\n')
+    metering = {"OBSERVATORY_SERVE_TENANTS_FILE": str(tenants), "OBSERVATORY_SERVE_PRICES_FILE": str(prices)}
     a_port, b_port, dead_port = components.free_port(), components.free_port(), components.free_port()
     dead_redis = components.free_port()
     a, b = f"http://127.0.0.1:{a_port}", f"http://127.0.0.1:{b_port}"
@@ -87,7 +96,7 @@ def test_every_panel_and_rule_returns_data_from_real_traffic(tmp_path, mlflow_se
                                OTEL_BSP_SCHEDULE_DELAY="200",
                                # --tracking-uri alone does not reach model downloads (models:/ is resolved
                                # against MLflow's default registry): reported to the serving area.
-                               MLFLOW_TRACKING_URI=mlflow_server.url)
+                               MLFLOW_TRACKING_URI=mlflow_server.url, **metering)
             procs.append(components.start_process([*OBSERVATORY, "serve", "--backend", "mlflow", "--model", MODEL,
                                  "--tracking-uri", mlflow_server.url, "--poll-interval", "1", "--port", str(a_port),
                                  "--api-keys-file", str(tmp_path / "api-keys.json"), "--rpm", "30"],
@@ -95,11 +104,12 @@ def test_every_panel_and_rule_returns_data_from_real_traffic(tmp_path, mlflow_se
             # Gateway B proxies A (upstream backend): the GenAI client metrics. Its rate-limit store is
             # a Redis nobody runs: every request is admitted unchecked (fail-open) and counted.
             procs.append(components.start_process([*OBSERVATORY, "serve", "--backend", "upstream", "--upstream-url", f"{a}/v1",
-                                 "--upstream-models", MODEL, "--redis-url", f"redis://127.0.0.1:{dead_redis}/0",
+                                 "--model", MODEL, "--redis-url", f"redis://127.0.0.1:{dead_redis}/0",
                                  "--rpm", "10000",
                                  "--port", str(b_port), "--api-keys-file", str(tmp_path / "api-keys.json")],
                                 tmp_path / "b.log",
-                                _env(tmp_path / "b", OTEL_TRACES_EXPORTER="jsonl", OBSERVATORY_SERVE_UPSTREAM_API_KEY=proxy)))
+                                _env(tmp_path / "b", OTEL_TRACES_EXPORTER="jsonl", OBSERVATORY_SERVE_UPSTREAM_API_KEY=proxy,
+                                     **metering)))
             # The pipeline trains, registers, evaluates and promotes v1; its metrics go to the Pushgateway.
             pipeline = components.start_process([*OBSERVATORY, "pipeline", "run", "--model", MODEL], tmp_path / "pipeline.log",
                               _env(tmp_path / "p", OTEL_SERVICE_NAME="observatory-pipeline",
@@ -135,6 +145,8 @@ def test_every_panel_and_rule_returns_data_from_real_traffic(tmp_path, mlflow_se
                 statuses = [client.get(f"{a}/v1/models", headers={"authorization": f"Bearer {acme}"}).status_code
                             for _ in range(34)]
                 assert 429 in statuses
+                spending = [_chat(client, a, budgeted) for _ in range(4)]
+                assert spending[0] == 200 and spending[-1] == 429, spending  # the budget, spent
 
                 # Hot-swap: a new registry version becomes champion while A serves.
                 from mlflow import MlflowClient
