@@ -27,6 +27,7 @@ ASGI), then FastAPI for everything else and for the OpenAPI document.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ from gpt_observatory.serving_hooks.backends.base import ModelRouter
 from gpt_observatory.serving_hooks.budgets import Metering, metering_for
 from gpt_observatory.serving_hooks.context import request_context
 from gpt_observatory.serving_hooks.gateway import Authenticate, GatewayConfig, GatewayMiddleware, no_scopes
+from gpt_observatory.serving_hooks.ledger import LedgerMiddleware, open_ledger
 from gpt_observatory.serving_hooks.production import AdminGuard, admin_app, admin_paths, metrics
 from gpt_observatory.serving_hooks.production import check as check_production
 from gpt_observatory.serving_hooks.ratelimit import RateLimiter, limiter_for
@@ -140,11 +142,14 @@ def create_listeners(
         authenticator = build_authenticator(settings)
     if limiter is None:
         limiter = limiter_for(settings)
+    ledger = open_ledger(settings) if instrument else None  # None: ledger_enabled off
     if metering is _UNSET:
         metering = metering_for(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if ledger is not None:
+            ledger.start()  # rows a killed process left in the spool ship first
         await catalog.start()
         if reloader is not None:
             await reloader.start()
@@ -157,6 +162,8 @@ def create_listeners(
             if reloader is not None:
                 await reloader.close()
             await catalog.close()
+            if ledger is not None:
+                await asyncio.to_thread(ledger.close)  # what is queued goes to the spool, then a last shipment
             if limiter is not None:
                 await limiter.close()
             aclose = getattr(authenticator, "aclose", None)
@@ -168,10 +175,12 @@ def create_listeners(
     api = FastAPI(title="Observatory gateway", version=telemetry.__version__, lifespan=lifespan,
                   telemetry=_NATIVE, **off)
     _routes(api, catalog, with_metrics=not admin_apart)
-    admin = admin_app(api, _NATIVE) if admin_apart else None
+    admin = admin_app(api, _NATIVE, settings) if admin_apart else None
     app: ASGIApp = CompletionsEndpoint(api, catalog)  # type: ignore[arg-type]  # a router of routers
     if instrument:
         app = _gateway(app, settings, catalog, authenticator, limiter, metering)
+        if ledger is not None:
+            app = LedgerMiddleware(app, ledger)  # outside the gateway: reads its context after its end
     token = settings.admin_token
     if token is not None:
         if admin is not None:

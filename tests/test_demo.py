@@ -57,12 +57,22 @@ def test_the_pipeline_made_v1_champion_and_judged_v2(demo):
         assert m["judged_by"] == JUDGED_ON_SHADOW
         canary = demo.summary["requests"]["client_sent"]["canary traffic (JWT)"]
         assert set(canary) == {"200"} and canary["200"] >= CANARY_SETTINGS["min_requests"]
-        # no user was served by the challenger while it was judged: every answer to the judging
-        # traffic came from v1, and v2 answered only the scripted client, after an approval
         after = sum(demo.summary["requests"]["client_sent"][k].get("200", 0)
                     for k in demo.summary["requests"]["client_sent"] if k not in (CANARY, FLEET))
-        assert served == ({"1": canary["200"], "2": after} if m["champion_after"] == "2"
-                          else {"1": canary["200"] + after})
+        assert sum(served.values()) == canary["200"] + after
+        # No user was served by the challenger while it was judged: a user's answer from v2 (not a
+        # mirror) begins only once the decision moved the alias; the scripted client, after it, gets v2.
+        user_v2 = [sp for sp in traced_spans(demo) if sp["name"] == f"chat {MODEL}"
+                   and sp["resource"][names.SERVICE_NAME] == "observatory-gateway"
+                   and str(sp["attributes"].get(names.MODEL_VERSION)) == "2" and not sp["attributes"].get(names.SHADOW)]
+        if m["champion_after"] == "2":
+            decided = min(sp["start_time_unix_nano"] for sp in traced_spans(demo)
+                          if sp["name"] == names.SPAN_PIPELINE_DECISION
+                          and sp["attributes"].get(names.PIPELINE_DECISION) == "approved")
+            assert user_v2 and all(sp["start_time_unix_nano"] > decided for sp in user_v2)
+            assert served["2"] >= after
+        else:
+            assert not user_v2 and served == {"1": canary["200"] + after}
     else:
         assert m["judged_by"].startswith("offline gates (")
         assert set(served) == {m["champion_after"]}

@@ -28,6 +28,10 @@ from tests.serving_hooks.upstream_peer import PROMPT_TOKENS
 
 PEER_MODELS = ["up-model", "fail-500", "stall", "cut"]
 
+# The app without its own ledger: these tests wrap it in one they hold (create_app wires one in
+# from the settings; test_ledger_kill runs that).
+UNWIRED = {"ledger_enabled": False}
+
 
 def row(i: int, tenant: str = "acme", **extra) -> UsageRow:
     return UsageRow(f"req-{i}", iso(time.time()), tenant, "/v1/chat/completions", "ok", 200, 7, i % 5, **extra)
@@ -134,7 +138,7 @@ def test_each_request_is_one_row_with_what_the_caller_was_charged(memory_telemet
     seen: dict[str, dict | None] = {}  # trace id -> the usage the caller saw (None: none shown)
     outcome: dict[str, str] = {}
     auth = {"authorization": f"Bearer {keyring.acme}"}
-    with serve(LedgerMiddleware(create_app(settings_), ledger)) as gw, httpx.Client(base_url=gw.v1, timeout=10) as http:
+    with serve(LedgerMiddleware(create_app(settings_.model_copy(update=UNWIRED)), ledger)) as gw, httpx.Client(base_url=gw.v1, timeout=10) as http:
         for n in range(1, 4):  # plain
             tid, tp = _trace()
             r = http.post("/chat/completions", headers={**auth, **tp},
@@ -299,7 +303,7 @@ def test_ten_thousand_requests_the_ledger_holds_what_each_caller_saw(memory_tele
                                      limits=httpx.Limits(max_connections=32)) as http:
             await asyncio.gather(*(one(i, http) for i in range(10_000)))
 
-    with serve(LedgerMiddleware(create_app(settings_), ledger)) as gw:
+    with serve(LedgerMiddleware(create_app(settings_.model_copy(update=UNWIRED)), ledger)) as gw:
         asyncio.run(drive(gw.v1))
         settle(memory_telemetry, timeout=30)
         assert ledger.flush(60)

@@ -20,13 +20,8 @@ from tests.components import free_port, start_process, wait_http
 GATEWAY = """
 import sys, uvicorn
 from gpt_observatory.serving_hooks.app import create_app
-from gpt_observatory.serving_hooks.ledger import LedgerMiddleware, open_ledger
 from gpt_observatory.serving_hooks.settings import load
-settings = load()
-ledger = open_ledger(settings)
-ledger.start()
-uvicorn.run(LedgerMiddleware(create_app(settings), ledger), host="127.0.0.1", port=int(sys.argv[1]),
-            log_level="warning")
+uvicorn.run(create_app(load()), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")  # its own ledger
 """
 
 

@@ -31,6 +31,10 @@ PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
 OUTAGE_S = float(os.environ.get("OBSERVATORY_TEST_LEDGER_OUTAGE_S", "5"))
 pytestmark = pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL server binaries not installed")
 
+# The app without its own ledger: these tests wrap it in one they hold (create_app wires one in
+# from the settings; test_ledger_kill runs that).
+UNWIRED = {"ledger_enabled": False}
+
 
 class Cluster:
     """A PostgreSQL cluster of this test's own (never the machine's shared one)."""
@@ -105,7 +109,7 @@ def test_postgres_stopped_under_load_loses_and_doubles_no_row(cluster, upstream_
                     answered[0] += 1
                     latencies[phase].append(took)
 
-    with serve(LedgerMiddleware(create_app(settings), ledger)) as gw:
+    with serve(LedgerMiddleware(create_app(settings.model_copy(update=UNWIRED)), ledger)) as gw:
         threads = [threading.Thread(target=load_loop, args=(gw.v1,)) for _ in range(4)]
         for t in threads:
             t.start()
