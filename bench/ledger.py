@@ -44,10 +44,10 @@ def serve_child(port: int, ledger: bool) -> None:
     from gpt_observatory.serving_hooks.settings import load
 
     telemetry.configure("ledger-bench")
-    settings = load()
+    settings = load(ledger_enabled=False)  # the app without one; "on" wraps it in a started ledger
     app = create_app(settings)
     if ledger:
-        led = open_ledger(settings)
+        led = open_ledger(settings.model_copy(update={"ledger_enabled": True}))
         led.start()
         app = LedgerMiddleware(app, led)
     gc.collect()

@@ -165,6 +165,7 @@ class Metering:
             await self.reloader.start()
 
     async def close(self) -> None:
+        _METERINGS.discard(self)  # a closed metering's tenants leave the gauges now, not at garbage collection
         if self.reloader is not None:
             await self.reloader.close()
         for limiter in self._limiters.values():

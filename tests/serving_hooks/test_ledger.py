@@ -113,6 +113,7 @@ def test_totals_are_exact_sums_per_tenant_and_currency(tmp_path_factory, data):
 # ------------------------------------------------------------------ the real gateway in front of a real upstream
 def _settings(upstream_peer, keyring, **extra):
     extra.setdefault("upstream_timeout_s", 0.5)
+    extra.setdefault("ledger_enabled", True)
     return load(backend="upstream", upstream_url=upstream_peer.url, api_keys_file=keyring.path,
                 upstream_models=PEER_MODELS, **extra)
 

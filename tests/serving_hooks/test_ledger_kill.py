@@ -29,7 +29,7 @@ def test_sigkill_under_load_loses_no_completed_request(upstream_peer, keyring, t
     env = {
         "OBSERVATORY_SERVE_BACKEND": "upstream", "OBSERVATORY_SERVE_UPSTREAM_URL": upstream_peer.url,
         "OBSERVATORY_SERVE_API_KEYS_FILE": str(keyring.path), "OBSERVATORY_SERVE_UPSTREAM_MODELS": "up-model",
-        "OBSERVATORY_SERVE_LEDGER_URL": str(tmp_path / "ledger.sqlite3"),
+        "OBSERVATORY_SERVE_LEDGER_ENABLED": "true", "OBSERVATORY_SERVE_LEDGER_URL": str(tmp_path / "ledger.sqlite3"),
         "OBSERVATORY_SERVE_LEDGER_SHIP_INTERVAL_S": "30",  # nothing shipped before the kill: all from the spool
         "OBSERVATORY_STATE_DIR": str(state_dir),
     }
@@ -70,7 +70,7 @@ def test_sigkill_under_load_loses_no_completed_request(upstream_peer, keyring, t
 
     os.environ.update(env)  # the next start, on the same spool and store
     try:
-        ledger = open_ledger(load())
+        ledger = open_ledger(load(ledger_enabled=True))
     finally:
         for key in env:
             os.environ.pop(key, None)

@@ -87,7 +87,7 @@ def _count(url: str) -> tuple[int, int]:
 
 def test_postgres_stopped_under_load_loses_and_doubles_no_row(cluster, upstream_peer, keyring, state_dir):
     outage_s = OUTAGE_S
-    settings = load(backend="upstream", upstream_url=upstream_peer.url, api_keys_file=keyring.path,
+    settings = load(backend="upstream", upstream_url=upstream_peer.url, api_keys_file=keyring.path, ledger_enabled=True,
                     upstream_models=["up-model"], ledger_url=cluster.url, ledger_ship_interval_s=0.05,
                     ledger_batch_rows=200)
     ledger = open_ledger(settings)

@@ -50,7 +50,7 @@ def test_follow_sees_every_record_of_a_tenant_once_in_order_across_rotation(tmp_
         [_observatory(), "logs", "-f", "--tenant", "tenant-x", "--json", "-n", "100000"],
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=(tmp_path / "follower.stderr").open("wb"),  # a file: an unread pipe could fill and stall it
     )
     out: list[dict] = []
     reader = threading.Thread(target=lambda: out.extend(json.loads(line) for line in follower.stdout), daemon=True)
