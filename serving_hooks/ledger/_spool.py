@@ -27,6 +27,21 @@ class SpoolError(Exception):
     """The spool could not take a batch (disk full, its size bound, I/O error)."""
 
 
+def _wal(db: sqlite3.Connection, wait_s: float = 30.0) -> None:
+    """WAL mode. Several processes opening one new spool at once (``serve --workers N``) race for it, and
+    SQLite answers "database is locked" at once to the losers (the busy timeout does not cover a
+    journal-mode change): ask again until the winner is done."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class Spool:
     """One connection to the spool file (use one per thread)."""
 
@@ -34,7 +49,7 @@ class Spool:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        _wal(self._db)
         self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
         self._db.execute(_SCHEMA)
         if max_mb is not None:
