@@ -30,8 +30,10 @@ from tests.serving_hooks.replica_procs import replicas
 POOL, SPARE = "fleet-pool", "fleet-spare"
 # No active probes (a dead replica then stays "ejected", not "unhealthy": the state ReplicaEjected reads),
 # ejections that outlast the run, both replicas may be out at once (so the pool can run dry), and a retry
-# budget of one retry a minute (the second retryable failure is denied).
-POLICY = """probe_interval_s = 0
+# budget of one retry a minute (the second retryable failure is denied). Least-outstanding, not the default
+# latency-weighted balancer: that one learns to avoid a failing replica, so it would never be ejected here.
+POLICY = """balancer = "least_outstanding"
+probe_interval_s = 0
 consecutive_errors = 3
 base_ejection_s = 300
 max_ejection_s = 300
