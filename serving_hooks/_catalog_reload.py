@@ -27,7 +27,9 @@ from gpt_observatory.telemetry.settings import ConfigError
 _Stamp = tuple[int, int, int] | None
 
 
-def _stamp(path: Path) -> _Stamp:
+def file_stamp(path: Path) -> _Stamp:
+    """A file's identity for change polling (mtime, size, inode; None while it is missing): an edit in
+    place, a rename over it and a new file of the same mtime all change it."""
     try:
         st = os.stat(path)
     except OSError:
@@ -52,7 +54,7 @@ class CatalogReloader:
         self._reloads = metrics.get_meter(__name__).create_counter(m.name, m.unit, m.description)
 
     async def start(self) -> None:
-        self._stamp = _stamp(self.path)
+        self._stamp = file_stamp(self.path)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError, AttributeError):
             loop.add_signal_handler(signal.SIGHUP, self._wake.set)  # main thread only
@@ -77,7 +79,7 @@ class CatalogReloader:
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
             asked = self._wake.is_set()
             self._wake.clear()
-            stamp = _stamp(self.path)
+            stamp = file_stamp(self.path)
             if asked or stamp != self._stamp:
                 self._stamp = stamp
                 await self.reload()

@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -47,6 +46,7 @@ from typing import Any, Literal
 from loguru import logger
 from opentelemetry import metrics
 
+from gpt_observatory.serving_hooks._catalog_reload import file_stamp
 from gpt_observatory.serving_hooks.prices import to_micro
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.settings import ConfigError
@@ -226,14 +226,6 @@ def load(path: Path, *, default_tier: str | None = "default", refuse_unknown: bo
     return parse(data, default_tier=default_tier, refuse_unknown=refuse_unknown, source=str(path))
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
-
-
 class TenantsReloader:
     """Re-reads files whose identity (mtime, size, inode) changed, every ``poll_s`` seconds; ``load(path)``
     returns the new value and ``apply(value)`` serves it. SIGHUP is the catalog's (one handler per signal):
@@ -242,13 +234,13 @@ class TenantsReloader:
     def __init__(self, files: Mapping[Path, Any], poll_s: float = 2.0) -> None:
         self.files = {Path(p): pair for p, pair in files.items()}  # path -> (load, apply)
         self.poll_s = poll_s
-        self._stamps = {p: _stamp(p) for p in self.files}
+        self._stamps = {p: file_stamp(p) for p in self.files}
         self._task: asyncio.Task[None] | None = None
         m = names.TENANTS_RELOADS
         self._reloads = metrics.get_meter(__name__).create_counter(m.name, m.unit, m.description)
 
     async def start(self) -> None:
-        self._stamps = {p: _stamp(p) for p in self.files}
+        self._stamps = {p: file_stamp(p) for p in self.files}
         self._task = asyncio.create_task(self._watch(), name="tenants-reload")
 
     async def close(self) -> None:
@@ -262,7 +254,7 @@ class TenantsReloader:
         while True:
             await asyncio.sleep(self.poll_s)
             for path in self.files:
-                stamp = _stamp(path)
+                stamp = file_stamp(path)
                 if stamp != self._stamps[path]:
                     self._stamps[path] = stamp
                     await self.reload(path)
