@@ -38,8 +38,8 @@ POOL_POLICY = {"probe_interval_s": 1.0, "probe_timeout_s": 0.5, "healthy_thresho
 class Replica:
     """One replica process on a loopback port that it keeps across a kill and a restart."""
 
-    def __init__(self, name: str, folder: Path) -> None:
-        self.name, self.port = name, free_port()
+    def __init__(self, name: str, folder: Path, delay_ms: float = REPLICA_DELAY_MS, port: int | None = None) -> None:
+        self.name, self.port, self.delay_ms = name, port or free_port(), delay_ms
         self.log = folder / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -49,7 +49,7 @@ class Replica:
 
     def start(self, timeout: float = 30.0) -> Replica:
         cmd = [sys.executable, "-m", "gpt_observatory.demo.upstream", "--port", str(self.port),
-               "--delay-ms", str(REPLICA_DELAY_MS)]
+               "--delay-ms", str(self.delay_ms)]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout

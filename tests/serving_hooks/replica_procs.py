@@ -8,57 +8,23 @@ Each is ``python -m gpt_observatory.demo.upstream --port P [--delay-ms D]`` (the
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.components import free_port, wait_http
+from gpt_observatory.demo.fleet import Replica
+from tests.components import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-class ReplicaProcess:
-    """One replica process on a fixed loopback port: start, SIGKILL, start again on the same port."""
+class ReplicaProcess(Replica):
+    """One replica process on a fixed loopback port (the demo's :class:`Replica`): start, SIGKILL, start
+    again on the same port; its log ``replica-PORT.log`` in ``log_dir``."""
 
     def __init__(self, port: int | None = None, delay_ms: float = 0.0, log_dir: Path | None = None) -> None:
-        self.port = port or free_port()
-        self.delay_ms = delay_ms
-        self.log = (log_dir or Path("/tmp")) / f"replica-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self, timeout: float = 30.0) -> ReplicaProcess:
-        cmd = [sys.executable, "-m", "gpt_observatory.demo.upstream", "--port", str(self.port),
-               "--delay-ms", str(self.delay_ms)]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                         env={**os.environ, "PYTHONPATH": str(REPO)})
-        wait_http(self.url + "/models", timeout, self.proc, self.log)
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: no graceful close, in-flight connections die with it."""
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-            self.proc = None
+        port = port or free_port()
+        super().__init__(f"replica-{port}", log_dir or Path("/tmp"), delay_ms, port)
 
 
 @contextlib.contextmanager
