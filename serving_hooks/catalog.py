@@ -226,14 +226,20 @@ def load(path: Path, settings: ServeSettings) -> Catalog:
     return parse(data, settings, source=str(path))
 
 
+def toml_tables(data: Mapping[str, Any], key: str, source: str) -> list[dict[str, Any]]:
+    """The ``[[key]]`` tables of a parsed TOML file that holds nothing else (the catalog, the prices)."""
+    unknown = set(data) - {key}
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level key(s) {', '.join(sorted(unknown))} (only [[{key}]] tables)")
+    tables = data.get(key, [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{source}: '{key}' must be an array of tables ([[{key}]])")
+    return tables
+
+
 def parse(data: Mapping[str, Any], settings: ServeSettings, *, source: str = "catalog") -> Catalog:
     """Validate a catalog given as data (the parsed TOML: ``{"models": [{...}, ...]}``)."""
-    unknown = set(data) - {"models"}
-    if unknown:
-        raise ConfigError(f"{source}: unknown top-level key(s) {', '.join(sorted(unknown))} (only [[models]] tables)")
-    tables = data.get("models", [])
-    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        raise ConfigError(f"{source}: 'models' must be an array of tables ([[models]])")
+    tables = toml_tables(data, "models", source)
     entries = []
     for i, table in enumerate(tables):
         label = f"{source}: [[models]] #{i + 1}" + (f" ({table['name']!r})" if isinstance(table.get("name"), str) else "")

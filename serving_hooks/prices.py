@@ -30,6 +30,7 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from gpt_observatory.serving_hooks.catalog import toml_tables
 from gpt_observatory.telemetry.settings import ConfigError
 
 __all__ = ["MICRO", "Price", "PriceTable", "cost_micro", "load", "parse", "to_micro"]
@@ -122,12 +123,7 @@ class PriceTable:
 
 def parse(data: Mapping[str, Any], currency: str, *, source: str = "prices") -> PriceTable:
     """Validate a prices file given as data (``{"prices": [{...}, ...]}``), every price in ``currency``."""
-    unknown = set(data) - {"prices"}
-    if unknown:
-        raise ConfigError(f"{source}: unknown top-level key(s) {', '.join(sorted(unknown))} (only [[prices]] tables)")
-    tables = data.get("prices", [])
-    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        raise ConfigError(f"{source}: 'prices' must be an array of tables ([[prices]])")
+    tables = toml_tables(data, "prices", source)
     prices = []
     for i, t in enumerate(tables):
         where = f"{source}: [[prices]] #{i + 1}" + (f" ({t['model']!r})" if isinstance(t.get("model"), str) else "")
