@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from opentelemetry import trace
@@ -28,6 +28,9 @@ from gpt_observatory.serving_hooks.catalog import Catalog, ModelEntry
 from gpt_observatory.serving_hooks.context import RequestContext
 from gpt_observatory.serving_hooks.gateway import Bounds
 from gpt_observatory.telemetry.settings import ConfigError
+
+if TYPE_CHECKING:
+    from gpt_observatory.serving_hooks.tenants import Tenant
 
 Build = Callable[[ModelEntry, Catalog], ModelRouter]
 
@@ -101,10 +104,14 @@ class CatalogRouter:
         return Dispatch(served, version.lookup, self._fallbacks)
 
     # ------------------------------------------------------------------ listing and readiness
-    def models(self, ctx: RequestContext | None) -> list[dict[str, Any]]:
-        """OpenAI model cards of every name the caller may use (public names and aliases)."""
+    def models(self, ctx: RequestContext | None, tenant: Tenant | None = None) -> list[dict[str, Any]]:
+        """OpenAI model cards of every name the caller may use (public names and aliases): those its
+        scopes allow and, given its ``tenant`` policy, that the tenants table allows it too (the
+        gateway's own check, :meth:`Tenant.may_call_entry`)."""
         return [{"id": name, "object": "model", "created": 0, "owned_by": "observatory"}
-                for s in self._version.served.values() if visible(s.entry, ctx) for name in s.entry.names]
+                for s in self._version.served.values()
+                if visible(s.entry, ctx) and (tenant is None or tenant.may_call_entry(s.entry.names))
+                for name in s.entry.names]
 
     async def readiness(self) -> tuple[dict[str, Any], bool]:
         """The ``/readyz`` body and whether the gateway is ready: one model, exactly its readiness; several,

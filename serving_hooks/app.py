@@ -174,7 +174,7 @@ def create_listeners(
     off = {"openapi_url": None, "docs_url": None, "redoc_url": None} if admin_apart else {}
     api = FastAPI(title="Observatory gateway", version=telemetry.__version__, lifespan=lifespan,
                   telemetry=_NATIVE, **off)
-    _routes(api, catalog, with_metrics=not admin_apart)
+    _routes(api, catalog, with_metrics=not admin_apart, metering=metering if instrument else None)
     admin = admin_app(api, _NATIVE, settings) if admin_apart else None
     app: ASGIApp = CompletionsEndpoint(api, catalog)  # type: ignore[arg-type]  # a router of routers
     if instrument:
@@ -280,13 +280,20 @@ def _document(api: FastAPI) -> None:
     api.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise it
 
 
-def _routes(api: FastAPI, router: CatalogRouter, *, with_metrics: bool = True) -> None:
+def _routes(api: FastAPI, router: CatalogRouter, *, with_metrics: bool = True, metering: Metering | None = None) -> None:
     _document(api)
 
     @api.get("/v1/models", response_model=ModelList, responses=_ERRORS)
     async def models(request: Request) -> dict[str, Any]:
-        """The models this gateway serves that the caller's scopes allow."""
-        return {"object": "list", "data": router.models(request_context(request.scope))}
+        """The models this gateway serves that the caller's scopes allow (and its tenant's entry in the
+        tenants table, when there is one)."""
+        ctx = request_context(request.scope)
+        tenant = None
+        if metering is not None and ctx is not None:
+            tenant = metering.tenant(ctx.tenant)
+            if tenant is None:  # refused by a table reloaded since the gateway admitted the request
+                return {"object": "list", "data": []}
+        return {"object": "list", "data": router.models(ctx, tenant)}
 
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -295,7 +295,7 @@ class GatewayMiddleware:
                 403, f"forbidden: tenant {name!r} is not in this gateway's tenants table; ask its operator to add it",
                 "permission_error", "unknown_tenant", "forbidden",
             )
-        if model is not None and not any(tenant.may_call(alias) for alias in self._names_of(model)):
+        if model is not None and not tenant.may_call_entry(self._names_of(model)):
             raise _errors.ApiError(
                 403, f"forbidden: tenant {name!r} may not call model {model!r} (the models of its entry in the "
                      "tenants table); ask its operator to allow it",

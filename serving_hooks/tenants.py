@@ -37,7 +37,7 @@ import contextlib
 import fnmatch
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -95,6 +95,11 @@ class Tenant:
 
     def may_call(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+    def may_call_entry(self, names: Iterable[str]) -> bool:
+        """Whether the tenant may call a catalog entry known by ``names`` (its public name and aliases):
+        one of them allowed is enough. What the gateway admits and what ``/v1/models`` lists."""
+        return any(self.may_call(name) for name in names)
 
 
 class TenantTable:
