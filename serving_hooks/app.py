@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +60,7 @@ from gpt_observatory.serving_hooks.backends.base import ModelRouter
 from gpt_observatory.serving_hooks.budgets import Metering, metering_for
 from gpt_observatory.serving_hooks.context import request_context
 from gpt_observatory.serving_hooks.gateway import Authenticate, GatewayConfig, GatewayMiddleware, no_scopes
-from gpt_observatory.serving_hooks.ledger import LedgerMiddleware, open_ledger
+from gpt_observatory.serving_hooks.ledger import LedgerMiddleware, mirror_recorder, open_ledger
 from gpt_observatory.serving_hooks.production import AdminGuard, admin_app, admin_paths, metrics
 from gpt_observatory.serving_hooks.production import check as check_production
 from gpt_observatory.serving_hooks.ratelimit import RateLimiter, limiter_for
@@ -134,7 +134,8 @@ def create_listeners(
         settings, auth if isinstance(auth, AuthSettings) else auth_settings(settings),
         handle.settings if handle is not None else telemetry.settings.load(),
     )
-    catalog = build_catalog(settings, router)
+    ledger = open_ledger(settings) if instrument else None  # None: ledger_enabled off
+    catalog = build_catalog(settings, router, on_mirror=mirror_recorder(ledger) if ledger is not None else None)
     reloader = None
     if settings.catalog_file is not None and router is None:
         reloader = CatalogReloader(catalog, settings.catalog_file, settings, settings.catalog_poll_s)
@@ -142,7 +143,6 @@ def create_listeners(
         authenticator = build_authenticator(settings)
     if limiter is None:
         limiter = limiter_for(settings)
-    ledger = open_ledger(settings) if instrument else None  # None: ledger_enabled off
     if metering is _UNSET:
         metering = metering_for(settings)
 
@@ -195,15 +195,33 @@ def create_listeners(
 _NATIVE = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
-def build_catalog(settings: ServeSettings, router: ModelRouter | None = None) -> CatalogRouter:
+def build_catalog(settings: ServeSettings, router: ModelRouter | None = None, *,
+                  on_mirror: Callable[[Any], None] | None = None) -> CatalogRouter:
     """The catalog ``settings`` describe (``catalog_file``, else the single model), with its backends
-    built; ``router``: the single model's, ready-made (``catalog_file`` is then not read)."""
+    built; ``router``: the single model's, ready-made (``catalog_file`` is then not read). ``on_mirror``:
+    where every shadow router (built now or on a reload) reports its mirrors (the usage ledger)."""
+    build = build_entry
+    if on_mirror is not None:
+        record = on_mirror
+
+        def mirroring(entry: catalogs.ModelEntry, catalog: catalogs.Catalog) -> ModelRouter:
+            return _mirrors_to(build_entry(entry, catalog), record)
+
+        build = mirroring
+        router = _mirrors_to(router, record) if router is not None else None
     if router is not None or settings.catalog_file is None:
         catalog = catalogs.from_settings(settings)
         routers = {settings.model: router} if router is not None else None
-        return CatalogRouter(catalog, build_entry, routers=routers, drain_timeout_s=settings.graceful_timeout_s)
-    return CatalogRouter(catalogs.load(settings.catalog_file, settings), build_entry,
+        return CatalogRouter(catalog, build, routers=routers, drain_timeout_s=settings.graceful_timeout_s)
+    return CatalogRouter(catalogs.load(settings.catalog_file, settings), build,
                          drain_timeout_s=settings.graceful_timeout_s)
+
+
+def _mirrors_to(router: ModelRouter, on_mirror: Callable[[Any], None]) -> ModelRouter:
+    """``router``, reporting its mirrors to ``on_mirror`` when it mirrors (a shadow router)."""
+    if hasattr(router, "on_mirror"):
+        router.on_mirror = on_mirror  # type: ignore[attr-defined]
+    return router
 
 
 def _gateway(

@@ -104,8 +104,8 @@ def admin_app(api: FastAPI, telemetry: dict[str, bool], settings: ServeSettings 
 
 def _usage_endpoint(settings: ServeSettings | None):
     async def usage(tenant: str | None = None, model: str | None = None, since: str | None = None,
-                    until: str | None = None, by: str = "tenant") -> Response:
-        """Totals from the usage ledger: ``?tenant=&model=&since=&until=&by=tenant|model|day``."""
+                    until: str | None = None, by: str = "tenant", include_shadow: bool = False) -> Response:
+        """Totals from the usage ledger: ``?tenant=&model=&since=&until=&by=tenant|model|day&include_shadow=``."""
         import asyncio
 
         import orjson
@@ -125,7 +125,7 @@ def _usage_endpoint(settings: ServeSettings | None):
         def read() -> list[dict]:
             store = open_store(store_location(settings or load()))
             try:
-                return totals(store, by, filters)
+                return totals(store, by, filters, include_shadow)
             finally:
                 store.close()
 

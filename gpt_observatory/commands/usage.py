@@ -26,10 +26,12 @@ def usage(
     fmt: str = typer.Option("table", "--format", help="table, csv or json."),
     ledger: str | None = typer.Option(None, "--ledger", help="A SQLite file or postgresql:// URL; unset: "
                                                              "OBSERVATORY_SERVE_LEDGER_URL, else the state dir's."),
+    include_shadow: bool = typer.Option(False, "--include-shadow", help="Also count the challenger's shadow "
+                                        "mirrors (not billed), apart: the unbilled_* columns."),
 ) -> None:
     """Print the ledger's billable totals (shadow calls excluded), one line per group and currency."""
     from gpt_observatory.serving_hooks.ledger import open_store, store_location
-    from gpt_observatory.serving_hooks.ledger._read import BY, Filters, totals, when
+    from gpt_observatory.serving_hooks.ledger._read import BY, UNBILLED, Filters, totals, when
     from gpt_observatory.serving_hooks.settings import load
 
     if by not in BY:
@@ -43,21 +45,22 @@ def usage(
     location = ledger or store_location(load())
     store = open_store(location)
     try:
-        rows = totals(store, by, filters)
+        rows = totals(store, by, filters, include_shadow)
     except Exception as e:
         print(f"observatory usage: cannot read the ledger ({type(e).__qualname__}); check --ledger or "
               "OBSERVATORY_SERVE_LEDGER_URL", file=sys.stderr)
         raise typer.Exit(1) from None
     finally:
         store.close()
-    typer.echo(render(rows, fmt, by), nl=False)
+    typer.echo(render(rows, fmt, by, UNBILLED if include_shadow else ()), nl=False)
 
 
-def render(rows: list[dict], fmt: str, by: str) -> str:
+def render(rows: list[dict], fmt: str, by: str, extra: tuple[str, ...] = ()) -> str:
     if fmt == "json":
         return json.dumps({"by": by, "rows": rows}, indent=2) + "\n"
-    header = [by if c == "key" else c for c in _SHOWN]
-    cells = [["" if r[c] is None else (f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])) for c in _SHOWN]
+    shown = _SHOWN + extra
+    header = [by if c == "key" else c for c in shown]
+    cells = [["" if r[c] is None else (f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])) for c in shown]
              for r in rows]
     if fmt == "csv":
         out = io.StringIO()

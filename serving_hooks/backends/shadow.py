@@ -6,7 +6,11 @@ parsing); once its last byte went out the mirror is offered to a bounded queue (
 full queue drops the mirror and counts it, the user request never waits). Background tasks, as many
 as the challenger has generation threads, work the queue: each mirror is its own trace (a span
 ``observatory.shadow`` flagged ``observatory.shadow=true``, linked to the user request's span), the
-challenger's call carries no gateway context, so it is neither metered nor rate-limited.
+challenger's call carries no gateway context, so it is neither metered nor rate-limited. It has a
+context of its own (:class:`~serving_hooks.context.RequestContext`, the tokens and version the
+challenger reports) that, with the user request's, goes to ``on_mirror`` when one is set: the app
+gives the usage ledger's (:func:`serving_hooks.ledger.mirror_recorder`), which writes the mirror as a
+row that is not billable (the GPU work is real, the tenant does not pay for it).
 
 Both sides of a mirrored request are measured the same way, from their ASGI responses, into the
 ``observatory.shadow.*`` metrics by role and version: duration, TTFT and TPOT (streams), output
@@ -26,7 +30,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,10 +45,12 @@ from starlette.types import Message, Receive, Scope, Send
 from gpt_observatory.serving_hooks._errors import ApiError
 from gpt_observatory.serving_hooks.backends.base import Call, ModelBackend, ModelRouter, Readiness
 from gpt_observatory.serving_hooks.backends.inprocess import InProcessBackend
+from gpt_observatory.serving_hooks.context import RequestContext
 from gpt_observatory.serving_hooks.inference import MIRRORED
 from gpt_observatory.telemetry import names
 
 _SCOPE: Scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "method": "POST"}
+_ROUTES = {names.GEN_AI_OPERATION_CHAT: "/v1/chat/completions", names.GEN_AI_OPERATION_TEXT_COMPLETION: "/v1/completions"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +99,26 @@ class Reading:
     duration_s: float
     ttft_s: float | None
     error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Mirrored:
+    """One mirror the challenger answered or failed, as ``on_mirror`` gets it: the user request's
+    context (``caller``: tenant, principal, price; None without the gateway) and the challenger call's
+    own (``ctx``: its tokens, the version that answered)."""
+
+    caller: RequestContext | None
+    ctx: RequestContext
+    route: str  # the user request's
+    model: str  # the catalog name the caller asked for
+    stream: bool
+    trace_id: str | None  # the user request's trace (32 hex digits)
+    arrived: float  # epoch seconds: when the challenger was asked
+    status: int  # the challenger's HTTP status (500 when it raised, 504 when it timed out)
+    error: str | None  # set when it failed (names an error type, never a text)
+    duration_s: float
+    ttft_s: float | None
+    version: str | None  # the challenger's MLflow version
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +186,7 @@ class ShadowRouter(ModelRouter):
         self.policy = policy
         self._random = random.random
         self._mirroring = _Mirroring(self)
+        self.on_mirror: Callable[[Mirrored], None] | None = None  # set by the app: the usage ledger's
         self._queue: asyncio.Queue[_Mirror] | None = None
         self._workers: list[asyncio.Task] = []
         self._tracer = trace.get_tracer(__name__)
@@ -256,7 +283,10 @@ class ShadowRouter(ModelRouter):
         # Its own trace (an empty parent context), linked to the user request it copies.
         with self._tracer.start_as_current_span(names.SPAN_SHADOW, context=Context(), kind=SpanKind.INTERNAL,
                                                 links=links, attributes=attrs) as span:
-            challenger = await self._ask_challenger(Call(call.operation, call.request, call.raw, None))
+            caller = call.ctx
+            own = RequestContext(principal=caller.principal, tenant=caller.tenant) if caller else RequestContext()
+            arrived = time.time()
+            challenger = await self._ask_challenger(Call(call.operation, call.request, call.raw, own))
             ours = read(challenger)
             if ours.error is not None:
                 span.set_attribute(names.ERROR_TYPE, ours.error)
@@ -268,6 +298,12 @@ class ShadowRouter(ModelRouter):
             match = "exact" if ours.text == theirs.text else "differs"
             self._comparisons.add(1, {names.GEN_AI_REQUEST_MODEL: model, **version, names.SHADOW_MATCH: match})
             self._ratio.record(length_ratio(ours.tokens, theirs.tokens), {names.GEN_AI_REQUEST_MODEL: model, **version})
+        if self.on_mirror is not None:
+            trace_id = format(mirror.link.trace_id, "032x") if mirror.link.is_valid else None
+            answered = own.model.version if own.model is not None else loaded.info.version
+            route = _ROUTES.get(call.operation, "/v1/completions")
+            self.on_mirror(Mirrored(caller, own, route, model, bool(call.request.stream), trace_id, arrived,
+                                    challenger.status, ours.error, ours.duration_s, ours.ttft_s, answered))
 
     async def _ask_challenger(self, call: Call) -> Answer:
         answer = Answer(time.perf_counter(), bool(call.request.stream))
@@ -288,10 +324,13 @@ class ShadowRouter(ModelRouter):
                 await response(_SCOPE, receive, collect)
         except ApiError as e:
             answer.error = e.reason or f"http_{e.status}"
+            answer.status = answer.status or e.status
         except TimeoutError:
             answer.error = "timeout"
+            answer.status = answer.status or 504
         except Exception as e:
             answer.error = type(e).__qualname__
+            answer.status = answer.status or 500
         finally:
             MIRRORED.reset(mirrored)
         return answer

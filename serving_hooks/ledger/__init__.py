@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING
 
 from gpt_observatory.serving_hooks.ledger._ledger import Ledger
 from gpt_observatory.serving_hooks.ledger._middleware import LedgerMiddleware
+from gpt_observatory.serving_hooks.ledger._mirror import mirror_recorder, mirror_row
 from gpt_observatory.serving_hooks.ledger._row import COLUMNS, UsageRow
 from gpt_observatory.serving_hooks.ledger._ship import Store
 
 if TYPE_CHECKING:
     from gpt_observatory.serving_hooks.settings import ServeSettings
 
-__all__ = ["COLUMNS", "Ledger", "LedgerMiddleware", "Store", "UsageRow", "open_ledger", "open_store",
-           "store_location"]
+__all__ = ["COLUMNS", "Ledger", "LedgerMiddleware", "Store", "UsageRow", "mirror_recorder", "mirror_row",
+           "open_ledger", "open_store", "store_location"]
 
 SPOOL_FILE = "spool.sqlite3"
 

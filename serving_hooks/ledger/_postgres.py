@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date
+from typing import Any
 
 from gpt_observatory.serving_hooks.ledger._row import COLUMNS, UsageRow
 
@@ -23,6 +24,9 @@ _TYPES = {
     "gpu_seconds": "double precision", "gpu_joules": "double precision", "billable": "boolean NOT NULL",
     "shadow": "boolean NOT NULL",
 }
+# What a column added to an existing table gets: NOT NULL columns need a default there.
+_ADDED_DEFAULTS = {"billable": "true", "shadow": "false", "stream": "false", "input_tokens": "0",
+                   "output_tokens": "0", "latency_s": "0"}
 _INSERT = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES %s ON CONFLICT (request_id, time) DO NOTHING"
 
 
@@ -51,6 +55,7 @@ class PostgresStore:
                 cols = ", ".join(f"{c} {_TYPES.get(c, 'text')}" for c in COLUMNS)
                 cur.execute(f"CREATE TABLE IF NOT EXISTS usage ({cols}, PRIMARY KEY (request_id, time)) "
                             "PARTITION BY RANGE (time)")
+                _migrate(cur)
         return self._conn
 
     def insert(self, rows: Sequence[UsageRow]) -> int:
@@ -84,6 +89,21 @@ class PostgresStore:
                 self._conn.close()
             finally:
                 self._conn = None
+
+
+def _migrate(cur: Any) -> None:
+    """Add the columns a table made by an earlier version lacks (``billable``: existing rows are billable);
+    the partitions take them too. Only missing ones are altered (an ALTER takes the table's lock)."""
+    cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = 'usage'")
+    have = {r[0] for r in cur.fetchall()}
+    for column in (c for c in COLUMNS if c not in have):
+        kind = _TYPES.get(column, "text")
+        default = _ADDED_DEFAULTS.get(column)
+        if default is None:
+            kind = kind.replace(" NOT NULL", "")
+        cur.execute(f"ALTER TABLE usage ADD COLUMN IF NOT EXISTS {column} {kind}"
+                    + (f" DEFAULT {default}" if default is not None else ""))
 
 
 def _partition(month: str) -> str:

@@ -1,8 +1,12 @@
 """Totals from the ledger store, for ``observatory usage`` and ``GET /admin/usage``.
 
-Billable rows only (mirrored shadow calls are not), grouped by tenant, model (and version) or day,
-and always by currency: amounts in different currencies are never added. Costs are integer
-micro-units; ``cost`` is their decimal text (``Decimal``, never a float sum).
+Grouped by tenant, model (and version) or day, and always by currency: amounts in different
+currencies are never added. ``requests``, the tokens, ``cost`` and the GPU figures are the billable
+rows' only. Rows nobody is charged for (``billable`` false: the challenger's shadow mirrors) are left
+out unless asked for (``include_shadow``: ``observatory usage --include-shadow``, ``GET
+/admin/usage?include_shadow=true``), and then counted apart, in :data:`UNBILLED` (a group of
+mirrors alone, such as the challenger's version ``--by model``, shows 0 requests and no cost). Costs
+are integer micro-units; ``cost`` is their decimal text (``Decimal``, never a float sum).
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ _KEYS = {
 _MICRO = Decimal("0.000001")
 FIELDS = ("key", "currency", "requests", "input_tokens", "output_tokens", "cached_tokens", "cost_micro",
           "cost", "gpu_seconds", "gpu_joules")
+UNBILLED = ("unbilled_requests", "unbilled_input_tokens", "unbilled_output_tokens", "unbilled_gpu_seconds",
+            "unbilled_gpu_joules")  # with include_shadow
+_BILLED = ("input_tokens", "output_tokens", "cached_tokens", "cost_micro", "gpu_seconds", "gpu_joules")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,32 +40,45 @@ class Filters:
     until: str | None = None  # ISO 8601 UTC, exclusive
 
 
-def totals(store: Store, by: str = "tenant", filters: Filters = Filters()) -> list[dict[str, Any]]:
-    """One dict (:data:`FIELDS`) per group, ordered by key then currency."""
+def totals(store: Store, by: str = "tenant", filters: Filters = Filters(),
+           include_shadow: bool = False) -> list[dict[str, Any]]:
+    """One dict (:data:`FIELDS`, and :data:`UNBILLED` with ``include_shadow``) per group, ordered by key
+    then currency."""
     if by not in BY:
         raise ValueError(f"by must be one of {', '.join(BY)} (got {by!r})")
     p = store.placeholder
     key = _KEYS[by][store.dialect]
-    where, params = ["billable"], []
+    where: list[str] = [] if include_shadow else ["billable"]
+    params: list[object] = []
     for column, op, value in (("tenant", "=", filters.tenant), ("model", "=", filters.model),
                               ("time", ">=", filters.since), ("time", "<", filters.until)):
         if value is not None:
             where.append(f"{column} {op} {p}")
             params.append(value)
-    sql = (f"SELECT {key} AS k, COALESCE(currency, '') AS c, COUNT(*), SUM(input_tokens), SUM(output_tokens), "
-           "SUM(cached_tokens), SUM(cost_micro), SUM(gpu_seconds), SUM(gpu_joules) "
-           f"FROM usage WHERE {' AND '.join(where)} GROUP BY k, c ORDER BY k, c")
+    billed = ", ".join(f"SUM(CASE WHEN billable THEN {c} END)" for c in _BILLED)
+    sql = (f"SELECT {key} AS k, COALESCE(currency, '') AS c, SUM(CASE WHEN billable THEN 1 ELSE 0 END), {billed}, "
+           "SUM(CASE WHEN billable THEN 0 ELSE 1 END), SUM(CASE WHEN billable THEN 0 ELSE input_tokens END), "
+           "SUM(CASE WHEN billable THEN 0 ELSE output_tokens END), SUM(CASE WHEN billable THEN NULL ELSE gpu_seconds END), "
+           "SUM(CASE WHEN billable THEN NULL ELSE gpu_joules END) "
+           f"FROM usage {'WHERE ' + ' AND '.join(where) if where else ''} GROUP BY k, c ORDER BY k, c")
     out = []
-    for k, currency, n, inp, outp, cached, cost, gpu_s, joules in store.query(sql, params):
+    for k, currency, n, inp, outp, cached, cost, gpu_s, joules, *unbilled in store.query(sql, params):
         micro = int(cost) if cost is not None else None
         out.append({
             "key": k, "currency": currency or None, "requests": int(n), "input_tokens": int(inp or 0),
             "output_tokens": int(outp or 0), "cached_tokens": int(cached) if cached is not None else None,
             "cost_micro": micro, "cost": str(Decimal(micro).scaleb(-6).quantize(_MICRO)) if micro is not None else None,
-            "gpu_seconds": float(gpu_s) if gpu_s is not None else None,
-            "gpu_joules": float(joules) if joules is not None else None,
+            "gpu_seconds": _float(gpu_s), "gpu_joules": _float(joules),
         })
+        if include_shadow:
+            un, un_in, un_out, un_gpu_s, un_joules = unbilled
+            out[-1].update(zip(UNBILLED, (int(un), int(un_in or 0), int(un_out or 0), _float(un_gpu_s),
+                                          _float(un_joules)), strict=True))
     return out
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if value is not None else None
 
 
 def when(text: str | None, now_s: float | None = None) -> str | None:

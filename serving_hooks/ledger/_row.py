@@ -36,14 +36,16 @@ class UsageRow:
     cost_micro: int | None = None
     gpu_seconds: float | None = None
     gpu_joules: float | None = None
-    billable: bool = True
-    shadow: bool = False
+    billable: bool = True  # False: nobody is charged for it (a shadow mirror); totals count it apart
+    shadow: bool = False  # a copy of a request sent to the challenger (serving_hooks.backends.shadow)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UsageRow:
+        """The row ``data`` holds; a column it lacks (a row spooled before that column existed) takes its
+        default (``billable``: True), a key that is no column is left out."""
         return cls(**{k: data[k] for k in COLUMNS if k in data})
 
 

@@ -16,6 +16,9 @@ _TYPES = {
     "shadow": "INTEGER NOT NULL", "cached_tokens": "INTEGER", "price_input_micro_per_1m": "INTEGER",
     "price_output_micro_per_1m": "INTEGER", "cost_micro": "INTEGER",
 }
+# What a column added to an existing table gets: NOT NULL columns need a default there.
+_ADDED_DEFAULTS = {"billable": "1", "shadow": "0", "stream": "0", "input_tokens": "0", "output_tokens": "0",
+                  "latency_s": "0"}
 _INSERT = (f"INSERT OR IGNORE INTO usage ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in COLUMNS)})")
 
@@ -33,7 +36,26 @@ class SqliteStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         cols = ", ".join(f"{c} {_TYPES.get(c, 'TEXT')}" for c in COLUMNS)
         self.db.execute(f"CREATE TABLE IF NOT EXISTS usage ({cols})")
+        self._migrate()
         self.db.execute("CREATE INDEX IF NOT EXISTS usage_time ON usage (time)")
+
+    def _migrate(self) -> None:
+        """Add the columns a table made by an earlier version lacks (``billable``: existing rows are billable)."""
+        def missing() -> list[str]:
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(usage)")}
+            return [c for c in COLUMNS if c not in have]
+
+        if not missing():  # the usual case: no write lock taken (a reader may open the file read-only)
+            return
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")  # one process adds them; the others see them after
+            for column in missing():
+                kind = _TYPES.get(column, "TEXT")
+                default = _ADDED_DEFAULTS.get(column)
+                if default is None:
+                    kind = kind.replace(" NOT NULL", "")
+                self.db.execute(f"ALTER TABLE usage ADD COLUMN {column} {kind}"
+                                + (f" DEFAULT {default}" if default is not None else ""))
 
     def insert(self, rows: Sequence[UsageRow]) -> int:
         """Write ``rows`` in one transaction; returns how many were new."""
