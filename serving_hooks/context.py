@@ -44,6 +44,11 @@ class RequestContext:
     # settled cost in integer micro-units of its currency (the gateway sets them; the ledger records them).
     price: Any = None
     cost_micro: int | None = None
+    # Set by an upstream backend (issue 17): the prompt tokens the upstream served from its cache
+    # (validated usage.prompt_tokens_details.cached_tokens) and the pool replica that answered (its
+    # catalog name or host:port: a label without credentials).
+    cached_tokens: int | None = None
+    replica: str | None = None
 
     def record_usage(self, input_tokens: int, output_tokens: int) -> None:
         self.input_tokens = input_tokens

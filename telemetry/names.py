@@ -280,6 +280,15 @@ GEN_AI_CLIENT_INFERENCE_USAGE_OUTPUT_TOKENS = Metric(
     _genai_latest.CLIENT_INFERENCE_USAGE_OUTPUT_TOKENS, "{token}", "counter", "Output tokens used, by gen_ai.token.modality."
 )
 
+# Upstream answers (serving_hooks/backends/upstream.py): an optional usage field that fails its check
+# is ignored (the answer is still served, the figure not used) and counted here by the field's name.
+UPSTREAM_FIELD: Final = "observatory.upstream.field"
+UPSTREAM_FIELDS: Final = ("cached_tokens",)  # usage.prompt_tokens_details.cached_tokens
+UPSTREAM_IGNORED_FIELDS = Metric(
+    "observatory.upstream.ignored_fields", "{answer}", "counter",
+    "Upstream answers whose optional usage field failed its check and was ignored, by observatory.upstream.field.",
+)
+
 # Serving: the model the gateway serves from the MLflow registry.
 MODEL_SWAPS = Metric(
     "observatory.serving.model_swaps", "{swap}", "counter", "Hot-swaps of the served model to a new registry version."

@@ -5,7 +5,9 @@ It answers at once (or ``delay_s`` later: a replica's generation time) with a fi
 misbehaves on request by model name: ``fail-500`` answers 500, ``bad-request`` answers 400,
 ``slow`` waits 5 s before answering, ``delay-1`` 1 s, ``stall`` streams one chunk and then stalls,
 ``echo-401`` answers 401 with the headers it got in its body, ``cut`` streams its ``max_tokens``
-chunks and ends without its usage chunk or ``[DONE]`` (as a connection cut mid-stream would), ``string-usage`` and ``negative-usage`` report usage counts that are not counts. Every request's
+chunks and ends without its usage chunk or ``[DONE]`` (as a connection cut mid-stream would), ``string-usage`` and ``negative-usage`` report usage counts that are not counts, ``cached-V`` reports
+``usage.prompt_tokens_details.cached_tokens`` as V read as JSON (``cached-3``: 3; ``cached--1``,
+``cached-8`` past the prompt, ``cached-three`` a string: hostile ones). Every request's
 headers and body are kept in ``seen`` (``GET /_seen`` over HTTP) so tests can check what the
 gateway sent upstream. Run it alone with ``python -m gpt_observatory.demo.upstream --port P [--delay-ms D]``.
 """
@@ -38,6 +40,18 @@ def _bad_usage(model: str) -> dict[str, Any] | None:
     if model == "negative-usage":
         return {"prompt_tokens": -1000, "completion_tokens": -5, "total_tokens": -1005}
     return None
+
+
+def _cached(usage: dict[str, Any], model: str) -> dict[str, Any]:
+    """``usage`` with the ``cached-V`` model's ``prompt_tokens_details`` (V as JSON, else as text)."""
+    if not model.startswith("cached-"):
+        return usage
+    text = model.removeprefix("cached-")
+    try:
+        value: Any = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = text
+    return {**usage, "prompt_tokens_details": {"cached_tokens": value}}
 
 
 class UpstreamPeer:
@@ -95,7 +109,7 @@ class UpstreamPeer:
             return web.Response(
                 body=orjson.dumps({"id": rid, "object": "chat.completion" if chat else "text_completion",
                                    "created": int(time.time()), "model": model, "choices": [choice],
-                                   "usage": _bad_usage(model) or _usage(n)}),
+                                   "usage": _cached(_bad_usage(model) or _usage(n), model)}),
                 content_type="application/json",
             )
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
@@ -115,7 +129,7 @@ class UpstreamPeer:
             if model == "stall":
                 await asyncio.sleep(STALL_S)
         if include_usage and model != "cut":
-            usage = _bad_usage(model) or _usage(n)
+            usage = _cached(_bad_usage(model) or _usage(n), model)
             chunk = {"id": rid, "object": kind, "created": 0, "model": model, "choices": [], "usage": usage}
             await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
         if model != "cut":

@@ -24,6 +24,21 @@ def count_of(usage: dict[str, Any], key: str) -> int | None:
     return value
 
 
+def cached_of(usage: dict[str, Any], prompt_tokens: int | None) -> int | None:
+    """``usage.prompt_tokens_details.cached_tokens`` (vLLM and OpenAI report it) when it is a count within
+    the answer's ``prompt_tokens`` (absent: None); :class:`Malformed` otherwise (also when the answer
+    gives no prompt tokens to hold it to)."""
+    details = usage.get("prompt_tokens_details")
+    if details is None:
+        return None
+    if not isinstance(details, dict):
+        raise Malformed("usage.prompt_tokens_details is not an object")
+    cached = count_of(details, "cached_tokens")
+    if cached is not None and (prompt_tokens is None or cached > prompt_tokens):
+        raise Malformed("usage.prompt_tokens_details.cached_tokens is more than the prompt tokens")
+    return cached
+
+
 def text_of(data: dict[str, Any], key: str) -> str | None:
     """``data[key]`` when it is a string or absent/null (None); :class:`Malformed` otherwise."""
     value = data.get(key)

@@ -174,6 +174,8 @@ class ReplicaPool(ModelBackend):
         try:
             while True:
                 replica = self._balancer.pick(candidates)
+                if call.ctx is not None:  # the ledger's replica: the last one asked (its name: no credentials)
+                    call.ctx.replica = replica.name
                 attempt = _Attempt(self, replica, exchange, resend)
                 try:
                     resp = await replica.backend.send(exchange, attempt.context)

@@ -5,7 +5,10 @@ CLIENT span's context goes upstream as ``traceparent``; the caller's credential 
 ``upstream_api_key`` may). Usage for metering comes from the upstream's answer: for streams the
 proxy asks for ``stream_options.include_usage`` and drops that extra chunk again when the caller
 did not ask for it. Upstream 5xx, connection failures and malformed answers (a body that is not
-JSON, ``usage`` counts that are not non-negative integers) answer 502, timeouts 504; a 4xx keeps its
+JSON, ``usage`` counts that are not non-negative integers) answer 502, timeouts 504 (an optional figure
+that fails its check, ``usage.prompt_tokens_details.cached_tokens`` past the prompt tokens or not a
+count, is only ignored: counted in ``observatory.upstream.ignored_fields`` and logged at most once a
+minute; a valid one goes to ``RequestContext.cached_tokens`` for pricing and the ledger); a 4xx keeps its
 status but gets our own error body: an upstream's body and headers never reach the caller (one that
 echoes the ``Authorization`` it got would hand out the upstream key). ``traceparent`` goes
 upstream; of the caller's ``baggage`` and ``tracestate`` only the entries named by
@@ -26,6 +29,7 @@ as a bare proxy on this machine).
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -34,6 +38,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import orjson
+from loguru import logger
 from opentelemetry import baggage, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
@@ -43,12 +48,22 @@ from starlette.types import Receive, Scope, Send
 
 from gpt_observatory.serving_hooks import _errors
 from gpt_observatory.serving_hooks._openai import ChatCompletionRequest, ChunkWriter
-from gpt_observatory.serving_hooks.backends._answers import Malformed, choices_of, count_of, stats_of, text_of
+from gpt_observatory.serving_hooks.backends._answers import (
+    Malformed,
+    cached_of,
+    choices_of,
+    count_of,
+    stats_of,
+    text_of,
+)
 from gpt_observatory.serving_hooks.backends._streaming import Departure, EventStream
 from gpt_observatory.serving_hooks.backends.base import Call, ModelBackend, Readiness, bytes_per_token_estimate
+from gpt_observatory.serving_hooks.context import RequestContext
 from gpt_observatory.serving_hooks.inference import GenAIHooks, GenAIRequest, Generation, GenerationStats
+from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.redact import without_credentials
 from gpt_observatory.telemetry.settings import ConfigError
+from gpt_observatory.telemetry.summed import SummedCounter
 
 _RETRYABLE_STATUS = frozenset((502, 503, 504))  # the upstream (or a proxy before it) did not act on the call
 UNSENT = "unsent"  # Exchange.settle: a stream that never went out, no fault of the upstream's
@@ -134,6 +149,8 @@ class UpstreamBackend(ModelBackend):
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=timeout_s)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._ignored = SummedCounter.of(__name__, names.UPSTREAM_IGNORED_FIELDS)
+        self._warned_at = -60.0
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
@@ -238,7 +255,7 @@ class UpstreamBackend(ModelBackend):
             return response
         if not exchange.call.request.stream:
             try:
-                response, output_tokens = await self._complete(resp, gen, exchange.chat)
+                response, output_tokens = await self._complete(resp, gen, exchange.chat, exchange.call.ctx)
             except _errors.ApiError:
                 exchange.settle("malformed")
                 raise
@@ -307,7 +324,8 @@ class UpstreamBackend(ModelBackend):
         headers = {k.decode(): v.decode() for k, v in error.headers}
         return Response(error.body(), status_code=error.status, headers=headers, media_type="application/json")
 
-    async def _complete(self, resp: aiohttp.ClientResponse, gen: Generation, chat: bool) -> tuple[Response, int | None]:
+    async def _complete(self, resp: aiohttp.ClientResponse, gen: Generation, chat: bool,
+                        ctx: RequestContext | None = None) -> tuple[Response, int | None]:
         """The checked answer and its ``usage.completion_tokens`` (None: not given)."""
         try:
             data = await resp.read()
@@ -321,6 +339,7 @@ class UpstreamBackend(ModelBackend):
                 raise Malformed("not a JSON object")
             stats = stats_of(answer, self.hooks.capture_content, chat)
             gen.record(stats)
+            self._cached(ctx, answer.get("usage") or {}, stats.input_tokens)
         except (orjson.JSONDecodeError, Malformed, AttributeError, TypeError) as e:
             gen.fail("malformed_response")
             reason = e.args[0] if isinstance(e, Malformed) else "not JSON"
@@ -342,8 +361,23 @@ class UpstreamBackend(ModelBackend):
         relay.finalizer.atexit = False
         return response
 
-    @staticmethod
-    def _inspect(event: bytes, gen: Generation, stats: GenerationStats, strip_usage: bool) -> bool:
+    def _cached(self, ctx: RequestContext | None, usage: dict[str, Any], prompt_tokens: int | None) -> None:
+        """Put the answer's cached prompt tokens on ``ctx``; a figure that fails its check is ignored
+        (counted, logged at most once a minute: the answer itself is fine)."""
+        if ctx is None:
+            return
+        try:
+            ctx.cached_tokens = cached_of(usage, prompt_tokens)
+        except Malformed as e:
+            self._ignored.add(1, {names.UPSTREAM_FIELD: "cached_tokens"})
+            now = time.monotonic()
+            if now - self._warned_at >= 60:
+                self._warned_at = now
+                logger.warning("upstream {}: {}; ignored (counted in {})", self.base_url, e.args[0],
+                               names.UPSTREAM_IGNORED_FIELDS.name)
+
+    def _inspect(self, event: bytes, gen: Generation, stats: GenerationStats, strip_usage: bool,
+                 ctx: RequestContext | None = None) -> bool:
         """Check and meter one SSE event; False drops it (the usage chunk the caller did not ask for,
         and anything that is not a ``data:`` event: comments and other fields are never relayed).
         A data event that is not a chunk (a JSON object whose ``choices`` is a list of objects) is
@@ -372,6 +406,7 @@ class UpstreamBackend(ModelBackend):
                 raise Malformed("usage is not an object")
             stats.input_tokens = count_of(usage, "prompt_tokens")
             stats.output_tokens = count_of(usage, "completion_tokens")
+            self._cached(ctx, usage, stats.input_tokens)
             if not choices:
                 return not strip_usage
         gen.token()
@@ -405,7 +440,7 @@ class _Relay:
 
     async def _events(self) -> AsyncIterator[bytes]:
         backend, resp, gen = self.backend, self.resp, self.exchange.gen
-        strip_usage, stats = self.exchange.strip_usage, self.stats
+        strip_usage, stats, ctx = self.exchange.strip_usage, self.stats, self.exchange.call.ctx
         self.done = True  # the body began: what happens from here is settled by its own end
         ended = False
         buffer = b""
@@ -419,7 +454,7 @@ class _Relay:
                     if ev.startswith(b"data: [DONE]"):  # the end: whatever follows it is not relayed
                         events, ended = events[: i + 1], True
                         break
-                out = [ev for ev in events if ev and backend._inspect(ev, gen, stats, strip_usage)]
+                out = [ev for ev in events if ev and backend._inspect(ev, gen, stats, strip_usage, ctx)]
                 if out:
                     yield b"\n\n".join(out) + b"\n\n"
                 if ended:
