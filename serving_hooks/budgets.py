@@ -98,7 +98,9 @@ class Metering:
         self._last_failure = "error"
         self._last_warning = 0.0
         self._failures = SummedCounter.of(__name__, names.BUDGET_STORE_FAILURES)
+        self._cost = SummedCounter.of(__name__, names.USAGE_COST)
         self.seen: dict[str, tuple[int, int]] = {}  # tenant -> (spent, limit), for the gauges
+        self._costed: set[str] = set()  # default-tier tenants with a cost series of their own
         _METERINGS.add(self)
         _watch(metrics.get_meter(__name__))
 
@@ -149,8 +151,12 @@ class Metering:
 
     async def settle(self, hold: Hold, input_tokens: int, output_tokens: int, cached_tokens: int = 0,
                      gpu_seconds: float | None = None) -> int:
-        """Turn ``hold``'s reservation into the real cost of the usage reported; returns that cost."""
+        """Turn ``hold``'s reservation into the real cost of the usage reported; returns that cost (counted on
+        ``observatory.usage.cost`` when the model is priced, budget or not)."""
         cost = cost_micro(hold.price, input_tokens, output_tokens, cached_tokens, gpu_seconds)
+        if hold.price is not None:
+            self._cost.add(cost, {names.TENANT: self._cost_label(hold.tenant), names.CATALOG_MODEL: hold.price.model,
+                                  names.USAGE_CURRENCY: hold.price.currency})
         if hold.key is None or self.store is None or cost == hold.reserved:
             return cost
         try:
@@ -178,6 +184,16 @@ class Metering:
         if tenant.budget is not None and (tenant.name in self.seen or len(self.seen) < names.BUDGET_TENANTS_TRACKED
                                           or tenant.known):
             self.seen[tenant.name] = (spent, tenant.budget.amount_micro)
+
+    def _cost_label(self, tenant: Tenant) -> str:
+        """The tenant's own label, bounded as the gauges' tenants are: the table's tenants, and the first
+        BUDGET_TENANTS_TRACKED on the default tier; later ones are summed as USAGE_TENANT_OTHER."""
+        if tenant.known or tenant.name in self._costed:
+            return tenant.name
+        if len(self._costed) < names.BUDGET_TENANTS_TRACKED:
+            self._costed.add(tenant.name)
+            return tenant.name
+        return names.USAGE_TENANT_OTHER
 
     def _store_down(self, tenant: Tenant, price: Price | None, cause: str) -> Hold:
         self._failures.add(1, {names.BUDGET_FAILURE: cause, names.BUDGET_FAIL_MODE: self.fail_mode})

@@ -678,6 +678,20 @@ TENANTS_RELOADS = Metric(
     "Reloads of the tenants or prices file on change, by observatory.catalog.reload.outcome (ok | invalid).",
 )
 
+# usage and cost (issue 17)
+# serving_hooks/budgets.py (Metering.settle): what each priced request cost, as the usage ledger records it
+# (cost_micro), for tenants with or without a budget. Integer micro-units of the price's currency. Labels:
+# observatory.tenant (the tenants table's names, and at most BUDGET_TENANTS_TRACKED tenants on the default
+# tier per process; later ones are USAGE_TENANT_OTHER), observatory.catalog.model (the prices file's catalog
+# names) and the currency.
+USAGE_CURRENCY: Final = "observatory.usage.currency"  # ISO 4217 code of a price (prices_file currency)
+USAGE_TENANT_OTHER: Final = "_other"  # observatory.tenant of default-tier tenants past BUDGET_TENANTS_TRACKED
+USAGE_COST = Metric(
+    "observatory.usage.cost", "{micro}", "counter",
+    "What priced requests cost once settled (the usage ledger's cost_micro), in micro-units of "
+    "observatory.usage.currency, by tenant and observatory.catalog.model.",
+)
+
 # serve --workers N (serving_hooks/workers.py): the one scrape of every worker labels each sample with
 # the worker's index ("0".."N-1"), as Prometheus' own relabelling would name an instance.
 WORKER: Final = "worker"
