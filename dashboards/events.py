@@ -39,5 +39,15 @@ POOL_UNAVAILABLE: Final = Event("pool_unavailable", "a pool refuses a request wi
 FALLBACK: Final = Event("fallback", "a request is served by a fallback model (its own pool had no healthy replica)")
 FLEET_EVENTS: Final = (FLEET, REPLICA_EJECTED, FLEET_RETRY, RETRY_DENIED, POOL_UNAVAILABLE, FALLBACK)
 
+# Usage and cost (issue 17; tests/dashboards/test_usage.py drives each).
+PRICED: Final = Event("priced", "a request for a priced model (prices_file) is settled")
+BUDGET: Final = Event("budget", "a tenant with a budget (tenants_file) calls a priced model")
+BUDGET_REFUSED: Final = Event("budget_refused", "a tenant is refused for its budget (429 insufficient_quota)")
+LEDGER: Final = Event("ledger", "a gateway runs with the usage ledger on (ledger_enabled)")
+LEDGER_DROPPED: Final = Event("ledger_dropped", "the ledger drops a row (spool full or failing, or closed)")
+LEDGER_SHIP_FAILED: Final = Event("ledger_ship_failed", "the ledger store refuses a batch or cannot be reached")
+USAGE_EVENTS: Final = (PRICED, BUDGET, BUDGET_REFUSED, LEDGER, LEDGER_DROPPED, LEDGER_SHIP_FAILED)
+
 ALL: Final = (GPU, RATE_LIMITED, HOT_SWAP, REGISTRY_ERROR, INFERENCE_ERROR, UPSTREAM, EXPORT_FAILURE, ALERT_ACTIVE,
-              GPU_READ_ERROR, PIPELINE_RUN, FAIL_OPEN, SERIES_OVERFLOW, AUTH_THROTTLED, VLLM_SCRAPED, *FLEET_EVENTS)
+              GPU_READ_ERROR, PIPELINE_RUN, FAIL_OPEN, SERIES_OVERFLOW, AUTH_THROTTLED, VLLM_SCRAPED, *FLEET_EVENTS,
+              *USAGE_EVENTS)

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from gpt_observatory.dashboards import rules
+from gpt_observatory.dashboards import metering_rules, rules
 from gpt_observatory.dashboards import series as s
 from gpt_observatory.dashboards.scrape import GATEWAY_JOB, GPU_JOB
 from gpt_observatory.telemetry import names
@@ -121,6 +121,7 @@ def cases() -> tuple[Case, ...]:
         }, "ModelRolledBack", "5m"),
         *_fleet_cases(),
         *_budget_cases(),
+        *_ledger_cases(),
     )
 
 
@@ -222,15 +223,53 @@ def _budget_cases() -> tuple[Case, ...]:
         Case("a tenant refused for its budget below 100 % (its next worst case did not fit)", {
             **spend("950000x20"), refused: "0 0 0 1 2x16",
         }, "BudgetExhausted", "5m", (acme,)),
+        Case("a tenant's first refusals for its budget (the counter appears at 2)", {
+            **spend("950000x20"), refused: "_x3 2x16",
+        }, "BudgetExhausted", "5m", (acme,)),
         Case("a tenant at 90 % and never refused has not exhausted its budget", {
             **spend("900000x20"), refused: "0x20",
         }, "BudgetExhausted", "5m"),
         Case("the budget store timed out: requests admitted without a budget check", {
             _sel(s.total(names.BUDGET_STORE_FAILURES), **failure): "0+2x10",
         }, "BudgetStoreFailing", "5m", (failure,)),
+        Case("the budget store's first failure (the counter appears at 1)", {
+            _sel(s.total(names.BUDGET_STORE_FAILURES), **failure): "_x3 1x10",
+        }, "BudgetStoreFailing", "5m", (failure,)),
         Case("no budget store failure in the last 5 minutes: quiet", {
             _sel(s.total(names.BUDGET_STORE_FAILURES), **failure): "0+2x3 6x20",
         }, "BudgetStoreFailing", "15m"),
+    )
+
+
+def _ledger_cases() -> tuple[Case, ...]:
+    """The usage ledger of one gateway process: rows dropped by reason, ship failures, spool backlog and lag."""
+    gw0 = {s.JOB: GATEWAY_JOB, s.INSTANCE: "gw0"}
+    full = {**gw0, s.LEDGER_REASON: "spool_error"}
+    dropped = _sel(s.total(names.LEDGER_ROWS_DROPPED), **full)
+    failures = _sel(s.total(names.LEDGER_SHIP_FAILURES), **gw0)
+    lag, spool = _sel(s.gauge(names.LEDGER_LAG), **gw0), _sel(s.gauge(names.LEDGER_SPOOL_ROWS), **gw0)
+    high = metering_rules.LEDGER_LAG_HIGH_S
+    return (
+        Case("one row dropped on a full spool", {dropped: "0 0 1x10"}, "LedgerRowsDropped", "4m", (full,)),
+        Case("the first rows dropped (the counter appears at 3)", {dropped: "_x3 3x10"}, "LedgerRowsDropped", "5m",
+             (full,)),
+        Case("no row dropped in the last 5 minutes: quiet", {dropped: "0 1x20"}, "LedgerRowsDropped", "10m"),
+        Case("a counter that appeared over 5 minutes ago and stays: quiet", {dropped: "_x3 3x20"},
+             "LedgerRowsDropped", "15m"),
+        Case("the store refuses every batch (12 a minute, backing off 5 s)", {failures: "0+12x20"},
+             "LedgerShipFailing", "10m", (gw0,)),
+        Case("a store that failed for a minute and came back is no alert", {failures: "0 6 12x20"},
+             "LedgerShipFailing", "10m"),
+        Case(f"the oldest unshipped row ages past {high} s and stays there", {lag: "0+30x20"}, "LedgerLagHigh",
+             "10m", (gw0,)),
+        Case(f"a lag under {high} s is no alert", {lag: f"{high - 20}x20"}, "LedgerLagHigh", "10m"),
+        Case("a spool growing 100 rows a minute for 20 minutes", {spool: "0+100x30"}, "LedgerSpoolGrowing", "20m",
+             (gw0,)),
+        Case("a spool emptied by each shipping pass is no alert", {spool: " ".join(["0", "500"] * 15)},
+             "LedgerSpoolGrowing", "20m"),
+        Case("a large backlog that does not grow is no alert", {spool: "5000x30"}, "LedgerSpoolGrowing", "20m"),
+        Case("a gateway started on a full spool that drains is no alert", {spool: "3000 2000 1000 0x30"},
+             "LedgerSpoolGrowing", "10m"),
     )
 
 

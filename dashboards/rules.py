@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from gpt_observatory.dashboards import events
+from gpt_observatory.dashboards import events, metering_rules
 from gpt_observatory.dashboards import series as s
+from gpt_observatory.dashboards._rulespec import Alert, Group, Recording
 from gpt_observatory.dashboards.boards import fleet
 from gpt_observatory.dashboards.boards.gpu import THERMAL_REASONS
-from gpt_observatory.dashboards.events import Event
+from gpt_observatory.dashboards.metering_rules import BUDGET_USED, BUDGETS_GROUP, LEDGER_GROUP
 from gpt_observatory.dashboards.query import agg, below, failed_ratio, rate, ratio, sel
 from gpt_observatory.dashboards.scrape import GATEWAY_JOB
 from gpt_observatory.telemetry import names
@@ -40,34 +41,8 @@ FLEET_GROUP: Final = "observatory-fleet"
 FLEET_HEALTHY: Final = "observatory:fleet_healthy_replicas"  # per job and pool, healthy in every process's view
 FLEET_REPLICAS: Final = "observatory:fleet_replicas"
 FLEET_FIRST_ATTEMPTS: Final = "observatory:fleet_first_attempts:rate5m"
-# Budgets (issue 17): share of a tenant's budget charged in its period, per job and tenant.
-BUDGETS_GROUP: Final = "observatory-budgets"
-BUDGET_USED: Final = "observatory:budget_used:ratio"
-BUDGET_WARN_RATIO: Final = 0.8
-
-
-@dataclass(frozen=True, slots=True)
-class Recording:
-    record: str
-    expr: str
-
-
-@dataclass(frozen=True, slots=True)
-class Alert:
-    alert: str
-    expr: str
-    for_: str
-    severity: str
-    summary: str
-    description: str
-    needs: Event | None = None  # an event the condition's series wait for (a GPU is inferred)
-    labels: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Group:
-    name: str
-    rules: tuple[Recording | Alert, ...]
+__all__ = ["BUDGETS_GROUP", "BUDGET_USED", "FLEET_GROUP", "LEDGER_GROUP", "SLOS", "Alert", "Group", "Recording",
+           "alerts", "groups", "recorded", "rules_document"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +221,8 @@ def groups() -> tuple[Group, ...]:
               "A promoted version breached its SLO on live traffic and the previous champion serves again: see "
               "`observatory pipeline history` for the figures and the Inference dashboard's canary row."),
     ))
-    return (slis, slo_alerts, gateway, gpu, health, pipeline, _fleet(), _budgets())
+    return (slis, slo_alerts, gateway, gpu, health, pipeline, _fleet(), metering_rules.budgets(),
+            metering_rules.ledger())
 
 
 def _fleet() -> Group:
@@ -303,43 +279,6 @@ def _fleet() -> Group:
               "a failed attempt's latency, and past the pool's budget (retry_ratio, 20% by default) failures reach "
               "callers (Retries denied, on the Fleet dashboard).",
               needs=events.FLEET_RETRY),
-    ))
-
-
-def _budgets() -> Group:
-    """Tenant budgets (``serving_hooks/budgets.py``): 80 % and 100 % spent, and a budget store that fails.
-
-    Each gateway process reports the spend it last read from the shared store: ``max`` across processes is
-    the latest. A tenant at 100 % may be refused before the ratio reaches 1 (a request is admitted only if its
-    worst case fits), so BudgetExhausted also fires on any budget refusal.
-    """
-    per_tenant = (s.JOB, s.TENANT)
-    spent = agg("max", s.gauge(names.BUDGET_SPENT), per_tenant)
-    limit = agg("max", s.gauge(names.BUDGET_LIMIT), per_tenant)
-    refused = rate(s.total(names.GATEWAY_REJECTIONS), f'{s.REJECTION_REASON}="{names.REJECTION_BUDGET}"',
-                   by=per_tenant, window="5m", fn="increase")
-    failures = s.total(names.BUDGET_STORE_FAILURES)
-    failure, mode = names.prometheus_label(names.BUDGET_FAILURE), names.prometheus_label(names.BUDGET_FAIL_MODE)
-    tenant = f"{{{{ $labels.{s.TENANT} }}}}"
-    return Group(BUDGETS_GROUP, (
-        Recording(BUDGET_USED, f"{spent} / ({limit} > 0)"),
-        Alert("BudgetNearlySpent", f"{BUDGET_USED} >= {BUDGET_WARN_RATIO:g} < 1", "0m", "ticket",
-              f"Tenant {tenant} has spent over {BUDGET_WARN_RATIO:.0%} of its budget",
-              f"More than {BUDGET_WARN_RATIO:.0%} of the tenant's budget for its period is charged (open reservations "
-              "included): at this pace its requests are refused (429 insufficient_quota) before the period resets. "
-              "Raise the budget in the tenants file (tenants_file, re-read on change) or warn the tenant."),
-        Alert("BudgetExhausted", f"{BUDGET_USED} >= 1 or {refused} > 0", "0m", "ticket",
-              f"Tenant {tenant} has spent its budget",
-              "The tenant's budget for its period is spent: its requests are refused with 429 insufficient_quota "
-              "until the period resets (the error says when). Raise the budget in the tenants file if it should "
-              "go on."),
-        Alert("BudgetStoreFailing",
-              f"{rate(failures, by=(s.JOB, failure, mode), window='5m', fn='increase')} > 0", "0m", "ticket",
-              f"{{{{ $labels.job }}}} cannot check budgets ({{{{ $labels.{failure} }}}}, failing "
-              f"{{{{ $labels.{mode} }}}})",
-              "The budget store (Redis, or the workers' host store) failed or timed out: failing open, requests are "
-              "admitted without their budget being charged; failing closed (budget_fail_mode), they are refused "
-              "with 503. Check Redis (up, reachable, not frozen) and the gateway's redis_timeout_s."),
     ))
 
 

@@ -96,6 +96,9 @@ FLEET_OUTCOME: Final = label(names.FLEET_OUTCOME)
 FLEET_STATE: Final = label(names.FLEET_STATE)
 CATALOG_MODEL: Final = label(names.CATALOG_MODEL)
 FALLBACK_MODEL: Final = label(names.FALLBACK_MODEL)
+# Usage and cost (issue 17).
+CURRENCY: Final = label(names.USAGE_CURRENCY)
+LEDGER_REASON: Final = label(names.LEDGER_DROP_REASON)
 
 # Grafana variable filters shared by the dashboards.
 BY_JOB: Final = f'{JOB}=~"$job"'
@@ -103,6 +106,7 @@ BY_TENANT: Final = f'{TENANT}=~"$tenant"'
 BY_MODEL: Final = f'{REQUEST_MODEL}=~"$model"'
 BY_GPU: Final = f'{HW_ID}=~"$gpu"'
 BY_POOL: Final = f'{POOL}=~"$pool"'
+BY_CATALOG_MODEL: Final = f'{CATALOG_MODEL}=~"$model"'
 API_ROUTES: Final = f'{HTTP_ROUTE}=~"/v1/.+"'  # the OpenAI-compatible API (not /metrics, /healthz)
 SERVER_ERRORS: Final = f'{STATUS_CODE}=~"5.."'
 # A request that failed after its status went out (a stream cut, truncated or ended by shutdown)

@@ -7,7 +7,7 @@ from gpt_observatory.dashboards._grafana import Board
 
 def all_boards() -> dict[str, Board]:
     """File stem -> dashboard spec."""
-    from gpt_observatory.dashboards.boards import fleet, gateway, gpu, health, inference, overview, pipeline
+    from gpt_observatory.dashboards.boards import fleet, gateway, gpu, health, inference, overview, pipeline, usage
 
     return {
         "overview": overview.board(),
@@ -17,4 +17,5 @@ def all_boards() -> dict[str, Board]:
         "pipeline": pipeline.board(),
         "telemetry-health": health.board(),
         "fleet": fleet.board(),
+        "usage": usage.board(),
     }

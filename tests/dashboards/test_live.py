@@ -38,8 +38,9 @@ DRIVEN = {events.RATE_LIMITED, events.HOT_SWAP, events.REGISTRY_ERROR, events.UP
           events.PIPELINE_RUN, events.FAIL_OPEN, events.AUTH_THROTTLED}
 # A series limit of 2,000+ label values is no part of this run (tests/telemetry cover the overflow); the vLLM
 # panels are proven on a real Prometheus by tests/dashboards/test_vllm.py.
+# The usage ledger's panels and rules: tests/dashboards/test_usage.py runs gateways with it on.
 NOT_HERE = {events.GPU, events.GPU_READ_ERROR, events.ALERT_ACTIVE, events.INFERENCE_ERROR, events.SERIES_OVERFLOW,
-            events.VLLM_SCRAPED}
+            events.VLLM_SCRAPED, events.LEDGER, events.LEDGER_DROPPED, events.LEDGER_SHIP_FAILED}
 OBSERVATORY = [sys.executable, "-c", "from gpt_observatory.cli import main; main()"]
 
 
