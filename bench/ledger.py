@@ -70,16 +70,17 @@ def shipping(url: str, rows: int, batch: int, folder: Path) -> dict[str, float]:
     from gpt_observatory.serving_hooks.ledger._meters import Meters
     from gpt_observatory.serving_hooks.ledger._row import iso
     from gpt_observatory.serving_hooks.ledger._ship import Shipper
-    from gpt_observatory.serving_hooks.ledger._spool import Spool
+    from gpt_observatory.serving_hooks.ledger._spool import SpoolWriter, line
 
     now = time.time()
     made = [UsageRow(secrets.token_hex(16), iso(now + i * 1e-4), f"t{i % 50}", "/v1/chat/completions", "ok", 200,
                      100 + i % 900, i % 512, model="m", model_version="1", latency_s=0.01, ttft_s=0.002,
                      cost_micro=i, currency="USD", trace_id=secrets.token_hex(16)) for i in range(rows)]
-    spool = Spool(folder / "ship" / "spool.sqlite3")
+    writer = SpoolWriter(folder / "ship")
     for i in range(0, rows, 5000):
-        spool.append(made[i:i + 5000])
-    shipper = Shipper(spool, open_store(url), Meters(), batch_rows=batch, interval_s=1)
+        writer.append(b"".join(line(r, now) for r in made[i:i + 5000]), rows=len(made[i:i + 5000]))
+    writer.close()  # finished: the shipper claims the segments as a restarted gateway's would
+    shipper = Shipper(folder / "ship", open_store(url), Meters(), batch_rows=batch)
     start = time.perf_counter()
     shipped = shipper.ship_once()
     while shipped < rows:
@@ -89,7 +90,7 @@ def shipping(url: str, rows: int, batch: int, folder: Path) -> dict[str, float]:
     # End to end: submitted as the request path does, shipped by the threads.
     again = [UsageRow(secrets.token_hex(16), r.time, r.tenant, r.route, r.outcome, r.status, r.input_tokens,
                       r.output_tokens) for r in made]
-    ledger = Ledger(folder / "e2e" / "spool.sqlite3", open_store(url), batch_rows=batch, ship_interval_s=0.05)
+    ledger = Ledger(folder / "e2e", url, batch_rows=batch, ship_interval_s=0.05)
     ledger.start()
     start = time.perf_counter()
     for r in again:

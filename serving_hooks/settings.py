@@ -215,28 +215,29 @@ class ServeSettings(TableSettings):
                           "partitioned by month); unset: <state dir>/ledger.sqlite3."
     )
     ledger_spool_dir: Path | None = Field(
-        None, description="Folder of the durable local spool (SQLite WAL) rows wait in until the store has "
-                          "them; rows left by a killed gateway ship on the next start. Unset: <state dir>/ledger-spool."
+        None, description="Folder of the durable local spool (append-only segment files) rows wait in until "
+                          "the store has them; rows left by a killed gateway ship on the next start. Unset: "
+                          "<state dir>/ledger-spool."
     )
-    ledger_batch_rows: int = Field(1000, ge=1, le=100_000, description="Most rows per spool commit and per "
-                                                                        "shipped batch.")
+    ledger_batch_rows: int = Field(1000, ge=1, le=100_000, description="Most rows per shipped batch.")
     ledger_ship_interval_s: float = Field(0.2, gt=0, le=60, description="Seconds between shipping passes "
                                                                           "(a failing store backs off to 5 s).")
-    ledger_queue_rows: int = Field(
-        65536, ge=1, description="Rows the in-memory queue to the spool writer holds; past it a row is dropped "
-                                 "and counted (observatory.ledger.rows.dropped), never waited for."
+    ledger_fsync_interval_s: float = Field(
+        1.0, gt=0, le=60, description="Seconds between the spool's batched fsyncs with ledger_spool_sync 'normal' "
+                                      "(the most a power loss can take; a killed gateway loses nothing)."
     )
     ledger_spool_max_mb: float | None = Field(
-        None, gt=0, description="Largest size of the spool file; past it rows are dropped and counted as on a "
+        None, gt=0, description="Largest size of the spool folder; past it rows are dropped and counted as on a "
                                 "full disk. Unset: the disk's size."
     )
     ledger_spool_sync: Literal["normal", "full"] = Field(
-        "normal", description="Spool durability: 'normal' (WAL, survives the gateway being killed) or 'full' "
-                              "(also fsyncs each batch, survives power loss)."
+        "normal", description="Spool durability: 'normal' (a row is written before the response's last bytes: "
+                              "survives the gateway being killed; fsynced every ledger_fsync_interval_s) or "
+                              "'full' (the last bytes also wait for a batched fsync: survives power loss)."
     )
     ledger_commit_wait_s: float = Field(
-        1.0, ge=0, le=30, description="Longest a response's last bytes wait for its row to be in the spool "
-                                      "(so a response the caller saw complete is never lost); 0: do not wait."
+        1.0, ge=0, le=30, description="With ledger_spool_sync 'full': longest a response's last bytes wait for "
+                                      "their row's fsync; 0: do not wait."
     )
 
     @model_validator(mode="after")

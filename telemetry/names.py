@@ -610,7 +610,7 @@ FLEET_UNAVAILABLE = Metric(
 )
 
 # ledger (issue 17)
-# serving_hooks/ledger: one row per request, written off the request path to a local spool (SQLite WAL)
+# serving_hooks/ledger: one row per request, appended to a local spool (segment files, one os.write)
 # and shipped in batches to the ledger store (SQLite or PostgreSQL). Label values: the closed sets below.
 LEDGER_OUTCOME: Final = "observatory.ledger.outcome"  # a ledger row's outcome column (not a metric label)
 LEDGER_OUTCOMES: Final = (
@@ -621,13 +621,13 @@ LEDGER_OUTCOMES: Final = (
 )
 LEDGER_DROP_REASON: Final = "observatory.ledger.reason"  # why a row was not written
 LEDGER_DROP_REASONS: Final = (
-    "queue_full",   # the in-memory queue to the writer was full (the writer is behind)
     "spool_error",  # the spool could not take it (disk full, spool_max_mb reached, I/O error)
     "closed",       # submitted after the ledger closed
+    "corrupt",      # a spool line that was not a row (a crash's unfinished last line): skipped by the shipper
 )
 LEDGER_ROWS_WRITTEN = Metric(
     "observatory.ledger.rows.written", "{row}", "counter",
-    "Usage rows committed to the local spool (durable across a gateway crash from then on).",
+    "Usage rows written to the local spool (durable across a gateway crash from then on).",
 )
 LEDGER_ROWS_SHIPPED = Metric(
     "observatory.ledger.rows.shipped", "{row}", "counter",

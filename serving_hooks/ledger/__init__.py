@@ -1,8 +1,8 @@
 """The usage ledger (issue 17, Deliver 4): one row per request that survives restarts, for billing.
 
-On the request path :class:`LedgerMiddleware` (outside the gateway) hands each completion request's
-:class:`UsageRow` to the :class:`Ledger` without blocking; a writer thread commits rows in batches to a
-durable local spool (SQLite WAL, :mod:`._spool`); a shipper thread moves them in batches to the store
+On the request path :class:`LedgerMiddleware` (outside the gateway) appends each completion request's
+:class:`UsageRow` to a durable local spool (append-only segment files, :mod:`._spool`) without waiting;
+a shipper thread moves them in batches to the store
 (:mod:`._sqlite` by default, :mod:`._postgres` for a ``postgresql://`` URL), idempotent by request id.
 :mod:`._read` answers ``observatory usage`` and ``GET /admin/usage``.
 
@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["COLUMNS", "Ledger", "LedgerMiddleware", "Store", "UsageRow", "mirror_recorder", "mirror_row",
            "open_ledger", "open_store", "store_location"]
-
-SPOOL_FILE = "spool.sqlite3"
 
 
 def store_location(settings: ServeSettings) -> str:
@@ -62,8 +60,8 @@ def open_ledger(settings: ServeSettings) -> Ledger | None:
 
         spool_dir = state_dir() / "ledger-spool"
     return Ledger(
-        Path(spool_dir) / SPOOL_FILE, open_store(store_location(settings)),
+        Path(spool_dir), store_location(settings),
         batch_rows=settings.ledger_batch_rows, ship_interval_s=settings.ledger_ship_interval_s,
-        queue_rows=settings.ledger_queue_rows, spool_max_mb=settings.ledger_spool_max_mb,
-        spool_sync=settings.ledger_spool_sync, commit_wait_s=settings.ledger_commit_wait_s,
+        spool_max_mb=settings.ledger_spool_max_mb, spool_sync=settings.ledger_spool_sync,
+        commit_wait_s=settings.ledger_commit_wait_s, fsync_interval_s=settings.ledger_fsync_interval_s,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from opentelemetry import metrics
@@ -16,15 +16,19 @@ from gpt_observatory.telemetry.summed import SummedCounter
 class Meters:
     """Counters (summed in process, any thread) and the spool backlog the gauges read."""
 
-    def __init__(self) -> None:
+    def __init__(self, backlog: Callable[[], tuple[int, float]] = lambda: (0, 0.0)) -> None:
         self._written = SummedCounter.of(__name__, names.LEDGER_ROWS_WRITTEN)
         self._shipped = SummedCounter.of(__name__, names.LEDGER_ROWS_SHIPPED)
         self._dropped = SummedCounter.of(__name__, names.LEDGER_ROWS_DROPPED)
         self._failures = SummedCounter.of(__name__, names.LEDGER_SHIP_FAILURES)
-        self.backlog: tuple[int, float] = (0, 0.0)  # (rows, lag s), refreshed by the shipper
+        self.read_backlog = backlog  # (rows, lag s): read by the gauges
         self.dropped_total = 0
         _LEDGERS.add(self)
         _watch(metrics.get_meter(__name__))
+
+    @property
+    def backlog(self) -> tuple[int, float]:
+        return self.read_backlog()
 
     def written(self, n: int) -> None:
         self._written.add(n, _NONE)

@@ -1,9 +1,10 @@
 """Pure ASGI, outside the gateway: one usage row per completion request, from the gateway's context.
 
 It sees the request after the gateway's own end (tokens settled, the prompt estimate charged to a cut
-stream), so the row holds what the gateway metered and charged. The response's last message is held
-until the row is in the durable spool (at most ``commit_wait_s``; the event loop is never blocked):
-a response the caller saw complete is in the ledger even if the gateway is killed the next instant.
+stream), so the row holds what the gateway metered and charged. The row is appended to the spool
+before the response's last message goes out (one ``os.write``), so a response the caller saw complete
+is in the ledger even if the gateway is killed the next instant; with ``spool_sync="full"`` the last
+message also waits (at most ``commit_wait_s``, the event loop never blocked) for the row's fsync.
 Requests refused before the caller was identified or the model was known (400, 401, 403, 404, 405,
 413) are not rows: nothing was used and nobody to bill.
 """
@@ -70,17 +71,24 @@ class LedgerMiddleware:
             await self.app(scope, watching, holding)
         finally:
             ctx = state.get(STATE_KEY)
-            future = None
+            written = False
             if ctx is not None and status not in _NOT_ROWS:
                 row = _row(scope, ctx, status, arrived, start, first, trace_id, left or held is None)
-                future = self.ledger.submit(row, wait=held is not None)
+                written = self.ledger.submit(row)  # in the spool (page cache) before the caller's last bytes
             if held is not None:
-                if future is not None and self.ledger.commit_wait_s > 0:
-                    # Not wait_for: a timer that gives up on the future costs less than a task per request.
-                    expiry = asyncio.get_running_loop().call_later(self.ledger.commit_wait_s, _give_up, future)
-                    await future  # True: in the spool; False: refused (counted); the row stays queued past the wait
-                    expiry.cancel()
+                if written and self.ledger.hold and self.ledger.commit_wait_s > 0:
+                    await self._synced()
                 await send(held)
+
+    async def _synced(self) -> None:
+        """Wait (at most ``commit_wait_s``) for a batched fsync to cover the row just written."""
+        future = self.ledger.synced()
+        if future is None:
+            return
+        # Not wait_for: a timer that gives up on the future costs less than a task per request.
+        expiry = asyncio.get_running_loop().call_later(self.ledger.commit_wait_s, _give_up, future)
+        await future
+        expiry.cancel()
 
 
 def _row(scope: Scope, ctx: Any, status: int, arrived: float, start: float, first: float | None,
@@ -139,6 +147,6 @@ def _priced(ctx: Any) -> dict[str, Any]:
             "currency": price.currency, "cost_micro": cost}
 
 
-def _give_up(future: asyncio.Future[bool]) -> None:
+def _give_up(future: asyncio.Future[None]) -> None:
     if not future.done():
-        future.set_result(False)
+        future.set_result(None)

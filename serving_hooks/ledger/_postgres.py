@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
-from gpt_observatory.serving_hooks.ledger._row import COLUMNS, UsageRow
+from gpt_observatory.serving_hooks.ledger._row import COLUMNS, VALUES, UsageRow
 
 _TYPES = {
     "request_id": "text NOT NULL", "time": "timestamptz NOT NULL", "tenant": "text NOT NULL",
@@ -68,7 +68,7 @@ class PostgresStore:
             with conn, conn.cursor() as cur:
                 for month in {r.time[:7] for r in rows} - self._months:
                     cur.execute(_partition(month))
-                execute_values(cur, _INSERT, [tuple(getattr(r, c) for c in COLUMNS) for r in rows],
+                execute_values(cur, _INSERT, [VALUES(r) for r in rows],
                                page_size=max(1, len(rows)))
                 added = cur.rowcount
             self._months.update(r.time[:7] for r in rows)

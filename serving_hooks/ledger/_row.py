@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 
@@ -46,10 +47,14 @@ class UsageRow:
     def from_dict(cls, data: dict[str, Any]) -> UsageRow:
         """The row ``data`` holds; a column it lacks (a row spooled before that column existed) takes its
         default (``billable``: True), a key that is no column is left out."""
-        return cls(**{k: data[k] for k in COLUMNS if k in data})
+        try:
+            return cls(**data)  # the usual case, and the cheap one
+        except TypeError:
+            return cls(**{k: data[k] for k in COLUMNS if k in data})
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(UsageRow))
+VALUES = attrgetter(*COLUMNS)  # a row's values in COLUMNS order (a tuple, read in C)
 
 
 def iso(epoch_s: float) -> str:

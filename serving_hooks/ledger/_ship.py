@@ -1,20 +1,21 @@
-"""The shipper: a thread moving batches from the spool to the ledger store.
+"""Shipping: batches from the spool's sealed segments to the ledger store.
 
-A batch leaves the spool only after the store committed it; a store that fails (down, restarting,
-refusing) keeps the batch in the spool and is retried with a backoff growing to ``max_backoff_s``.
-The same batch may so reach the store twice (its answer lost): the store ignores rows it has.
+A segment is shipped by whoever holds its claim (no live writer has it open: a gateway moved on to its
+next segment, or was killed). A batch counts as shipped (the segment's offset moves past it) only after
+the store committed it; a store that fails (down, restarting, refusing) leaves the rows where they are,
+to be retried. The same batch may so reach the store twice (its answer lost): the store ignores rows it
+has. The gateway runs this in its own process (:mod:`._shipd`), off the request path's interpreter.
 """
 
 from __future__ import annotations
 
-import threading
 import time
+from pathlib import Path
 from typing import Any, Protocol
 
-from loguru import logger
-
+from gpt_observatory.serving_hooks.ledger import _segments
 from gpt_observatory.serving_hooks.ledger._row import UsageRow
-from gpt_observatory.serving_hooks.ledger._spool import Spool
+from gpt_observatory.serving_hooks.ledger._segments import Claim
 
 
 class Store(Protocol):
@@ -28,86 +29,65 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-class Shipper:
-    def __init__(self, spool: Spool, store: Store, meters: Any, *, batch_rows: int, interval_s: float,
-                 max_backoff_s: float = 5.0) -> None:
-        self.spool, self.store, self.meters = spool, store, meters
-        self.batch_rows, self.interval_s, self.max_backoff_s = batch_rows, interval_s, max_backoff_s
-        self.wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="observatory-ledger-ship", daemon=True)
-        self.shipped = 0  # rows the store took (new or not), for tests and the bench
-        self._passes = 0  # shipping passes done (a pass that empties the spool ends with backlog 0)
-        self._passed = threading.Condition()
+class Meters(Protocol):
+    def shipped(self, n: int) -> None: ...
 
-    def start(self) -> None:
-        self._thread.start()
+    def dropped(self, reason: str, n: int = 1) -> None: ...
+
+
+class Shipper:
+    def __init__(self, folder: Path, store: Store, meters: Meters, *, batch_rows: int) -> None:
+        self.folder, self.store, self.meters, self.batch_rows = folder, store, meters, batch_rows
+        self.shipped = 0  # rows the store took (new or not)
 
     def ship_once(self) -> int:
-        """Ship batches until the spool is empty; returns the rows shipped. Raises what the store raised."""
+        """Ship every segment nobody writes; returns the rows shipped. Raises what the store raised."""
+        total = 0
+        for segment in _segments.segments(self.folder):
+            claim = Claim.take(segment)
+            if claim is None:
+                continue  # a live writer has it (or another shipper just shipped it)
+            try:
+                total += self._ship(segment)
+            finally:
+                claim.release()
+        return total
+
+    def _ship(self, segment: Path) -> int:
+        offset = _segments.shipped_offset(segment)
         total = 0
         while True:
-            batch = self.spool.take(self.batch_rows)
-            if not batch:
-                return total
-            self.store.insert([row for _, row in batch])
-            self.spool.remove(seq for seq, _ in batch)
-            total += len(batch)
-            self.shipped += len(batch)
-            self.meters.shipped(len(batch))
-            if len(batch) < self.batch_rows:
-                return total
+            batch = _segments.read(segment, offset, self.batch_rows)
+            if batch.corrupt:
+                self.meters.dropped("corrupt", batch.corrupt)
+            if batch.rows:
+                self.store.insert(batch.rows)
+            if batch.end == offset:
+                break
+            offset = batch.end
+            _segments.mark_shipped(segment, offset)
+            total += len(batch.rows)
+            self.shipped += len(batch.rows)
+            self.meters.shipped(len(batch.rows))
+        if offset < _segments.size(segment):  # a last line a crash left unfinished: nobody will finish it
+            self.meters.dropped("corrupt")
+        _segments.forget(segment)
+        return total
 
-    def _run(self) -> None:
-        backoff = self.interval_s
-        failing = False
-        while not self._stop.is_set():
+    def backlog(self) -> tuple[int, float]:
+        """(rows in segments nobody writes, not yet shipped; seconds since the oldest of them was added)."""
+        rows = 0
+        oldest: float | None = None
+        for segment in _segments.segments(self.folder):
+            claim = Claim.take(segment)
+            if claim is None:
+                continue  # its writer reports it
             try:
-                self.ship_once()
-            except Exception as e:  # the store is down or refused: keep the rows, try again later
-                self.meters.ship_failed()
-                if not failing:
-                    logger.warning("ledger: shipping to the store failed ({}); rows stay in the spool {} and "
-                                   "are retried", type(e).__qualname__, self.spool.path)
-                failing = True
-                backoff = min(self.max_backoff_s, max(backoff * 2, 0.05))
-            else:
-                if failing:
-                    logger.info("ledger: shipping to the store resumed")
-                failing = False
-                backoff = self.interval_s
-            backlog = self.spool.backlog()
-            self.meters.backlog = backlog
-            with self._passed:
-                self._passes += 1
-                self._passed.notify_all()
-            if backlog[0] >= self.batch_rows and not failing:
-                continue  # more than one batch waiting: no pause
-            self.wake.wait(backoff)
-            self.wake.clear()
-
-    def drained(self, deadline: float) -> bool:
-        """Wait (to the ``time.monotonic()`` deadline) for a pass begun after this call that left the spool
-        empty; True when one did."""
-        with self._passed:
-            start = self._passes
-            while True:
-                self.wake.set()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._passed.wait(min(remaining, 0.05))
-                if self._passes >= start + 2 and self.meters.backlog[0] == 0:
-                    return True
-
-    def close(self, timeout_s: float) -> None:
-        """Stop the thread, then one last try to ship what is left (bounded by the store's own timeouts)."""
-        self._stop.set()
-        self.wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
-        try:
-            self.ship_once()
-        except Exception as e:
-            logger.warning("ledger: rows left in the spool {} at close ({}); they ship on the next start",
-                           self.spool.path, type(e).__qualname__)
+                offset = _segments.shipped_offset(segment)
+                left = _segments.count_rows(segment, offset)
+                if left and oldest is None:
+                    oldest = _segments.oldest_added(segment, offset)
+                rows += left
+            finally:
+                claim.release()
+        return rows, (max(0.0, time.time() - oldest) if oldest is not None else 0.0)

@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from gpt_observatory.serving_hooks.ledger._row import COLUMNS, UsageRow
+from gpt_observatory.serving_hooks.ledger._row import COLUMNS, VALUES, UsageRow
 
 _TYPES = {
     "request_id": "TEXT PRIMARY KEY", "time": "TEXT NOT NULL", "tenant": "TEXT NOT NULL", "route": "TEXT NOT NULL",
@@ -62,7 +62,7 @@ class SqliteStore:
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             before = self.db.total_changes
-            self.db.executemany(_INSERT, [tuple(getattr(r, c) for c in COLUMNS) for r in rows])
+            self.db.executemany(_INSERT, [VALUES(r) for r in rows])
             return self.db.total_changes - before
 
     def query(self, sql: str, params: Sequence[object]) -> list[tuple]:

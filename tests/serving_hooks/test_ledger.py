@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpt_observatory.serving_hooks.app import create_app
-from gpt_observatory.serving_hooks.ledger import Ledger, LedgerMiddleware, UsageRow, open_ledger, open_store
+from gpt_observatory.serving_hooks.ledger import Ledger, LedgerMiddleware, UsageRow, open_ledger
 from gpt_observatory.serving_hooks.ledger._read import totals
 from gpt_observatory.serving_hooks.ledger._row import iso
 from gpt_observatory.serving_hooks.ledger._sqlite import SqliteStore
@@ -38,11 +38,11 @@ def row(i: int, tenant: str = "acme", **extra) -> UsageRow:
 
 
 def test_rows_reach_the_store_once_and_a_retried_batch_changes_nothing(tmp_path):
-    ledger = Ledger(tmp_path / "spool" / "s.sqlite3", SqliteStore(tmp_path / "ledger.sqlite3"), batch_rows=64)
+    ledger = Ledger(tmp_path / "spool", str(tmp_path / "ledger.sqlite3"), batch_rows=64)
     ledger.start()
     rows = [row(i, tenant=f"t{i % 3}") for i in range(1000)]
     for r in rows:
-        assert ledger.submit(r) is None  # no waiter asked for
+        assert ledger.submit(r) is True
     assert ledger.flush(30)
     assert ledger.store.insert(rows[:100]) == 0  # the same batch again: nothing new
     got = {t["key"]: t for t in totals(ledger.store, "tenant")}
@@ -55,15 +55,15 @@ def test_rows_reach_the_store_once_and_a_retried_batch_changes_nothing(tmp_path)
 
 
 def test_rows_a_dead_store_left_in_the_spool_ship_on_the_next_start(tmp_path):
-    spool = tmp_path / "spool" / "s.sqlite3"
-    dead = open_store(f"postgresql://nobody@127.0.0.1:{free_port()}/none")  # nothing listens there
+    spool = tmp_path / "spool"
+    dead = f"postgresql://nobody@127.0.0.1:{free_port()}/none"  # nothing listens there
     first = Ledger(spool, dead, ship_interval_s=0.05)
     first.start()
     for i in range(50):
         first.submit(row(i))
     assert not first.flush(1.0)  # written to the spool, not shipped
     first.close(timeout_s=1.0)
-    second = Ledger(spool, SqliteStore(tmp_path / "ledger.sqlite3"))
+    second = Ledger(spool, str(tmp_path / "ledger.sqlite3"))
     second.start()
     assert second.flush(10)
     assert totals(second.store)[0]["requests"] == 50
@@ -71,22 +71,18 @@ def test_rows_a_dead_store_left_in_the_spool_ship_on_the_next_start(tmp_path):
 
 
 def test_a_full_spool_drops_and_counts_without_blocking(tmp_path):
-    ledger = Ledger(tmp_path / "s.sqlite3", SqliteStore(tmp_path / "ledger.sqlite3"), spool_max_mb=0.05,
+    ledger = Ledger(tmp_path / "spool", str(tmp_path / "ledger.sqlite3"), spool_max_mb=0.05,
                     ship_interval_s=60)
     ledger.start()
     fat = "x" * 2000
-
-    async def submit_all() -> list[bool]:
-        futures = [ledger.submit(row(i, tenant=fat), wait=True) for i in range(200)]
-        return [await f for f in futures if f is not None]
-
-    import asyncio
-
     start = time.perf_counter()
-    results = asyncio.run(submit_all())
+    results = [ledger.submit(row(i, tenant=fat)) for i in range(200)]
     assert time.perf_counter() - start < 5
     assert True in results and False in results  # the first rows fit, the rest were refused
+    assert results.index(False) == results.count(True)  # refused from the bound on, none kept after
     assert ledger.meters.dropped_total == results.count(False)
+    assert ledger.flush(10)
+    assert totals(ledger.store)[0]["requests"] == results.count(True)  # what was taken reached the store
     ledger.close()
 
 
@@ -247,15 +243,17 @@ def test_a_row_takes_the_price_and_cost_the_pricing_layer_marked():
         "price_input_micro_per_1m": None, "price_output_micro_per_1m": None, "currency": None, "cost_micro": None}
 
 
-def test_a_ledger_not_started_keeps_nobody_waiting_and_writes_once_started(tmp_path):
+def test_a_ledger_not_started_keeps_nobody_waiting_and_ships_once_started(tmp_path):
     import asyncio
 
-    ledger = Ledger(tmp_path / "s.sqlite3", SqliteStore(tmp_path / "ledger.sqlite3"))
+    ledger = Ledger(tmp_path / "spool", str(tmp_path / "ledger.sqlite3"), spool_sync="full")
 
     async def submit() -> object:
-        return ledger.submit(row(1), wait=True)
+        assert ledger.submit(row(1))  # in the spool at once
+        return ledger.synced()
 
-    assert asyncio.run(submit()) is None  # an app served without its lifespan: the response is not held
+    assert asyncio.run(submit()) is None  # an app served without its lifespan: no fsync thread to wait for
+    assert not ledger.flush(0.2)
     ledger.start()
     assert ledger.flush(10)
     assert totals(ledger.store)[0]["requests"] == 1

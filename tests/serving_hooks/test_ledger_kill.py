@@ -82,3 +82,32 @@ def test_sigkill_under_load_loses_no_completed_request(upstream_peer, keyring, t
     store.close()
     assert set(completed) <= set(ids), f"{len(set(completed) - set(ids))} completed requests missing"
     assert len(ids) == len(set(ids))
+
+
+def test_sigkill_of_every_worker_loses_no_row_and_the_next_start_ships_each_once(upstream_peer, tmp_path):
+    """``serve --workers 2``: each worker appends to its own spool segment; SIGKILL of the whole process
+    group leaves both segments unshipped, and one later process claims and ships them, each row once."""
+    from tests.serving_hooks.test_workers import chat, gateway
+
+    store_path = tmp_path / "ledger.sqlite3"
+    env = {"OBSERVATORY_SERVE_LEDGER_ENABLED": "true", "OBSERVATORY_SERVE_LEDGER_URL": str(store_path),
+           "OBSERVATORY_SERVE_LEDGER_SHIP_INTERVAL_S": "60"}  # the first pass at start, then none before the kill
+    with gateway(tmp_path, upstream_peer.url, env=env) as gw:
+        answered = [tid for status, tid in (chat(gw.url) for _ in range(60)) if status == 200]
+        seen = gw.by_worker("observatory_gateway_requests")
+        os.killpg(gw.proc.pid, signal.SIGKILL)
+        gw.proc.wait(10)
+    assert len(answered) == 60 and set(seen) == {"0", "1"}, seen  # both workers answered some
+    spool = gw.state / "ledger-spool"
+    writers = {p.name.split("-")[0] for p in spool.glob("*.rows")}
+    assert len(writers) == 2, sorted(p.name for p in spool.iterdir())  # a segment per worker, left unshipped
+
+    ledger = open_ledger(load(ledger_enabled=True, ledger_url=str(store_path), ledger_spool_dir=spool))
+    ledger.start()
+    assert ledger.flush(30)
+    ledger.close()
+    store = SqliteStore(store_path)
+    ids = [r[0] for r in store.query("SELECT trace_id FROM usage", [])]
+    store.close()
+    assert sorted(ids) == sorted(answered)  # every answered request once, nothing else
+    assert not list(spool.glob("*.rows"))  # claimed, shipped and removed
