@@ -7,29 +7,36 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from gpt_observatory.demo.approver import APPROVER, REASON
+from gpt_observatory.demo.billing import CANARY_TENANT, FLEET_TENANT, TRIAL, TRIAL_MAX_TOKENS
 from gpt_observatory.demo.canary import CANARY_SETTINGS
 from gpt_observatory.demo.client import PROMPTS
 from gpt_observatory.demo.pipeline import JUDGED_ON_SHADOW
-from gpt_observatory.demo.stack import MODEL, REQUESTS_PER_MINUTE
+from gpt_observatory.demo.stack import FLEET_MODEL, MODEL, REQUESTS_PER_MINUTE
+from gpt_observatory.serving_hooks import prices, tenants
+from gpt_observatory.serving_hooks.prices import cost_micro
 from gpt_observatory.telemetry import names
 from tests import components
 from tests.reliability.demo_run import DemoRun, demo_run
 
 FIELDS = {
-    "wall_time_s", "model", "shadow", "approval", "fleet", "serving_version", "served_by_version", "requests", "latency_ms", "ttft_ms",
+    "wall_time_s", "model", "shadow", "approval", "fleet", "budget", "usage", "serving_version", "served_by_version", "requests", "latency_ms", "ttft_ms",
     "tokens_per_s", "output_tokens", "auth_outcomes", "rate_limit_hits", "gpu", "spans_per_name", "trace",
     "telemetry_files", "telemetry_dropped", "gateway", "ui", "slowest_trace",
 }
 CANARY, FLEET = "canary traffic (JWT)", "fleet traffic (JWT)"  # the judging traffic; the pool model's
 STREAMED = len(PROMPTS)  # the streaming client sends one request per prompt
 BURST_REJECTED = 3  # the burst tenant sends REQUESTS_PER_MINUTE + 3
+OVER_BUDGET = f"over budget ({TRIAL})"  # the budgeted tenant's requests, up to its one refusal
+MODEL_OF = {CANARY_TENANT: MODEL, FLEET_TENANT: FLEET_MODEL}  # the model each tenant calls (else MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +73,14 @@ def test_the_pipeline_made_v1_champion_and_judged_v2(demo):
                    and sp["resource"][names.SERVICE_NAME] == "observatory-gateway"
                    and str(sp["attributes"].get(names.MODEL_VERSION)) == "2" and not sp["attributes"].get(names.SHADOW)]
         if m["champion_after"] == "2":
+            # the approved decision's span comes after its recording; the alias moved in the move-champion
+            # task just before it (the gateway, polling, may serve v2 in between)
             decided = min(sp["start_time_unix_nano"] for sp in traced_spans(demo)
                           if sp["name"] == names.SPAN_PIPELINE_DECISION
                           and sp["attributes"].get(names.PIPELINE_DECISION) == "approved")
-            assert user_v2 and all(sp["start_time_unix_nano"] > decided for sp in user_v2)
+            moved = max(sp["start_time_unix_nano"] for sp in traced_spans(demo)
+                        if sp["name"].startswith("move-champion-") and sp["start_time_unix_nano"] < decided)
+            assert user_v2 and all(sp["start_time_unix_nano"] > moved for sp in user_v2)
             assert served["2"] >= after
         else:
             assert not user_v2 and served == {"1": canary["200"] + after}
@@ -140,11 +151,13 @@ def test_requests_by_outcome_match_what_the_client_sent(demo):
     req = demo.summary["requests"]
     sent = {kind: sum(statuses.values()) for kind, statuses in req["client_sent"].items()}
     assert req["total"] == sum(sent.values())
-    ok = req["total"] - 6 - 1 - BURST_REJECTED
-    assert req["by_status"] == {"200": ok, "401": 6, "403": 1, "429": BURST_REJECTED}
-    assert req["by_outcome"] == {"ok": ok, "unauthenticated": 6, "forbidden": 1, "rate_limited": BURST_REJECTED}
-    assert req["rejections_by_reason"] == {"auth": 6, "forbidden": 1, "rate_limit": BURST_REJECTED}
+    ok = req["total"] - 6 - 1 - BURST_REJECTED - 1
+    assert req["by_status"] == {"200": ok, "401": 6, "403": 1, "429": BURST_REJECTED + 1}
+    assert req["by_outcome"] == {"ok": ok, "unauthenticated": 6, "forbidden": 1, "rate_limited": BURST_REJECTED,
+                                 "over_budget": 1}
+    assert req["rejections_by_reason"] == {"auth": 6, "forbidden": 1, "rate_limit": BURST_REJECTED, "budget": 1}
     assert req["client_sent"]["over limit (burst)"] == {"200": REQUESTS_PER_MINUTE, "429": BURST_REJECTED}
+    assert req["client_sent"][OVER_BUDGET] == {"200": demo.summary["budget"]["admitted"], "429": 1}
     # served_by_version counts the in-process model's answers; the pool model's come from its replicas
     assert sum(demo.summary["served_by_version"].values()) == ok - req["client_sent"][FLEET]["200"]
 
@@ -248,3 +261,73 @@ def test_the_summary_points_at_the_slowest_request_and_observatory_trace_shows_i
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith(f"trace {slowest['trace_id']}  {slowest['name']}")
+
+
+def by_tenant(rows: list[dict]) -> dict[str, dict[str, int]]:
+    """The cost table's rows (one per tenant and currency: a refused request is not priced) summed per tenant."""
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        t = out.setdefault(r["key"], {"requests": 0, "input_tokens": 0, "output_tokens": 0, "cost_micro": 0})
+        for k in t:
+            t[k] += r[k] or 0
+    return out
+
+
+def test_the_cost_table_is_the_ledger_and_equals_what_every_caller_saw(demo):
+    """Every metered request of the run is a ledger row; its tokens are the usage its caller got, to the
+    token, and its cost that usage at the prices file's price (rounded up once per request)."""
+    usage = demo.summary["usage"]
+    ledger, seen = by_tenant(usage["rows"]), usage["seen_by_callers"]
+    judging = {CANARY_TENANT} if CANARY in demo.summary["requests"]["client_sent"] else set()  # with Prometheus
+    assert set(ledger) == set(seen) == {"demo", "batch", "burst", TRIAL, FLEET_TENANT, *judging}
+    assert {r["currency"] for r in usage["rows"]} == {"USD", None}  # None: the 429s, used and priced nothing
+    table = prices.load(demo.state / "demo" / "prices.toml", "USD")
+    for tenant, row in ledger.items():
+        caller = seen[tenant]
+        assert row["requests"] == caller["requests"] > 0, tenant
+        if caller["unseen"]:  # a stream cut midway: the gateway charged what it had, the caller saw nothing
+            assert tenant == FLEET_TENANT and row["input_tokens"] >= caller["input_tokens"]
+            continue
+        assert {k: row[k] for k in ("input_tokens", "output_tokens", "cost_micro")} == {
+            k: caller[k] for k in ("input_tokens", "output_tokens", "cost_micro")}, tenant
+        together = cost_micro(table.price_at(MODEL_OF.get(tenant, MODEL)), row["input_tokens"], row["output_tokens"])
+        assert together <= row["cost_micro"] <= together + row["requests"], tenant
+    priced = [r for r in usage["rows"] if r["currency"] == "USD"]
+    assert all(r["cost"] == f"{r['cost_micro'] / 1e6:.6f}" for r in priced)
+    assert sum(r["requests"] for r in usage["rows"]) == demo.summary["requests"]["total"] - 6 - 1  # all but 401/403
+    assert "Usage and cost per tenant (from the usage ledger)" in demo.stdout
+    assert all(f"│ {tenant}" in demo.stdout for tenant in ledger)
+
+
+def test_the_printed_usage_command_prints_the_same_table_afterwards(demo):
+    usage = demo.summary["usage"]
+    assert f"the same table again: {usage['command']}" in demo.stdout
+    argv = shlex.split(usage["command"])
+    assert argv[1:] == ["usage", "--by", "tenant", "--since", usage["since"], "--ledger",
+                        str(demo.state / "ledger.sqlite3")]
+    again = subprocess.run([*argv, "--format", "json"], env=demo.env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == {"by": "tenant", "rows": usage["rows"]}
+    shown = subprocess.run(argv, env=demo.env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stdout.splitlines()[0].split()[:3] == ["tenant", "currency", "requests"]
+
+
+def test_the_trial_tenant_was_refused_at_its_budget_with_insufficient_quota_and_a_reset_time(demo):
+    budget, rows = demo.summary["budget"], by_tenant(demo.summary["usage"]["rows"])
+    refused = budget["refused"]
+    assert (refused["status"], refused["type"], refused["code"]) == (429, "insufficient_quota", "insufficient_quota")
+    # the budget is per UTC day: it resets at the midnight after the refusal (the run may have crossed one)
+    started = datetime.strptime(demo.summary["usage"]["since"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    midnight = started.replace(hour=0, minute=0, second=0)
+    assert refused["reset"] in {(midnight + timedelta(days=d)).strftime("%Y-%m-%dT%H:%M:%SZ") for d in (1, 2)}
+    assert 0 < int(refused["retry_after"]) <= 86400
+    assert f"budget exceeded for tenant '{TRIAL}'" in refused["message"] and refused["reset"] in refused["message"]
+
+    limit = tenants.load(demo.state / "demo" / "tenants.toml").tenants[TRIAL].budget
+    price = prices.load(demo.state / "demo" / "prices.toml", "USD").price_at(MODEL)
+    worst = [cost_micro(price, len(p.encode()), TRIAL_MAX_TOKENS) for p in PROMPTS]  # the gateway's reservation
+    spent = rows[TRIAL]["cost_micro"]  # the admitted requests' cost, as the ledger has it
+    assert budget["admitted"] >= 1 and rows[TRIAL]["requests"] == budget["admitted"] + 1
+    assert spent == budget["spent_micro"] and spent <= limit.amount_micro + max(worst)
+    assert spent + worst[budget["admitted"] % len(PROMPTS)] > limit.amount_micro  # the refused one did not fit
+    assert "insufficient_quota" in demo.stdout and refused["reset"] in demo.stdout

@@ -6,8 +6,8 @@ for approval (``approval = "required"``), which the demo gives through the CLI (
 
 It needs the Debian/upstream ``prometheus`` binary (the canary flow reads Prometheus's HTTP API);
 without it, or without the flow, the demo judges the challenger by the offline gates instead.
-The traffic comes from many small tenants (JWTs minted by the development IdP) so that none of
-them reaches the demo's per-tenant rate limit: the over-limit requests stay the scripted ones.
+The traffic comes from one tenant of the demo's internal tier (JWTs minted by the development IdP),
+which has no rate limit to speak of: the over-limit requests stay the scripted ones.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from typing import Any
 
 import httpx
 
-from gpt_observatory.demo.stack import MODEL, REQUESTS_PER_MINUTE, SCOPE, free_port
+from gpt_observatory.demo.billing import CANARY_TENANT
+from gpt_observatory.demo.stack import MODEL, SCOPE, free_port
 
 WINDOW_S = 6.0  # one analysis window; the flow looks every STEP_S and may extend it once
 STEP_S = 2.0
@@ -96,12 +97,15 @@ class Prometheus:
 
 @dataclass
 class LiveTraffic:
-    """Closed-loop chat completions (every other one streamed) from ``workers`` threads, each
-    moving to a new tenant before it reaches the rate limit, until stopped."""
+    """Closed-loop chat completions (every other one streamed) from ``workers`` threads as the
+    ``tenant`` of the demo's internal tier (a rate limit it never reaches), until stopped; each answer's
+    usage goes to ``spend`` when given."""
 
     base_url: str
     idp: Any
     workers: int = 2
+    tenant: str = CANARY_TENANT
+    spend: Any = None  # gpt_observatory.demo.billing.Spend
     statuses: Counter[int] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -124,28 +128,27 @@ class LiveTraffic:
 
         from gpt_observatory.demo.client import PROMPTS
 
-        per_tenant = REQUESTS_PER_MINUTE - 1
+        token = self.idp.mint(f"{self.tenant}-{worker}", tenant=self.tenant, scopes=[SCOPE])
+        client = openai.OpenAI(base_url=self.base_url, api_key=token, max_retries=0, timeout=60)
         n = 0
         while not self._stop.is_set():
-            if n % per_tenant == 0:
-                tenant = f"canary-{worker}-{n // per_tenant}"
-                token = self.idp.mint(tenant, tenant=tenant, scopes=[SCOPE])
-                client = openai.OpenAI(base_url=self.base_url, api_key=token, max_retries=0, timeout=60)
             messages = [{"role": "user", "content": PROMPTS[n % len(PROMPTS)]}]
-            status = 200
+            status, usage = 200, None
             try:
                 if n % 2:
-                    for _ in client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12,
-                                                            stream=True):
-                        pass
+                    for chunk in client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12,
+                                                                stream=True, stream_options={"include_usage": True}):
+                        usage = chunk.usage or usage
                 else:
-                    client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12)
+                    usage = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12).usage
             except openai.APIStatusError as e:
                 status = e.status_code
             except openai.APIConnectionError:
                 status = 0
             with self._lock:
                 self.statuses[status] += 1
+            if self.spend is not None:
+                self.spend.note(self.tenant, MODEL, status, usage)
             n += 1
 
 

@@ -27,6 +27,8 @@ PROMPTS: tuple[str, ...] = (
     "Once upon a midnight dreary",
 )
 MAX_TOKENS = 24
+# The tenants the scripted client's credentials belong to (stack.make_credentials, the IdP's demo client).
+JWT_TENANT, STREAMING_TENANT, BURST_TENANT = "demo", "batch", "burst"
 
 
 @dataclass
@@ -78,35 +80,49 @@ def unsigned_token(issuer: str, audience: str) -> str:
     return f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64({'iss': issuer, 'aud': audience, 'sub': 'mallory', 'exp': now + 300})}."
 
 
-def run(base_url: str, creds: Credentials, idp: Any, report: ClientReport | None = None) -> ClientReport:
+def run(base_url: str, creds: Credentials, idp: Any, report: ClientReport | None = None,
+        spend: Any = None) -> ClientReport:
     """Send the whole script to the gateway at ``base_url`` (its ``/v1`` root); returns the notes
-    (added to ``report`` when given: the canary traffic is noted there first)."""
+    (added to ``report`` when given: the canary traffic is noted there first). Each metered answer's
+    usage goes to ``spend`` (a :class:`gpt_observatory.demo.billing.Spend`) when given."""
     import openai
 
     report = ClientReport() if report is None else report
     jwt_client = openai.OpenAI(base_url=base_url, api_key=access_token(creds), max_retries=0, timeout=60)
     key_client = openai.OpenAI(base_url=base_url, api_key=creds.api_key, max_retries=0, timeout=60)
 
+    def seen(tenant: str) -> Any:
+        return None if spend is None else lambda status, usage: spend.note(tenant, MODEL, status, usage)
+
     for prompt in (*PROMPTS, PROMPTS[0]):  # good: JWT, chat
         _official(report, "good (JWT)", lambda p=prompt: jwt_client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": p}], max_tokens=MAX_TOKENS, temperature=0.8))
+            model=MODEL, messages=[{"role": "user", "content": p}], max_tokens=MAX_TOKENS, temperature=0.8),
+            seen(JWT_TENANT))
     for prompt in PROMPTS[1:3]:  # good: JWT, text completion
         _official(report, "good (JWT)", lambda p=prompt: jwt_client.completions.create(
-            model=MODEL, prompt=p, max_tokens=MAX_TOKENS))
+            model=MODEL, prompt=p, max_tokens=MAX_TOKENS), seen(JWT_TENANT))
     for prompt in PROMPTS:  # streaming: API key
-        def stream(p: str = prompt) -> None:
-            for _ in key_client.chat.completions.create(
+        def stream(p: str = prompt) -> Any:
+            usage = None
+            for chunk in key_client.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": p}], max_tokens=MAX_TOKENS, stream=True,
                 stream_options={"include_usage": True},
             ):
                 report.stream_chunks += 1
-        _official(report, "streaming (API key)", stream)
+                usage = chunk.usage or usage
+            return usage
+        _official(report, "streaming (API key)", stream, seen(STREAMING_TENANT))
 
     body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": MAX_TOKENS}
     with httpx.Client(base_url=base_url, timeout=60) as raw:
-        def post(kind: str, token: str | None, payload: dict[str, Any] = body, scheme: str = "Bearer") -> None:
+        def post(kind: str, token: str | None, payload: dict[str, Any] = body, scheme: str = "Bearer",
+                 tenant: str | None = None) -> None:
             headers = {"authorization": f"{scheme} {token}"} if token is not None else {}
-            report.note(kind, raw.post("/chat/completions", json=payload, headers=headers).status_code)
+            answer = raw.post("/chat/completions", json=payload, headers=headers)
+            report.note(kind, answer.status_code)
+            if spend is not None and tenant is not None:
+                spend.note(tenant, MODEL, answer.status_code,
+                           answer.json().get("usage") if answer.status_code == 200 else None)
 
         post("unauthenticated", None)
         post("unauthenticated", base64.b64encode(b"demo:password").decode(), scheme="Basic")
@@ -117,17 +133,22 @@ def run(base_url: str, creds: Credentials, idp: Any, report: ClientReport | None
         post("missing scope", creds.no_scope_key)
         tiny = {**body, "max_tokens": 1}
         for _ in range(REQUESTS_PER_MINUTE + 3):
-            post("over limit (burst)", creds.burst_key, tiny)
+            post("over limit (burst)", creds.burst_key, tiny, tenant=BURST_TENANT)
     return report
 
 
-def _official(report: ClientReport, kind: str, call: Any) -> None:
-    """One call through the openai client; its HTTP status (an API error's too) is noted."""
+def _official(report: ClientReport, kind: str, call: Any, seen: Any = None) -> None:
+    """One call through the openai client; its HTTP status (an API error's too) is noted, and with
+    ``seen`` its status and usage (the response's, or what ``call`` returns)."""
     import openai
 
     try:
-        call()
+        answer = call()
     except openai.APIStatusError as e:
         report.note(kind, e.status_code)
+        if seen is not None:
+            seen(e.status_code, None)
     else:
         report.note(kind, 200)
+        if seen is not None:
+            seen(200, getattr(answer, "usage", answer))  # a completion's usage; a stream returns its last chunk's

@@ -12,6 +12,7 @@ pass. :class:`FleetReport` is what the caller saw and what the gateway's ``/read
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -24,7 +25,8 @@ from typing import Any
 
 import httpx
 
-from gpt_observatory.demo.stack import FLEET_MODEL, MODEL, REQUESTS_PER_MINUTE, SCOPE, Gateway, free_port
+from gpt_observatory.demo.billing import FLEET_TENANT
+from gpt_observatory.demo.stack import FLEET_MODEL, MODEL, SCOPE, Gateway, free_port
 
 REPLICA_DELAY_MS = 40.0
 KILLED = "replica-2"
@@ -120,10 +122,11 @@ class FleetReport:
 
 class _Traffic:
     """Closed-loop chat completions to the pool model (every other one streamed) from ``workers``
-    threads, a new tenant before each reaches the rate limit."""
+    threads as the demo's internal-tier tenant (a rate limit it never reaches); each answer's usage
+    goes to ``spend`` when given."""
 
-    def __init__(self, base_url: str, idp: Any, report: FleetReport, workers: int = 4) -> None:
-        self.base_url, self.idp, self.report = base_url, idp, report
+    def __init__(self, base_url: str, idp: Any, report: FleetReport, workers: int = 4, spend: Any = None) -> None:
+        self.base_url, self.idp, self.report, self.spend = base_url, idp, report, spend
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(i,), name=f"demo-fleet-{i}", daemon=True)
@@ -140,13 +143,12 @@ class _Traffic:
             t.join(30)
 
     def _run(self, worker: int) -> None:
-        per_tenant, n = REQUESTS_PER_MINUTE - 1, 0
+        n = 0
+        token = self.idp.mint(f"{FLEET_TENANT}-{worker}", tenant=FLEET_TENANT, scopes=[SCOPE])
+        headers = {"authorization": f"Bearer {token}"}
         with httpx.Client(base_url=self.base_url, timeout=30) as client:
             while not self._stop.is_set():
-                if n % per_tenant == 0:
-                    tenant = f"fleet-{worker}-{n // per_tenant}"
-                    headers = {"authorization": f"Bearer {self.idp.mint(tenant, tenant=tenant, scopes=[SCOPE])}"}
-                status, started = self._ask(client, headers, stream=n % 2 == 1)
+                status, started, usage = self._ask(client, headers, stream=n % 2 == 1)
                 with self._lock:
                     self.report.statuses[status] += 1
                     if status != 200:
@@ -154,23 +156,40 @@ class _Traffic:
                             self.report.failed_started += 1
                         else:
                             self.report.failed_unstarted += 1
+                if self.spend is not None:
+                    self.spend.note(FLEET_TENANT, FLEET_MODEL, status, usage)
                 n += 1
 
-    def _ask(self, client: httpx.Client, headers: dict[str, str], stream: bool) -> tuple[int, bool]:
-        """(status, whether any byte of the answer arrived); a stream cut midway is status 0."""
-        body = {"model": FLEET_MODEL, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 8,
-                "stream": stream}
-        started, tail = False, b""
+    def _ask(self, client: httpx.Client, headers: dict[str, str], stream: bool) -> tuple[int, bool, Any]:
+        """(status, whether any byte of the answer arrived, its usage); a stream cut midway is status 0."""
+        body: dict[str, Any] = {"model": FLEET_MODEL, "messages": [{"role": "user", "content": "ping"}],
+                                "max_tokens": 8, "stream": stream}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        started, answer = False, b""
         try:
             with client.stream("POST", "/chat/completions", json=body, headers=headers) as r:
                 for chunk in r.iter_bytes():
                     started = started or bool(chunk)
-                    tail = (tail + chunk)[-32:]
-                if r.status_code == 200 and stream and b"[DONE]" not in tail:
-                    return 0, started
-                return r.status_code, started
+                    answer += chunk
+                if r.status_code == 200 and stream and b"[DONE]" not in answer[-32:]:
+                    return 0, started, None
+                return r.status_code, started, _usage(answer, stream) if r.status_code == 200 else None
         except httpx.HTTPError:
-            return 0, started
+            return 0, started, None
+
+
+def _usage(answer: bytes, stream: bool) -> Any:
+    """The ``usage`` of a completion body, or of a stream's last chunk that has one."""
+    with contextlib.suppress(ValueError, AttributeError):
+        if not stream:
+            return json.loads(answer).get("usage")
+        for line in reversed(answer.splitlines()):
+            if line.startswith(b"data: {"):
+                usage = json.loads(line[6:]).get("usage")
+                if usage:
+                    return usage
+    return None
 
 
 def _state(gateway: Gateway, name: str) -> str | None:
@@ -191,11 +210,12 @@ def _wait_state(gateway: Gateway, report: FleetReport, want: set[str], timeout: 
     return None
 
 
-def run(gateway: Gateway, idp: Any, replicas: list[Replica], warm_s: float = 1.5) -> FleetReport:
-    """Load the pool, kill ``KILLED``, wait for its ejection, restart it, wait for its readmission."""
+def run(gateway: Gateway, idp: Any, replicas: list[Replica], warm_s: float = 1.5, spend: Any = None) -> FleetReport:
+    """Load the pool, kill ``KILLED``, wait for its ejection, restart it, wait for its readmission
+    (each answer's usage noted in ``spend``, a :class:`gpt_observatory.demo.billing.Spend`, when given)."""
     report = FleetReport()
     killed = next(r for r in replicas if r.name == report.killed)
-    with _Traffic(gateway.v1, idp, report):
+    with _Traffic(gateway.v1, idp, report, spend=spend):
         time.sleep(warm_s)
         report.states.append(_state(gateway, report.killed) or "unknown")
         killed.kill()

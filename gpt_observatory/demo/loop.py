@@ -8,8 +8,10 @@ when Prometheus is installed, a pass then waiting for approval, which the demo g
 CLI; else by the offline gates. The gateway follows the champion alias; a scripted client sends
 good, streaming, unauthenticated, forged-token and over-limit requests; the gateway's second
 catalog model, a pool of two local replicas, is loaded while one replica is killed and started
-again (``fleet``); the summary is read back from the telemetry the processes really emitted
-(``<state>/telemetry/*.jsonl`` and the gateway's ``/metrics``).
+again (``fleet``); the ``trial`` tenant is run into its budget (``billing``: the gateway has
+tenants on three tiers, prices and its usage ledger on); the summary is read back from the telemetry
+the processes really emitted (``<state>/telemetry/*.jsonl`` and the gateway's ``/metrics``), and the
+cost table from the usage ledger, by ``observatory usage`` (``costs``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from typing import Any
 from rich.console import Console
 
 from gpt_observatory import telemetry
+from gpt_observatory.demo import billing as _demo_billing
 from gpt_observatory.demo import canary as _demo_canary
 from gpt_observatory.demo import client as _demo_client
+from gpt_observatory.demo import costs as _demo_costs
 from gpt_observatory.demo import fleet as _demo_fleet
 from gpt_observatory.demo import pipeline as _demo_pipeline
 from gpt_observatory.demo import stack as _demo_stack
@@ -135,13 +139,15 @@ def _run(json_out: str | None, keep_serving: bool) -> dict[str, Any]:
                 prefect_ready = _demo_pipeline.start_prefect()  # a first start migrates Prefect's database
                 uri = _demo_pipeline.prepare_store(MODEL)
                 creds, keys_file = _demo_stack.make_credentials(state, idp.issuer)
+                metering = _demo_billing.write_files(state / "demo", state)
+                spend = _demo_billing.Spend(metering.prices)
                 idp.register_client(creds.client_id, creds.client_secret, "demo", [SCOPE])
                 replicas = _demo_fleet.start_replicas(state / "demo")
                 for replica in replicas:
                     cleanup.callback(replica.stop)
                 catalog = _demo_fleet.catalog_toml(replicas, None if no_canary else _demo_canary.SHADOW_SHARE)
                 # it boots, and waits for a champion, while Prefect starts and the pipeline runs
-                gateway = _demo_stack.start_gateway(state, uri, creds, keys_file, catalog)
+                gateway = _demo_stack.start_gateway(state, uri, creds, keys_file, catalog, metering.serve_args())
                 cleanup.callback(gateway.stop)
                 prometheus = None
                 if no_canary is None:
@@ -167,7 +173,7 @@ def _run(json_out: str | None, keep_serving: bool) -> dict[str, Any]:
                     verdict = _demo_pipeline.Verdict("unchanged", challenger.version, champion.version,
                                                      f"v{champion.version} already is the champion", "nothing to judge")
                 elif prometheus is not None:
-                    verdict, failure, approval = _judge_live(prometheus, challenger, gateway, idp, report, console)
+                    verdict, failure, approval = _judge_live(prometheus, challenger, gateway, idp, report, console, spend)
                     if verdict is None:
                         no_canary = f"the live canary failed: {failure}"
                 if verdict is None:
@@ -180,11 +186,16 @@ def _run(json_out: str | None, keep_serving: bool) -> dict[str, Any]:
 
             gpu = GpuProbe()
             with step("scripted client: good, streaming, unauthenticated, forged, over-limit") as s:
-                _demo_client.run(gateway.v1, creds, idp, report)
+                _demo_client.run(gateway.v1, creds, idp, report, spend)
                 s.note = f"{report.total} requests in all"
+            with step(f"budget: tenant {_demo_billing.TRIAL!r} until the gateway refuses it") as s:
+                budget = _demo_billing.exhaust_budget(gateway.v1, creds.trial_key, spend, report)
+                refused = budget.refused
+                s.note = (f"{budget.admitted} admitted ({_demo_billing.money(budget.spent_micro)} of {budget.budget}), then "
+                          f"{refused.get('status')} {refused.get('code')}; resets {refused.get('reset')}")
             with step(f"fleet: {FLEET_MODEL} on {len(replicas)} replicas, {_demo_fleet.KILLED} killed mid-load, "
                       "then restarted") as s:
-                fleet = _demo_fleet.run(gateway, idp, replicas)
+                fleet = _demo_fleet.run(gateway, idp, replicas, spend=spend)
                 for status, n in fleet.statuses.items():
                     report.note("fleet traffic (JWT)", status, n)
                 s.note = (f"{sum(fleet.statuses.values())} requests, {fleet.failed_unstarted} failed before a byte; "
@@ -195,19 +206,24 @@ def _run(json_out: str | None, keep_serving: bool) -> dict[str, Any]:
                 instance = scrape.resource(SERVICE_INSTANCE_ID)
                 readyz = gateway.model_status()  # the champion's part of /readyz
                 if not keep_serving:
-                    gateway.stop()  # SIGTERM: the gateway flushes its telemetry before it exits
+                    gateway.stop()  # SIGTERM: the gateway flushes its telemetry and ships its ledger spool
                 handle.force_flush()
                 traces = telemetry_dir(handle.settings) / "traces.jsonl"
                 spans = wait_for_spans(traces, since_ns, lambda sp: sum(
                     1 for x in sp if instance_of(x) == instance and is_api_server_span(x)) >= report.total)
-                s.note = f"{len(spans)} spans"
+                seen = spend.as_dict()
+                # a stopped gateway shipped its spool on the way out; one still serving ships it soon
+                usage = _demo_costs.read(metering.ledger, _demo_costs.since_text(since_ns / 1e9),
+                                         sum(t["requests"] for t in seen.values()), 15.0 if keep_serving else 0.0)
+                usage["seen_by_callers"] = seen
+                s.note = f"{len(spans)} spans; {sum(r['requests'] for r in usage['rows'])} ledger rows"
             summary = build(
                 scrape=scrape, spans=spans, gateway_instance=instance, readyz=readyz, client=report.as_dict(),
                 model={"name": MODEL, "champion_before": champion.version, "challenger": challenger.version,
                        "decision": verdict.decision, "reason": verdict.reason, "judged_by": verdict.judged_by,
                        "champion_after": verdict.champion},
                 shadow=shadow_section(verdict, scrape), approval=approval_section(verdict, approval),
-                fleet=fleet_section(fleet, scrape),
+                fleet=fleet_section(fleet, scrape), budget=budget.as_dict(), usage=usage,
                 gpu=gpu.readings(scrape.total(names.GEN_AI_OUTPUT_TOKENS)),
                 files={s: str(traces.with_name(f"{s}.jsonl")) for s in ("traces", "metrics", "logs")},
                 tracking_uri=uri,
@@ -216,6 +232,7 @@ def _run(json_out: str | None, keep_serving: bool) -> dict[str, Any]:
             )
             render(summary, Console())
             show_slowest(summary, Console(width=max(Console().width, 160)))
+            _demo_costs.render(usage, _demo_billing.tiers(), Console())
             if json_out:
                 Path(json_out).write_text(dumps(summary))
                 console.print(f"summary written to {json_out}")
@@ -234,11 +251,11 @@ def _run(json_out: str | None, keep_serving: bool) -> dict[str, Any]:
 
 def _judge_live(
     prometheus: _demo_canary.Prometheus, challenger: _demo_pipeline.Challenger, gateway: Gateway, idp: Any,
-    report: _demo_client.ClientReport, console: Console,
+    report: _demo_client.ClientReport, console: Console, spend: _demo_billing.Spend,
 ) -> tuple[_demo_pipeline.Verdict | None, str, ApprovalReport]:
     """The canary flow on shadow traffic, a pass answered by the approver; (None, why, …) when it
     could not run, so the demo can decide offline instead."""
-    traffic = _demo_canary.LiveTraffic(gateway.v1, idp)
+    traffic = _demo_canary.LiveTraffic(gateway.v1, idp, spend=spend)
     approver = Approver(console, challenger.version)
     try:
         prometheus.wait_ready()

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ class Credentials:
     burst_key: str  # tenant "burst": sent past the rate limit
     no_scope_key: str  # tenant "readonly", no scope: 403
     revoked_key: str  # revoked before use: 401 revoked
+    trial_key: str  # tenant "trial": sent past its budget (gpt_observatory.demo.billing)
 
 
 def prepare_environment(state: Path) -> None:
@@ -83,7 +85,9 @@ def make_credentials(state: Path, issuer: str) -> tuple[Credentials, Path]:
     no_scope_key, _ = store.create("readonly", [], name="demo key without the inference scope")
     revoked_key, record = store.create("batch", [SCOPE], name="demo revoked key")
     store.revoke(record.key_id)
-    creds = Credentials(issuer, "demo-app", secrets.token_urlsafe(24), api_key, burst_key, no_scope_key, revoked_key)
+    trial_key, _ = store.create("trial", [SCOPE], name="demo client with a small budget")
+    creds = Credentials(issuer, "demo-app", secrets.token_urlsafe(24), api_key, burst_key, no_scope_key, revoked_key,
+                        trial_key)
     path = state / "demo" / "credentials.json"
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -178,7 +182,7 @@ class Gateway:
 
 
 def start_gateway(
-    state: Path, tracking_uri: str, creds: Credentials, keys_file: Path, catalog: str
+    state: Path, tracking_uri: str, creds: Credentials, keys_file: Path, catalog: str, metering: Sequence[str] = ()
 ) -> Gateway:
     """Start ``observatory serve`` on a free loopback port with the model catalog ``catalog`` (TOML):
     ``MODEL@champion`` in process (with a ``shadow_share``, mirroring that share of requests to
@@ -186,7 +190,8 @@ def start_gateway(
     and the demo's replica pool (:mod:`gpt_observatory.demo.fleet`).
 
     Authentication: JWTs of the development IdP and the demo's API keys; model ``tiny-gpt``
-    needs the ``inference`` scope; ``REQUESTS_PER_MINUTE`` per tenant.
+    needs the ``inference`` scope; ``REQUESTS_PER_MINUTE`` per tenant. ``metering``: more ``serve``
+    options (the demo's tenants, prices and usage ledger: :meth:`gpt_observatory.demo.billing.Files.serve_args`).
     """
     port = free_port()
     log = state / "demo" / "gateway.log"
@@ -206,7 +211,7 @@ def start_gateway(
         "--poll-interval-s", str(POLL_INTERVAL_S), "--host", "127.0.0.1", "--port", str(port),
         "--oidc-issuer", creds.issuer, "--audience", AUDIENCE, "--api-keys-file", str(keys_file),
         "--requests-per-minute", str(REQUESTS_PER_MINUTE), "--graceful-timeout-s", "20",
-        "--catalog-file", str(catalog_file),
+        "--catalog-file", str(catalog_file), *metering,
     ]
     with open(log, "ab") as fh:
         # its own session: Ctrl-C reaches the demo, which then stops the gateway gracefully

@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from gpt_observatory.demo.billing import budget_text
 from gpt_observatory.demo.readback import (
     Scrape,
     bucket_quantile,
@@ -29,10 +30,16 @@ OUTCOMES = {"200": "ok", "401": "unauthenticated", "403": "forbidden", "429": "r
 
 def requests_section(scrape: Scrape, client: dict[str, Any]) -> dict[str, Any]:
     by_status = {k: int(v) for k, v in sorted(scrape.by(names.GATEWAY_REQUESTS, names.HTTP_RESPONSE_STATUS_CODE).items())}
+    rejections = scrape.by(names.GATEWAY_REJECTIONS, names.REJECTION_REASON)
     by_outcome: Counter[str] = Counter()
     for status, n in by_status.items():
         by_outcome[OUTCOMES.get(status, f"http {status}")] += n
-    rejections = scrape.by(names.GATEWAY_REJECTIONS, names.REJECTION_REASON)
+    # a 429 is a rate limit or a spent budget (insufficient_quota): the rejection reason tells them apart
+    over_budget = min(int(rejections.get(names.REJECTION_BUDGET, 0)), by_outcome["rate_limited"])
+    if over_budget:
+        by_outcome["rate_limited"] -= over_budget
+        by_outcome["over_budget"] = over_budget
+    by_outcome = Counter({k: n for k, n in by_outcome.items() if n})
     return {
         "total": sum(by_status.values()),
         "by_outcome": dict(by_outcome),
@@ -152,6 +159,8 @@ def build(
     shadow: dict[str, Any] | None,
     approval: dict[str, Any] | None,
     fleet: dict[str, Any],
+    budget: dict[str, Any],
+    usage: dict[str, Any],
     gpu: dict[str, Any],
     files: dict[str, str],
     tracking_uri: str,
@@ -171,6 +180,8 @@ def build(
         "shadow": shadow,
         "approval": approval,
         "fleet": fleet,
+        "budget": budget,
+        "usage": usage,
         "serving_version": (readyz.get("model") or {}).get("version"),
         "served_by_version": dict(served),
         "requests": requests_section(scrape, client),
@@ -212,6 +223,7 @@ def render(summary: dict[str, Any], console: Console) -> None:
         *([("shadow traffic", _shadow_text(s["shadow"]))] if s["shadow"] else []),
         *([("approval", _approval_text(s["approval"]))] if s["approval"] else []),
         ("fleet", _fleet_text(s["fleet"])),
+        ("budget", budget_text(s["budget"])),
         ("serving version", f"v{s['serving_version']} (answered by version: "
                             f"{', '.join(f'v{v} {n}' for v, n in sorted(s['served_by_version'].items()))})"),
         ("requests by outcome", f"{_pairs(req['by_outcome'])} (total {req['total']})"),
