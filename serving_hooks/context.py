@@ -49,6 +49,11 @@ class RequestContext:
     # catalog name or host:port: a label without credentials).
     cached_tokens: int | None = None
     replica: str | None = None
+    # GPU energy (issue 17): the GPU-seconds and joules telemetry.gpu_energy attributed to the in-process
+    # generation that answered; None (not 0) where nothing was measured (no NVML, no GPU, a model on the CPU
+    # or behind an upstream).
+    gpu_seconds: float | None = None
+    gpu_joules: float | None = None
 
     def record_usage(self, input_tokens: int, output_tokens: int) -> None:
         self.input_tokens = input_tokens

@@ -692,6 +692,25 @@ USAGE_COST = Metric(
     "observatory.usage.currency, by tenant and observatory.catalog.model.",
 )
 
+# GPU energy per generation (issue 17)
+# telemetry/gpu_energy.py splits each GPU's NVML energy counter between the in-process generations open on
+# it (by the tokens each made in a sample interval); the in-process backend adds each generation's share
+# here. Labels: observatory.tenant (the gateway's tenant label, as on observatory.gateway.tokens, so
+# J/token = rate of this / rate of the output tokens there), gen_ai.request.model and observatory.model.version.
+GEN_AI_SERVER_ENERGY = Metric(
+    "observatory.gen_ai.server.energy", "J", "counter",
+    "GPU energy attributed to in-process generations, by tenant, gen_ai.request.model and observatory.model.version.",
+)
+GEN_AI_SERVER_GPU_TIME = Metric(
+    "observatory.gen_ai.server.gpu.time", "s", "counter",
+    "GPU-seconds attributed to in-process generations (each interval's seconds split like its energy), by tenant, "
+    "gen_ai.request.model and observatory.model.version.",
+)
+GPU_ENERGY_IDLE = Metric(
+    "observatory.gpu.energy.idle", "J", "counter",
+    "GPU energy read while no in-process generation was open on the GPU (attributed to nobody), by hw.id.",
+)
+
 # serve --workers N (serving_hooks/workers.py): the one scrape of every worker labels each sample with
 # the worker's index ("0".."N-1"), as Prometheus' own relabelling would name an instance.
 WORKER: Final = "worker"

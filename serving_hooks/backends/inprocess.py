@@ -3,14 +3,16 @@
 
 Generation runs in a bounded thread pool so the event loop never blocks. The loaded model is
 one reference swapped atomically (:meth:`InProcessBackend.swap`): a request keeps the model it
-started with, so a hot-swap never fails a request in flight.
+started with, so a hot-swap never fails a request in flight. A model on a GPU has each generation's
+GPU-seconds and joules attributed (:mod:`._energy`): a streamed answer waits for them after ``[DONE]``
+went out, so the usage ledger's row has them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -27,16 +29,19 @@ from gpt_observatory.serving_hooks._openai import (
     new_id,
 )
 from gpt_observatory.serving_hooks._openai import response_body as build_response
+from gpt_observatory.serving_hooks.backends._energy import SETTLE_WAIT_S, EnergyMeter, model_gpu
 from gpt_observatory.serving_hooks.backends._streaming import Departure, EventStream
 from gpt_observatory.serving_hooks.backends._threads import iterate_in_thread
 from gpt_observatory.serving_hooks.backends.base import Call, ModelBackend, Readiness
 from gpt_observatory.serving_hooks.inference import GenAIHooks, GenAIRequest, Generation, GenerationStats, ModelInfo
+from gpt_observatory.telemetry.gpu_energy import DEFAULT_INTERVAL_S, Share
 
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
     model: Any  # has predict / predict_stream
     info: ModelInfo
+    gpu: tuple[int, str | None] | None = None  # (CUDA index, UUID) of the model's GPU; None: not on one
 
 
 class InProcessBackend(ModelBackend):
@@ -51,13 +56,17 @@ class InProcessBackend(ModelBackend):
         info: ModelInfo | None = None,
         workers: int = 8,
         role: str = "champion",
+        energy_interval_s: float = DEFAULT_INTERVAL_S,
+        nvml: Any = None,
     ) -> None:
+        """``energy_interval_s``: the GPU energy sampler's interval (0: none); ``nvml`` stands in for ``pynvml``."""
         self.hooks = hooks
         self.served_name = served_name
         self.role = role
         self.workers = workers
         self._pool: ThreadPoolExecutor | None = None
         self._current: LoadedModel | None = None
+        self.energy = EnergyMeter(energy_interval_s, nvml)
         if model is not None:
             self.swap(model, info or ModelInfo(served_name, role=role))
 
@@ -67,15 +76,17 @@ class InProcessBackend(ModelBackend):
 
     def swap(self, model: Any, info: ModelInfo) -> None:
         """Serve ``model`` from the next request on; requests in flight finish on the old one."""
-        self._current = LoadedModel(model, info)
+        self._current = LoadedModel(model, info, model_gpu(model))
 
     async def start(self) -> None:
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"gen-{self.role}")
+        await self.energy.start()
 
     async def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        self.energy.close()
 
     async def readiness(self) -> Readiness:
         loaded = self._current
@@ -112,10 +123,15 @@ class InProcessBackend(ModelBackend):
             request.stream, captured,
         )
         generation = self.hooks.generation(genai, loaded.info, call.ctx)
+        share = self.energy.share(loaded.gpu, prompt, live=request.stream)
         if request.stream:
-            return EventStream(lambda departure: self._stream(call, loaded, payload, generation, departure))
+            return EventStream(lambda departure: self._stream(call, loaded, payload, generation, departure, share))
         with generation as gen:
-            out = await asyncio.get_running_loop().run_in_executor(self._pool, loaded.model.predict, [payload])
+            try:
+                out = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self.energy.run, share, loaded.model.predict, [payload])
+            finally:
+                self.energy.settle(call.ctx, request.model, loaded.info, share)
             row = _first_row(out)
             rid = new_id(call.operation)
             finish = row.get("finish_reason") or "length"
@@ -130,7 +146,8 @@ class InProcessBackend(ModelBackend):
         return Response(body, media_type="application/json")
 
     async def _stream(
-        self, call: Call, loaded: LoadedModel, payload: dict, gen: Generation, departure: Departure
+        self, call: Call, loaded: LoadedModel, payload: dict, gen: Generation, departure: Departure,
+        share: Share | None = None,
     ) -> AsyncIterator[bytes]:
         """Relay the model's tokens; a stream that does not finish normally is an error everywhere
         (an SSE error event when one can still be sent, ``ctx.error_type``, the GenAI span), except
@@ -142,12 +159,17 @@ class InProcessBackend(ModelBackend):
         # The reference models' tokenizer is byte-level: the prompt's tokens are its bytes.
         stats = GenerationStats(len(payload["prompt"].encode("utf-8", "surrogatepass")), None, (), writer.rid, self.served_name)
         failure: str | None = None
+        make: Callable[[], Iterator[dict]] = lambda: loaded.model.predict_stream(payload)  # noqa: E731
+        settled: asyncio.Event | None = None
+        if share is not None:
+            settled = asyncio.Event()
+            make = self._metered(call, loaded, share, make, settled)
         try:
             head = writer.role()
             if head:
                 yield head
             last: dict = {}
-            items = iterate_in_thread(self._pool, lambda: loaded.model.predict_stream(payload))
+            items = iterate_in_thread(self._pool, make)
             try:
                 async with contextlib.aclosing(items):
                     async for item in items:
@@ -157,6 +179,8 @@ class InProcessBackend(ModelBackend):
                                 yield writer.text(item["text"])
                             break
                         gen.token()  # TTFT and per-token timing at the token really sent
+                        if share is not None:
+                            share.add()  # the interval's weight in the energy split
                         if capture:
                             pieces.append(item["text"])
                         yield writer.text(item["text"])
@@ -176,6 +200,9 @@ class InProcessBackend(ModelBackend):
             if include_usage:
                 yield writer.usage(stats.input_tokens, stats.output_tokens)
             yield writer.DONE
+            if settled is not None:  # the worker closes the share as the model's iterator ends
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(settled.wait(), SETTLE_WAIT_S)
         except BaseException as e:  # cancelled: the client left (not ours), or the server is stopping
             if failure is None and not departure.gone:
                 failure = type(e).__qualname__
@@ -189,6 +216,23 @@ class InProcessBackend(ModelBackend):
                 stats.completion = "".join(pieces)
             gen.record(stats)
             gen.end()
+
+    def _metered(
+        self, call: Call, loaded: LoadedModel, share: Share, make: Callable[[], Iterator[dict]], settled: asyncio.Event
+    ) -> Callable[[], Iterator[dict]]:
+        """``make`` inside the generation's energy share; once the worker closed it, its figures go on the
+        context on the loop (later than the row for a stream the client left: then the row has none)."""
+        loop = asyncio.get_running_loop()
+
+        def settle() -> None:
+            self.energy.settle(call.ctx, call.request.model, loaded.info, share)
+            settled.set()
+
+        def closed() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(settle)
+
+        return lambda: self.energy.stream(share, make, closed)
 
 
 def _first_row(out: Any) -> dict:
