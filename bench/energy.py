@@ -5,7 +5,8 @@ The reference TinyGPT (random weights, context 1024, 8 layers of width 1024) ser
 the real gateway and usage ledger; ``--requests`` per tenant go out from ``--clients`` concurrent
 clients, half of them streamed (``tests/telemetry/energy_load.py``). J/token is each tenant's ledger
 ``gpu_joules`` over its output tokens. Target: attributed / NVML delta within 5 %. Without a GPU it says
-so and exits 0; exit 1 when the target is missed.
+so and exits 0; exit 1 when the target is missed. It also prints what a generation's two forced counter
+reads (at its open and its close, in the worker thread) cost.
 
     python bench/energy.py [--requests 32] [--clients 4] [--max-tokens 64]
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the load runner lives with the tests
@@ -27,12 +29,16 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     args = ap.parse_args()
 
-    from gpt_observatory.telemetry.gpu_energy import EnergyAttributor
+    from gpt_observatory.telemetry.gpu_energy import EnergyAttributor, Share
 
     probe = EnergyAttributor()
     if not probe.start(background=False):
         print(probe.status)
         return 0
+    start = time.perf_counter()
+    for _ in range(100):  # what a worker thread pays per generation: two forced counter reads
+        probe.close(probe.open(Share(0)))
+    forced = (time.perf_counter() - start) / 100
     probe.stop()
     try:
         import torch
@@ -48,7 +54,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as state:
         run = measure(Path(state), TinyGpt("cuda"), requests=args.requests, clients=args.clients,
                       max_tokens=args.max_tokens)
-    print(f"GPU: {torch.cuda.get_device_name(0)}")
+    print(f"GPU: {torch.cuda.get_device_name(0)}; a generation's two forced reads (open + close, in its worker "
+          f"thread): {forced * 1e3:.2f} ms")
     print(f"{'tenant':8} {'prompt B':>8} {'requests':>8} {'out tok':>8} {'GPU-s':>9} {'J':>10} {'J/token':>9}")
     for tenant, t in sorted(run.tenants.items()):
         print(f"{tenant:8} {len(PROMPTS[tenant]):8d} {t['requests']:8.0f} {t['output_tokens']:8.0f} "
