@@ -63,6 +63,7 @@ def build_backend(settings: ServeSettings, hooks: GenAIHooks) -> ModelBackend:
     return MlflowBackend(
         hooks, settings.model, alias=settings.alias, tracking_uri=settings.tracking_uri,
         poll_interval_s=settings.poll_interval_s, workers=settings.generation_threads,
+        energy_interval_s=settings.gpu_energy_interval_s,
     )
 
 
@@ -76,7 +77,7 @@ def build_router(settings: ServeSettings, hooks: GenAIHooks) -> ModelRouter:
     challenger = MlflowBackend(
         hooks, settings.model, alias=settings.challenger_alias, role=names.MODEL_ROLE_CHALLENGER,
         tracking_uri=settings.tracking_uri, poll_interval_s=settings.poll_interval_s, workers=settings.generation_threads,
-        optional=True,
+        optional=True, energy_interval_s=settings.gpu_energy_interval_s,
     )
     if settings.shadow:
         from gpt_observatory.serving_hooks.backends.shadow import ShadowPolicy, ShadowRouter

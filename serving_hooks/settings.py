@@ -45,6 +45,10 @@ class ServeSettings(TableSettings):
     poll_interval_s: float = Field(10.0, gt=0, description="Seconds between checks of the alias for a new version.")
     # Named apart from the gateway processes a fleet runs (DESIGN: `--workers N`).
     generation_threads: int = Field(8, ge=1, le=256, description="Threads running in-process generation (mlflow backend).")
+    gpu_energy_interval_s: float = Field(
+        0.05, ge=0, le=10, description="Seconds between reads of a GPU's energy counter while in-process generations "
+                                       "run on it, to split its joules and GPU-seconds between them (0: off)."
+    )
     upstream_url: str | None = Field(
         None, description="OpenAI base URL of the upstream server, e.g. http://127.0.0.1:8001/v1 (upstream backend)."
     )

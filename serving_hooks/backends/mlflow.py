@@ -27,6 +27,7 @@ from gpt_observatory.serving_hooks.backends.base import Readiness
 from gpt_observatory.serving_hooks.backends.inprocess import InProcessBackend, _describe
 from gpt_observatory.serving_hooks.inference import GenAIHooks, ModelInfo
 from gpt_observatory.telemetry import names
+from gpt_observatory.telemetry.gpu_energy import DEFAULT_INTERVAL_S
 
 LOOKUP_TIMEOUT_S = 5.0
 _ABSENT = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
@@ -50,8 +51,9 @@ class MlflowBackend(InProcessBackend):
         poll_interval_s: float = 10.0,
         workers: int = 8,
         optional: bool = False,
+        energy_interval_s: float = DEFAULT_INTERVAL_S,
     ) -> None:
-        super().__init__(hooks, model_name, workers=workers, role=role)
+        super().__init__(hooks, model_name, workers=workers, role=role, energy_interval_s=energy_interval_s)
         self.model_name = model_name
         self.alias = alias
         self.tracking_uri = tracking_uri

@@ -309,3 +309,17 @@ def test_attributed_joules_are_within_5_percent_of_the_nvml_energy_delta(tmp_pat
     assert set(run.tenants) == set(PROMPTS) and run.rows_without_energy == 0
     assert all(v["j_per_token"] > 0 for v in run.tenants.values())
     assert 0.95 <= run.ratio <= 1.05, (run.attributed_j, run.nvml_delta_j, run.idle_j)
+
+
+def test_the_interval_setting_reaches_the_in_process_backends_and_0_turns_attribution_off():
+    import asyncio
+
+    from gpt_observatory.serving_hooks._catalog_backends import build_hooks, build_router
+    from gpt_observatory.serving_hooks.backends._energy import EnergyMeter
+
+    settings_ = load(gpu_energy_interval_s=0.2, canary_share=0.1)
+    router = build_router(settings_, build_hooks(settings_))
+    assert [b.energy.interval_s for b in (router.champion, router._challenger)] == [0.2, 0.2]
+    off = EnergyMeter(0, nvml=PoweredNvml())
+    asyncio.run(off.start())
+    assert off.attributor is None
