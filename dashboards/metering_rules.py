@@ -33,13 +33,14 @@ LEDGER_SPOOL_WINDOW: Final = "5m"
 LEDGER_SPOOL_BEFORE: Final = "6m"
 
 
-def rose(series: str, *matchers: str, by: tuple[str, ...], window: str = "5m") -> str:
-    """True where counter ``series`` went up in ``window``, per ``by``. A counter's series appears at its first
-    add, already above 0, which increase() cannot see: a series born in the window counts too (for a
-    ``window`` after Prometheus itself starts, so does one it had not seen before)."""
+def rose(series: str, *matchers: str, by: tuple[str, ...], window: str = "5m", above: float = 0) -> str:
+    """True where counter ``series`` went up by more than ``above`` in ``window``, per ``by``. A counter's series
+    appears at its first add, already above 0, which increase() cannot see: a series born in the window counts
+    too, its value being all it went up by (for a ``window`` after Prometheus itself starts, so does one it had
+    not seen before)."""
     selected = sel(series, *matchers)
-    return (f"{rate(series, *matchers, by=by, window=window, fn='increase')} > 0 "
-            f"or {agg('sum', f'{selected} unless {selected} offset {window}', by)} > 0")
+    return (f"{rate(series, *matchers, by=by, window=window, fn='increase')} > {above:g} "
+            f"or {agg('sum', f'{selected} unless {selected} offset {window}', by)} > {above:g}")
 
 
 def budgets() -> Group:

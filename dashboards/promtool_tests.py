@@ -50,6 +50,10 @@ def cases() -> tuple[Case, ...]:
     overflow = s.total(names.TELEMETRY_SERIES_OVERFLOW)
     folded = {**gw, s.TELEMETRY_METRIC: names.GATEWAY_REQUESTS.name}
     throttled = s.total(names.AUTH_THROTTLED)
+    registry_errors = s.total(names.MODEL_REGISTRY_ERRORS)
+    polled = {**gw, s.MODEL_NAME: "tiny-gpt"}
+    dropped = s.total(names.TELEMETRY_DROPPED)
+    queue_full = {**backend, names.prometheus_label(names.TELEMETRY_DROP_REASON): "queue_full"}
     by_address = {**gw, s.AUTH_THROTTLE_KEY: "address"}
     return (
         Case("10% of API requests fail: availability budget burns fast", {
@@ -83,6 +87,10 @@ def cases() -> tuple[Case, ...]:
         Case("Redis timed out: requests admitted unchecked", {
             _sel(fail_open, **timed_out): "0+3x10",
         }, "RateLimitFailOpen", "5m", (timed_out,)),
+        # A counter's series appears at its first add, already above 0: increase() alone never sees it.
+        Case("Redis's first timeout (the counter appears at 1)", {
+            _sel(fail_open, **timed_out): "_x3 1x10",
+        }, "RateLimitFailOpen", "5m", (timed_out,)),
         Case("no fail-open in the last 5 minutes: quiet", {
             _sel(fail_open, **timed_out): "0+3x5 15x10",
         }, "RateLimitFailOpen", "15m"),
@@ -95,6 +103,26 @@ def cases() -> tuple[Case, ...]:
         Case("per-tenant requests folded into the overflow series", {
             _sel(overflow, **folded): "0+40x10",
         }, "TelemetrySeriesOverflow", "5m", (folded,)),
+        Case("the first request folded into the overflow series (the counter appears at 1)", {
+            _sel(overflow, **folded): "_x3 1x10",
+        }, "TelemetrySeriesOverflow", "5m", (folded,)),
+        Case("no request folded in the last 5 minutes: quiet", {
+            _sel(overflow, **folded): "_x3 1x15",
+        }, "TelemetrySeriesOverflow", "15m"),
+        # Polled every 10 s, scraped every 15 s: the first scrape after the outage began sees a few errors.
+        # Held 10 minutes from the first scrape (increase() alone sees them a minute later).
+        Case("the registry unreachable from the first failed polls (the counter appears at 4, 6 more a minute)", {
+            _sel(registry_errors, **polled): "_x2 4+6x20",
+        }, "ModelRegistryUnreachable", "12m", (polled,)),
+        Case("a registry that failed a few polls and came back is no alert", {
+            _sel(registry_errors, **polled): "_x2 4x20",
+        }, "ModelRegistryUnreachable", "12m"),
+        Case("spans dropped for 10 minutes from the first drops (the counter appears at 512)", {
+            _sel(dropped, **queue_full): "_x3 512+512x20",
+        }, "TelemetryDropping", "13m", (backend,)),
+        Case("one burst of drops is no alert", {
+            _sel(dropped, **queue_full): "_x3 512x20",
+        }, "TelemetryDropping", "13m"),
         Case("9% of spans fail to export", {
             _sel(exported, **backend, **{s.TELEMETRY_OUTCOME: "success"}): "0+100x30",
             _sel(exported, **backend, **{s.TELEMETRY_OUTCOME: "failure"}): "0+10x30",
@@ -161,6 +189,10 @@ def _fleet_cases() -> tuple[Case, ...]:
             **replicas("healthy", "unhealthy"),
             _sel(s.total(names.FLEET_REPLICA_EJECTIONS), **r1, **{s.FLEET_OUTCOME: "connect_error"}): "1 1 2x10",
         }, "ReplicaEjected", "3m", (r1,)),
+        Case("a replica's first ejection between two scrapes (the counter appears at 1)", {
+            **replicas("healthy", "unhealthy"),
+            _sel(s.total(names.FLEET_REPLICA_EJECTIONS), **r1, **{s.FLEET_OUTCOME: "connect_error"}): "_x3 1x10",
+        }, "ReplicaEjected", "5m", (r1,)),
         Case("a pool of healthy replicas has none ejected", replicas("healthy", "healthy"), "ReplicaEjected", "10m"),
         Case("one of three replicas left for 5 minutes", replicas("healthy", "ejected", "unhealthy"),
              "PoolBelowHealthy", "10m", (pool,)),

@@ -17,7 +17,7 @@ from gpt_observatory.dashboards import series as s
 from gpt_observatory.dashboards._rulespec import Alert, Group, Recording
 from gpt_observatory.dashboards.boards import fleet
 from gpt_observatory.dashboards.boards.gpu import THERMAL_REASONS
-from gpt_observatory.dashboards.metering_rules import BUDGET_USED, BUDGETS_GROUP, LEDGER_GROUP
+from gpt_observatory.dashboards.metering_rules import BUDGET_USED, BUDGETS_GROUP, LEDGER_GROUP, rose
 from gpt_observatory.dashboards.query import agg, below, failed_ratio, rate, ratio, sel
 from gpt_observatory.dashboards.scrape import GATEWAY_JOB
 from gpt_observatory.telemetry import names
@@ -32,6 +32,8 @@ NO_PROMOTION_DAYS: Final = 7
 AUTH_THROTTLED_PER_S: Final = 1.0  # refusals by failed-auth throttling, sustained over 5 minutes
 # Fleet: a pool is short of replicas below max(POOL_MIN_HEALTHY, POOL_MIN_HEALTHY_SHARE of its size), capped
 # at its size (a one-replica pool alerts when that one is out).
+# Registry polls that failed in 10 minutes (held 10 minutes) before ModelRegistryUnreachable fires.
+REGISTRY_ERRORS_MAX: Final = 3
 POOL_MIN_HEALTHY: Final = 2
 POOL_MIN_HEALTHY_SHARE: Final = 0.5
 RETRY_RATIO_HIGH: Final = 0.1  # retries over first attempts over 5 minutes (half the pool's default budget)
@@ -141,8 +143,7 @@ def groups() -> tuple[Group, ...]:
               "10m", "ticket", "Tenant {{ $labels.observatory_tenant }} is being rate limited",
               "More than 10% of the tenant's requests are answered 429: raise its limit or find the runaway client."),
         Alert("RateLimitFailOpen",
-              f"{rate(s.total(names.RATE_LIMIT_FAIL_OPEN), by=(s.JOB, s.RATE_LIMIT_FAILURE), window='5m', fn='increase')}"
-              " > 0",
+              rose(s.total(names.RATE_LIMIT_FAIL_OPEN), by=(s.JOB, s.RATE_LIMIT_FAILURE)),
               "0m", "ticket", "{{ $labels.job }} admits requests without checking rate limits "
               "({{ $labels.observatory_rate_limit_failure }})",
               "The rate-limit store (Redis) failed or timed out, so requests were let through unchecked: limits and "
@@ -159,7 +160,8 @@ def groups() -> tuple[Group, ...]:
               "Find the source on the gateway dashboard's auth panels; block it upstream if it is hostile.",
               needs=events.AUTH_THROTTLED),
         Alert("ModelRegistryUnreachable",
-              f"{rate(s.total(names.MODEL_REGISTRY_ERRORS), by=(s.JOB, s.MODEL_NAME), window='10m', fn='increase')} > 3",
+              rose(s.total(names.MODEL_REGISTRY_ERRORS), by=(s.JOB, s.MODEL_NAME), window="10m",
+                   above=REGISTRY_ERRORS_MAX),
               "10m", "ticket", "The gateway cannot poll the model registry for {{ $labels.observatory_model_name }}",
               "The gateway keeps serving the loaded version but will not pick up a promotion or rollback.",
               needs=events.REGISTRY_ERROR),
@@ -189,14 +191,13 @@ def groups() -> tuple[Group, ...]:
               "to {{ $labels.observatory_telemetry_backend }}",
               "More than 1% of items fail to export: the backend (collector, MLflow, Pushgateway) is down or refusing."),
         Alert("TelemetrySeriesOverflow",
-              f"{rate(s.total(names.TELEMETRY_SERIES_OVERFLOW), by=(s.JOB, s.TELEMETRY_METRIC), window='5m', fn='increase')}"
-              " > 0",
+              rose(s.total(names.TELEMETRY_SERIES_OVERFLOW), by=(s.JOB, s.TELEMETRY_METRIC)),
               "0m", "ticket", "{{ $labels.job }} folds {{ $labels.observatory_telemetry_metric }} into its overflow series",
               "The metric reached its series limit (e.g. more tenants than the per-tenant limit): new label values are "
               "counted in one overflow series, not per value. Raise metric_series_limit (OBSERVATORY_METRIC_SERIES_LIMIT) or find what "
               "grows the label set.",
               needs=events.SERIES_OVERFLOW),
-        Alert("TelemetryDropping", f"{rate(s.total(names.TELEMETRY_DROPPED), by=per_backend, window='10m')} > 0",
+        Alert("TelemetryDropping", rose(s.total(names.TELEMETRY_DROPPED), by=per_backend, window="10m"),
               "10m", "ticket", "{{ $labels.job }} drops {{ $labels.observatory_telemetry_signal }} before export",
               "A bounded export queue is full: the backend is too slow or the batch settings too small."),
     ))
@@ -241,7 +242,7 @@ def _fleet() -> Group:
         # (state unhealthy wins), still alerts; the window keeps a flapping replica one alert.
         Alert("ReplicaEjected",
               f"{agg('max', f'max_over_time({ejected}[5m])', per_replica)} == 1 "
-              f"or {rate(ejections, by=per_replica, window='5m', fn='increase')} > 0",
+              f"or {rose(ejections, by=per_replica)}",
               "0m", "ticket", f"Replica {replica} of pool {pool} was ejected",
               "The replica failed its pool's consecutive_errors attempts in a row (connect errors, resets, timeouts, "
               "5xx) and takes no requests for a backoff that grows with each ejection; the pool serves on the other "
