@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from loguru import logger
@@ -41,8 +42,10 @@ class CatalogReloader:
     """Watches ``path`` for ``router`` (see the module docstring); :meth:`start` and :meth:`close` run
     in the app's lifespan."""
 
-    def __init__(self, router: CatalogRouter, path: Path, settings: ServeSettings, poll_s: float = 2.0) -> None:
+    def __init__(self, router: CatalogRouter, path: Path, settings: ServeSettings, poll_s: float = 2.0,
+                 on_reload: Callable[[], None] | None = None) -> None:
         self.router = router
+        self.on_reload = on_reload  # called after each catalog served (the metering checks its prices against it)
         self.path = Path(path)
         self.settings = settings
         self.poll_s = poll_s
@@ -93,5 +96,7 @@ class CatalogReloader:
             outcome = "invalid"
         else:
             outcome = await self.router.reload(new)
+        if outcome == "ok" and self.on_reload is not None:
+            self.on_reload()
         self._reloads.add(1, {names.CATALOG_RELOAD_OUTCOME: outcome})
         return outcome

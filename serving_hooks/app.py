@@ -136,21 +136,27 @@ def create_listeners(
     )
     ledger = open_ledger(settings) if instrument else None  # None: ledger_enabled off
     catalog = build_catalog(settings, router, on_mirror=mirror_recorder(ledger) if ledger is not None else None)
-    reloader = None
-    if settings.catalog_file is not None and router is None:
-        reloader = CatalogReloader(catalog, settings.catalog_file, settings, settings.catalog_poll_s)
     if authenticator is _UNSET:
         authenticator = build_authenticator(settings)
     if limiter is None:
         limiter = limiter_for(settings)
     if metering is _UNSET:
         metering = metering_for(settings)
+    priced = metering if instrument else None  # its prices, checked against the catalog serving
+    if priced is not None:
+        priced.catalog = lambda: catalog.catalog
+    reloader = None
+    if settings.catalog_file is not None and router is None:
+        reloader = CatalogReloader(catalog, settings.catalog_file, settings, settings.catalog_poll_s,
+                                   on_reload=priced.check_prices if priced is not None else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if ledger is not None:
             ledger.start()  # rows a killed process left in the spool ship first
         await catalog.start()
+        if priced is not None:
+            priced.check_prices()
         if reloader is not None:
             await reloader.start()
         warm_up = getattr(authenticator, "warm_up", None)

@@ -47,12 +47,13 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from gpt_observatory.serving_hooks import _hoststore
 from gpt_observatory.serving_hooks._budget_stores import BudgetStore, LimitsBudgetStore, RedisBudgetStore
 from gpt_observatory.serving_hooks._errors import ApiError
-from gpt_observatory.serving_hooks.prices import Price, PriceTable, cost_micro
+from gpt_observatory.serving_hooks.prices import Price, PriceTable, cost_micro, warn_unserved
 from gpt_observatory.serving_hooks.tenants import Tenant, TenantsReloader, TenantTable
 from gpt_observatory.telemetry import names
 from gpt_observatory.telemetry.summed import SummedCounter
 
 if TYPE_CHECKING:
+    from gpt_observatory.serving_hooks.catalog import Catalog
     from gpt_observatory.serving_hooks.ratelimit import RateLimiter
     from gpt_observatory.serving_hooks.settings import ServeSettings
 
@@ -91,6 +92,7 @@ class Metering:
         self.namespace = namespace
         self._limiter_for = limiter_for
         self.reloader: TenantsReloader | None = None
+        self.catalog: Callable[[], Catalog] | None = None  # the catalog serving (create_listeners sets it)
         self._limiters: dict[tuple[int | None, int | None], RateLimiter | None] = {}
         self._clock = clock or (lambda: datetime.now(UTC))
         self._retry_after_failure_s = retry_after_failure_s
@@ -164,6 +166,11 @@ class Metering:
         except Exception as e:
             self._failed(e)
         return cost
+
+    def check_prices(self) -> None:
+        """Warn of the prices the catalog serving never bills (at start and at each prices or catalog reload)."""
+        if self.catalog is not None and len(self.prices):
+            warn_unserved(self.prices, self.catalog())
 
     async def start(self) -> None:
         """Start watching the tenants and prices files (the gateway calls it at lifespan startup)."""
@@ -307,7 +314,10 @@ def metering_for(settings: ServeSettings, host_store: Path | None = None) -> Met
     if settings.tenants_file is not None:
         files[settings.tenants_file] = (read_tenants, lambda t: setattr(metering, "tenants", t))
     if settings.prices_file is not None:
-        files[settings.prices_file] = (lambda p: prices.load(p, settings.budget_currency),
-                                       lambda t: setattr(metering, "prices", t))
+        def serve_prices(table: PriceTable) -> None:
+            metering.prices = table
+            metering.check_prices()
+
+        files[settings.prices_file] = (lambda p: prices.load(p, settings.budget_currency), serve_prices)
     metering.reloader = TenantsReloader(files, settings.tenants_poll_s)
     return metering

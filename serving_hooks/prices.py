@@ -16,7 +16,9 @@ finer than a micro-unit per 1M tokens is refused), and a cost is computed once, 
 to the next micro-unit: no float is ever summed. A price change applies from its ``effective_from``:
 :meth:`PriceTable.price_at` is the latest entry of the model that is not in the future at that time.
 
-The functions the usage ledger calls are :meth:`PriceTable.price_at` and :func:`cost_micro`.
+The functions the usage ledger calls are :meth:`PriceTable.price_at` and :func:`cost_micro`. A request is
+priced by its catalog entry's name: :func:`warn_unserved` logs the prices that can never apply (a model the
+catalog does not declare, or one of its aliases), at start and at each reload of either file.
 """
 
 from __future__ import annotations
@@ -28,12 +30,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
 
 from gpt_observatory.serving_hooks.catalog import toml_tables
 from gpt_observatory.telemetry.settings import ConfigError
 
-__all__ = ["MICRO", "Price", "PriceTable", "cost_micro", "load", "parse", "to_micro"]
+if TYPE_CHECKING:
+    from gpt_observatory.serving_hooks.catalog import Catalog
+
+__all__ = ["MICRO", "Price", "PriceTable", "cost_micro", "load", "parse", "to_micro", "unserved", "warn_unserved"]
 
 MICRO = 1_000_000  # micro-units per currency unit
 _PER = 1_000_000  # tokens a per-token price is quoted for
@@ -165,3 +172,28 @@ def load(path: Path, currency: str) -> PriceTable:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"the prices file {path} is not valid TOML: {e}") from None
     return parse(data, currency, source=str(path))
+
+
+def unserved(table: PriceTable, catalog: Catalog) -> str | None:
+    """What ``table`` prices that ``catalog`` never bills (None: every price names a catalog entry): a model
+    the catalog does not declare, or an alias (a request is priced by its entry's name, whatever it called)."""
+    unknown = sorted(m for m in table.models if catalog.get(m) is None)
+    aliases = sorted((m, e.name) for m in table.models if (e := catalog.get(m)) is not None and e.name != m)
+    if not unknown and not aliases:
+        return None
+    parts = [f"model(s) {', '.join(map(repr, unknown))} not in the catalog"] if unknown else []
+    if aliases:
+        parts.append("alias(es) " + ", ".join(f"{a!r} (of {n!r})" for a, n in aliases))
+    where = ("the single model of --model / OBSERVATORY_SERVE_MODEL (no catalog_file)" if catalog.legacy
+             else catalog.source)
+    return (f"{table.source}: the [[prices]] of {' and '.join(parts)} price nothing: requests are priced by their "
+            f"catalog name, and the catalog ({where}) names {', '.join(repr(e.name) for e in catalog)}; "
+            "set model to one of these")
+
+
+def warn_unserved(table: PriceTable, catalog: Catalog) -> str | None:
+    """Log :func:`unserved`'s warning, if any, and return it (serving goes on: those models are free)."""
+    message = unserved(table, catalog)
+    if message is not None:
+        logger.warning("{}", message)
+    return message
