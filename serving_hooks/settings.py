@@ -208,10 +208,8 @@ class ServeSettings(TableSettings):
     )
 
     # Usage ledger (issue 17, serving_hooks/ledger).
-    # Opt-in for now: holding each response's last message until its row is durable costs 21-34 % of
-    # proxy throughput on the 2-core bench box (bench/README.md, issue 17), too much for a default.
     ledger_enabled: bool = Field(
-        False, description="Write one usage row per completion request to the ledger (spooled locally, shipped "
+        True, description="Write one usage row per completion request to the ledger (spooled locally, shipped "
                            "in batches to ledger_url)."
     )
     ledger_url: str | None = Field(

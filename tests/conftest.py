@@ -102,6 +102,10 @@ def _clean_telemetry_env(monkeypatch, tmp_path):
         if var.startswith(("OTEL_", "OBSERVATORY_")):
             monkeypatch.delenv(var)
     monkeypatch.setenv("OBSERVATORY_STATE_DIR", str(tmp_path / "state"))
+    # The usage ledger is on by default (a shipper process per gateway process); tests of other parts
+    # hold the app the gateway builds without it. The ledger's own tests, the demo's and the dashboards'
+    # turn it on (tests/serving_hooks/test_ledger.py checks the default).
+    monkeypatch.setenv("OBSERVATORY_SERVE_LEDGER_ENABLED", "false")
     monkeypatch.chdir(tmp_path)
     yield
     from gpt_observatory import telemetry

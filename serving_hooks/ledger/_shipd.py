@@ -2,7 +2,7 @@
 
 Parsing rows and inserting them into PostgreSQL is CPU work: done by a thread of the gateway, it took
 the interpreter lock from the request path (measured: 21-34 % of proxy throughput, bench/ledger.py).
-The child (``python -m gpt_observatory.serving_hooks.ledger._shipd``) ships every segment nobody writes,
+The child (``python -c "...ledger._shipd import main; main()"``) ships every segment nobody writes,
 then reports one JSON line per pass on its stdout: rows shipped and dropped, failures, and the backlog
 of the segments it could not ship. It reads commands on its stdin (``pass``: ship now; ``close``: a
 last pass, then exit) and exits when its stdin ends (the gateway died: what is left ships on the next
@@ -56,7 +56,7 @@ class ShipperProcess:
 
     def _spawn(self) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "gpt_observatory.serving_hooks.ledger._shipd"],
+            [sys.executable, "-c", "from gpt_observatory.serving_hooks.ledger._shipd import main; main()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env={**os.environ, ENV: self._config}, close_fds=True,
         )

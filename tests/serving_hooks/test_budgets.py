@@ -48,6 +48,7 @@ output_per_1m = "1000"
 def metered_app(peer: CountingPeer, keyring: Any, host_store: Any = None, **extra: Any) -> Any:
     """The reference app on the counting peer with the metering ``extra`` settings describe: ``create_app``
     builds it from the settings (``serve --workers`` passes its supervisor's ``host_store`` instead)."""
+    extra.setdefault("ledger_enabled", False)  # the gateway itself, not wrapped in the ledger's middleware
     settings = load(backend="upstream", upstream_url=peer.url, model="n-model", api_keys_file=keyring.path,
                     redis_timeout_s=1.0, **extra)
     app = create_app(settings, limiter=limiter_for(settings, host_store),

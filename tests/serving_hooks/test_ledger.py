@@ -321,3 +321,18 @@ def test_ten_thousand_requests_the_ledger_holds_what_each_caller_saw(memory_tele
         assert sum(r[column] for r in rows.values()) == metered
     outcomes = {o: sum(1 for r in rows.values() if r["outcome"] == o) for o in names.LEDGER_OUTCOMES}
     assert outcomes["rejected"] == 0 and outcomes["ok"] >= 6000 and outcomes["error"] >= 2500, outcomes
+
+
+def test_the_ledger_is_on_by_default(upstream_peer, keyring, monkeypatch):
+    monkeypatch.delenv("OBSERVATORY_SERVE_LEDGER_ENABLED")  # the suite's conftest turns it off for other tests
+    settings = load(backend="upstream", upstream_url=upstream_peer.url, api_keys_file=keyring.path,
+                    upstream_models=PEER_MODELS)
+    assert settings.ledger_enabled
+    app = create_app(settings)
+    assert isinstance(app, LedgerMiddleware)
+    with serve(app) as gw:
+        r = httpx.post(gw.v1 + "/completions", json={"model": "up-model", "prompt": "x", "max_tokens": 2},
+                       headers={"authorization": f"Bearer {keyring.acme}"}, timeout=10)
+        assert r.status_code == 200
+        assert app.ledger.flush(30)
+        assert totals(app.ledger.store)[0]["output_tokens"] == r.json()["usage"]["completion_tokens"]
