@@ -6,6 +6,10 @@ dashboard's time range. A counter is monitoring, not billing (it restarts with t
 by the scraper and increase() extrapolates): the bill is ``observatory usage`` on the ledger, which these
 panels track. Budget use is what each process last read from the shared budget store (``max`` across
 processes: the latest). The query builders are shared with the metering rules (``dashboards/metering_rules.py``).
+
+GPU energy is what ``telemetry/gpu_energy.py`` splits from each GPU's NVML energy counter between the in-process
+generations open on it (``observatory.gen_ai.server.energy`` and ``.gpu.time``, by tenant, model and version) and
+what it read while none was (``observatory.gpu.energy.idle``): a model behind the upstream (proxy) backend has none.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ BUDGET_REFUSED: Final = f'{s.REJECTION_REASON}="{names.REJECTION_BUDGET}"'
 SPOOL_ROWS: Final = s.gauge(names.LEDGER_SPOOL_ROWS)
 LAG: Final = s.gauge(names.LEDGER_LAG)
 PER_INSTANCE: Final = (s.JOB, s.INSTANCE)
+ENERGY: Final = s.total(names.GEN_AI_SERVER_ENERGY)
+GPU_TIME: Final = s.total(names.GEN_AI_SERVER_GPU_TIME)
+IDLE: Final = s.total(names.GPU_ENERGY_IDLE)
+OUTPUT: Final = f'{s.TOKEN_TYPE}="{names.GEN_AI_TOKEN_TYPE_OUTPUT}"'
+VERSIONED: Final = (s.TENANT, s.REQUEST_MODEL, s.MODEL_VERSION)
 
 MODEL_VAR: Final = Variable("model", "Model", f"label_values({COST}{{{s.BY_JOB}}}, {s.CATALOG_MODEL})")
 
@@ -43,6 +52,14 @@ def budget_used(*matchers: str, by: tuple[str, ...]) -> str:
     return f"{agg('max', sel(SPENT, *matchers), by)} / ({agg('max', sel(LIMIT, *matchers), by)} > 0)"
 
 
+def joules_per_token(*matchers: str, by: tuple[str, ...]) -> str:
+    """Attributed GPU energy over the output tokens metered at the gateways that have any (a gateway without an
+    in-process model on a GPU, e.g. a proxy, has no energy series: its tokens are left out), per ``by``."""
+    tokens = f"rate({sel(s.total(names.GATEWAY_TOKENS), *matchers, OUTPUT)}[{RATE}])"
+    on_gpu = agg("sum", f"{tokens} and on ({', '.join(PER_INSTANCE)}) {sel(ENERGY, s.BY_JOB)}", by)
+    return f"{rate(ENERGY, *matchers, by=by)} / ({on_gpu} > 0)"
+
+
 def board() -> Board:
     per_tenant = (s.BY_JOB, s.BY_TENANT)
     costed = (*per_tenant, s.BY_CATALOG_MODEL)
@@ -50,11 +67,13 @@ def board() -> Board:
     instance = f"{{{{{s.INSTANCE}}}}}"
     tokens = s.total(names.GATEWAY_TOKENS)
     rejections = s.total(names.GATEWAY_REJECTIONS)
+    version = f"{tenant} {{{{{s.REQUEST_MODEL}}}}} v{{{{{s.MODEL_VERSION}}}}}"
     return Board(
         uid="observatory-usage",
         title="Observatory / Usage and cost",
-        description="Spend per tenant and model, tokens, budgets used, budget refusals, and the usage ledger: "
-                    "rows written, shipped and dropped, spool backlog and lag.",
+        description="Spend per tenant and model, tokens, GPU energy and GPU-seconds per tenant (in-process models), "
+                    "budgets used, budget refusals, and the usage ledger: rows written, shipped and dropped, spool "
+                    "backlog and lag.",
         variables=(JOB_VAR, TENANT_VAR, MODEL_VAR),
         rows=(
             Row("Spend", (
@@ -86,6 +105,39 @@ def board() -> Board:
                 Panel("Tokens per tenant in the time range",
                       (q(rate(tokens, *per_tenant, by=(s.TENANT, s.TOKEN_TYPE), window=RANGE, fn="increase")),),
                       kind="table"),
+            )),
+            Row("GPU energy", (
+                Panel("GPU energy per output token per tenant",
+                      (q(joules_per_token(*per_tenant, by=(s.TENANT,)), tenant),), unit="joule", width=8,
+                      needs=events.GPU,
+                      description="Joules of GPU energy per output token, for in-process models only (the gateway "
+                                  "runs the model on its own GPU): the energy attributed to the tenant's generations "
+                                  "over the output tokens metered for it at the gateways with such a model. A model "
+                                  "behind the upstream (proxy) backend has no energy: a gateway that only proxies is "
+                                  "left out, but a tenant's proxied tokens at a gateway that also runs a model in "
+                                  "process count in the denominator."),
+                Panel("GPU-seconds per second per tenant and model version",
+                      (q(rate(GPU_TIME, *per_tenant, by=VERSIONED), version),), unit="short", width=8, stack=True,
+                      needs=events.GPU,
+                      description="GPU time attributed to each tenant's in-process generations (each sampled "
+                                  "interval's seconds split by the tokens each generation made in it), per model and "
+                                  "registry version: 1 is one GPU busy for that tenant all the time."),
+                Panel("GPU energy attributed and idle",
+                      (q(rate(ENERGY, s.BY_JOB, by=PER_INSTANCE), f"attributed {instance}"),
+                       q(rate(IDLE, s.BY_JOB, by=PER_INSTANCE), f"idle {instance}")),
+                      unit="watt", width=8, stack=True, needs=events.GPU,
+                      description="Power (J/s) read from the GPUs' NVML energy counters, attributed to in-process "
+                                  "generations or, while none was open, idle (attributed to nobody): together, what "
+                                  "the counters rose by. Idle power high beside attributed is a GPU paid for and "
+                                  "unused."),
+                Panel("GPU-seconds per tenant and model version in the time range",
+                      (q(rate(GPU_TIME, *per_tenant, by=VERSIONED, window=RANGE, fn="increase")),), kind="table",
+                      needs=events.GPU),
+                Panel("GPU energy per tenant in the time range",
+                      (q(rate(ENERGY, *per_tenant, by=VERSIONED, window=RANGE, fn="increase")),), kind="table",
+                      unit="joule", needs=events.GPU,
+                      description="Joules attributed to each tenant's in-process generations over the dashboard's "
+                                  "range, per model and version (the ledger rows' gpu_joules, as a counter)."),
             )),
             Row("Budgets", (
                 Panel("Budget used per tenant",

@@ -9,11 +9,15 @@ template variable and rule of the board and of the budget and ledger groups is t
 Prometheus and must return data, and the figures must be the traffic's: spend per tenant equals what
 the callers' usage costs at the price and, at A, the ledger's own cost total; budget used is the
 tenant's spend over its budget; rows dropped and ship failures only at B. Nothing is pushed or faked.
+
+The GPU energy panels wait for a GPU there; the last test runs them on a real Prometheus scraping the real
+gateway with an in-process model on a fake NVML (tests/telemetry/fake_nvml.py), the one thing not real.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -21,6 +25,7 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from gpt_observatory.dashboards import events, metering_rules
 from gpt_observatory.dashboards import series as s
@@ -57,6 +62,9 @@ output_per_1m = "{PRICE_OUT}"
 GROUPS = (metering_rules.BUDGETS_GROUP, metering_rules.LEDGER_GROUP)
 # A budget store that fails is no part of this run: test_live.py runs a gateway whose Redis is down.
 ELSEWHERE = {'alert "BudgetStoreFailing"'}
+
+
+GPU_PANELS = {f'usage: panel "{p.title}"' for p in usage.board().panels() if p.needs == events.GPU}
 
 
 def is_usage(q: LiveQuery) -> bool:
@@ -208,7 +216,9 @@ def test_every_usage_panel_and_ledger_rule_returns_the_traffics_figures(tmp_path
     print("\n".join(rep.lines))
     assert not rep.unexpected, "\n".join(f"{o.query.where}: {o.error or 'no data'}\n  {o.query.expr}"
                                          for o in rep.unexpected)
-    assert not rep.waiting and len(outcomes) == len(queries)
+    # The GPU energy panels wait for a GPU (test_the_gpu_energy_panels_... below runs them on a fake one).
+    assert {o.query.where.split(" query")[0] for o in rep.waiting} == GPU_PANELS and len(outcomes) == len(queries)
+    assert all(events.GPU.key in o.query.needs for o in rep.waiting)
     assert {o.query.where.split(" query")[0] for o in outcomes if o.query.where.startswith("usage: panel")} == {
         f'usage: panel "{p.title}"' for p in usage.board().panels()}
 
@@ -267,3 +277,75 @@ def _panels() -> list[tuple[str, LiveQuery, tuple[str, ...]]]:
     out += [("Ledger rows written and shipped A", LiveQuery("", written.expr), (s.INSTANCE,)),
             ("Ledger rows written and shipped B", LiveQuery("", shipped.expr), (s.INSTANCE,))]
     return out
+
+
+def _scraped(url: str, series: str, label: str, **match: str) -> dict[str, float]:
+    """A counter's value per ``label`` on the gateway's own /metrics (samples matching ``match``), summed over
+    its other labels."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        for sample in family.samples:
+            if sample.name == series and all(sample.labels.get(k) == v for k, v in match.items()):
+                out[sample.labels[label]] = out.get(sample.labels[label], 0.0) + sample.value
+    return out
+
+
+def test_the_gpu_energy_panels_on_a_real_prometheus_scraping_a_gateway_on_a_fake_gpu(tmp_path: Path):
+    """The GPU panels on a real Prometheus scraping the real gateway, whose in-process model says it runs on
+    a GPU whose NVML energy counter is a fake drawing 400 W. Two rounds of traffic from two tenants; over the
+    second, J per output token is what the gateway's /metrics say each tenant's energy and output tokens
+    rose by, divided; every GPU panel has data, by the labels it names."""
+    from gpt_observatory import telemetry
+    from tests.serving_hooks.support import serve, settle
+    from tests.telemetry.test_gpu_energy import GpuEcho, PoweredNvml, _app, _send
+
+    handle = telemetry.configure("usage-energy", metrics_exporter=["memory", "prometheus"], prometheus_serve=False,
+                                 traces_exporter=["none"], logs_exporter=["none"], gpu_enabled=False)
+    app, _, tokens = _app(tmp_path, GpuEcho(delay_s=0.002), PoweredNvml())
+    output = {s.TOKEN_TYPE: names.GEN_AI_TOKEN_TYPE_OUTPUT}
+    board = {p.title: p for p in usage.board().panels()}
+    with serve(app) as gw:
+        config = scrape_config(gateway=[gw.url.removeprefix("http://")], gpu=[], pushgateway=[], collector=[],
+                               vllm=[], interval="1s", rule_files=())
+        with prometheus_with(tmp_path / "prom", config) as prom:
+
+            def at_rest() -> tuple[dict[str, float], dict[str, float], float]:
+                """Both tenants' traffic; what the gateway counted; a time after which Prometheus scraped that."""
+                _send(gw.v1, tokens)
+                settle(handle)
+                joules = _scraped(gw.url, usage.ENERGY, s.TENANT)
+                out = _scraped(gw.url, s.total(names.GATEWAY_TOKENS), s.TENANT, **output)
+                components.wait_for(lambda: _values(prom.url, f"sum by ({s.TENANT}) ({usage.ENERGY})", s.TENANT)
+                                    == {(t,): j for t, j in joules.items()}, 30, what="the energy scraped")
+                since = time.time()
+                components.wait_for(lambda: _values(prom.url, f"min(timestamp({usage.ENERGY}))").get((), 0) > since,
+                                    30, what="a scrape after that")
+                return joules, out, since
+
+            e1, o1, since = at_rest()  # each counter is born here: its first value is invisible to rate()
+            e2, o2, _ = at_rest()
+            assert set(e1) == set(o1) == set(tokens) and all(e2[t] > e1[t] > 0 and o2[t] > o1[t] for t in tokens)
+            queries = [q for q in live_queries() if q.where.startswith("usage: ") and events.GPU.key in q.needs]
+            outcomes = evaluate(prom.url, queries)
+            at = time.time()
+            window = {"__rate_interval": f"{math.ceil((at - since) * 1000)}ms"}  # round 2, from a sample at rest
+            per_token = _values(prom.url, instant(board["GPU energy per output token per tenant"].queries[0].expr,
+                                                  window), s.TENANT, at=at)
+            figures = {title: _values(prom.url, board[title].queries[0].expr, *labels) for title, labels in (
+                ("GPU-seconds per second per tenant and model version", usage.VERSIONED),
+                ("GPU-seconds per tenant and model version in the time range", usage.VERSIONED),
+                ("GPU energy per tenant in the time range", usage.VERSIONED))}
+            power = [_values(prom.url, q.expr, s.INSTANCE) for q in board["GPU energy attributed and idle"].queries]
+    rep = report(outcomes, {events.GPU.key})
+    print("\n".join(rep.lines))
+    assert not rep.unexpected and not rep.waiting, [o.query.where for o in rep.unexpected + rep.waiting]
+    assert {o.query.where.split(" query")[0] for o in outcomes} == GPU_PANELS
+    for tenant in tokens:
+        expected = (e2[tenant] - e1[tenant]) / (o2[tenant] - o1[tenant])
+        assert math.isclose(per_token[(tenant,)], expected, rel_tol=1e-6), (tenant, per_token, expected)
+    assert set(per_token) == {(t,) for t in tokens}
+    for title, values in figures.items():
+        assert set(values) == {(t, "tiny-gpt", "7") for t in tokens} and all(v > 0 for v in values.values()), title
+    attributed, idle = power  # the fake GPU draws power between the rounds too: that is nobody's
+    assert set(attributed) == set(idle) == {(gw.url.removeprefix("http://"),)}
+    assert all(v > 0 for v in (*attributed.values(), *idle.values())), power
