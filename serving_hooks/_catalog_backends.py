@@ -3,7 +3,10 @@
 The single-model settings are served exactly as before (:func:`build_router` on them); an ``mlflow``
 entry or a one-``url`` ``upstream`` entry is those same settings with the entry's keys put in (so
 canary, shadow and proxying behave as they always did); an ``upstream`` entry with ``replicas`` is a
-:class:`~serving_hooks.backends.pool.ReplicaPool`.
+:class:`~serving_hooks.backends.pool.ReplicaPool`. An ``upstream`` entry with ``shadow_*`` is its
+champion (one server or the pool) behind a :class:`~serving_hooks.backends.shadow.ShadowRouter` whose
+challenger is a pool of the ``shadow_replicas`` (named ``<name>/shadow``, under the entry's pool
+policy), asked under ``shadow_upstream_model``; each side's version label is the model id it is asked under.
 """
 
 from __future__ import annotations
@@ -105,7 +108,9 @@ def build_entry(entry: ModelEntry, catalog: Catalog) -> ModelRouter:
         })
         return build_router(own, build_hooks(own))
     key = _key(entry.api_key, entry.api_key_env, f"model {entry.name!r}") or settings.upstream_api_key
-    labels = sorted({*entry.names, entry.backend_model})  # what a model label may say (closed set)
+    challenger_model = entry.shadow_upstream_model or entry.backend_model
+    # what a model label may say (closed set)
+    labels = sorted({*entry.names, entry.backend_model, *((challenger_model,) if entry.shadow else ())})
     provider = entry.provider or settings.upstream_provider
     if entry.url is not None:
         own = settings.model_copy(update={
@@ -113,23 +118,48 @@ def build_entry(entry: ModelEntry, catalog: Catalog) -> ModelRouter:
             "upstream_api_key": key, "upstream_provider": provider, "canary_share": 0.0, "canary_tenants": [],
             "shadow_share": 0.0, "shadow_tenants": [],
         })
-        return build_router(own, build_hooks(own))
+        router = build_router(own, build_hooks(own))
+        if not entry.shadow:
+            return router
+        champion, hooks = router.champion, GenAIHooks("client", provider=provider,
+                                                      capture_content=_capture(settings), models=labels)
+    else:
+        hooks = GenAIHooks("client", provider=provider, capture_content=_capture(settings), models=labels)
+        champion = _pool(entry.name, entry.replicas, entry, catalog, hooks, key)
+        if not entry.shadow:
+            return ModelRouter({names.MODEL_ROLE_CHAMPION: champion})
+    from gpt_observatory.serving_hooks.backends.shadow import ShadowPolicy, ShadowRouter
+
+    challenger = _pool(f"{entry.name}/shadow", entry.shadow_replicas, entry, catalog, hooks, key)
+    challenger.role = names.MODEL_ROLE_CHALLENGER
+    policy = ShadowPolicy.of(entry.shadow_share, entry.shadow_tenants, queue_size=settings.shadow_queue_size,
+                             concurrency=entry.shadow_concurrency, timeout_s=settings.upstream_timeout_s)
+    versions = {names.MODEL_ROLE_CHAMPION: entry.backend_model, names.MODEL_ROLE_CHALLENGER: challenger_model}
+    return ShadowRouter(champion, challenger, policy, versions=versions, challenger_model=challenger_model)
+
+
+def _pool(name: str, replicas: tuple[Replica, ...], entry: ModelEntry, catalog: Catalog, hooks: GenAIHooks,
+          key: SecretStr | None) -> Any:
+    """The replica pool ``name`` of ``entry`` (its champion's, or its shadow challenger's), under the entry's
+    [models.pool] policy."""
     from gpt_observatory.serving_hooks.backends.pool import PoolPolicy, ReplicaPool, ReplicaSpec
 
-    hooks = GenAIHooks("client", provider=provider, capture_content=_capture(settings), models=labels)
+    settings = catalog.settings
     specs = [ReplicaSpec(url=r.url, name=_replica_name(r), weight=r.weight,
                          api_key=_plain(_key(r.api_key, r.api_key_env, f"a replica of {entry.name!r}") or key))
-             for r in entry.replicas]
+             for r in replicas]
     try:
         policy = PoolPolicy(**entry.pool)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{catalog.source}: model {entry.name!r} [models.pool]: {e}") from None
-    pool = ReplicaPool(
-        hooks, entry.name, specs, policy, connect_timeout_s=settings.upstream_connect_timeout_s,
-        timeout_s=settings.upstream_timeout_s, max_connections=settings.upstream_max_connections,
-        forward_baggage_keys=settings.forward_baggage_keys, forward_tracestate_keys=settings.forward_tracestate_keys,
-    )
-    return ModelRouter({names.MODEL_ROLE_CHAMPION: pool})
+    try:
+        return ReplicaPool(
+            hooks, name, specs, policy, connect_timeout_s=settings.upstream_connect_timeout_s,
+            timeout_s=settings.upstream_timeout_s, max_connections=settings.upstream_max_connections,
+            forward_baggage_keys=settings.forward_baggage_keys, forward_tracestate_keys=settings.forward_tracestate_keys,
+        )
+    except ValueError as e:  # replica names that are not unique
+        raise ConfigError(f"{catalog.source}: {e}") from None
 
 
 def _replica_name(replica: Replica) -> str:

@@ -6,7 +6,9 @@ in-process champion of a registered model, with its canary or shadow as the sing
 have them; ``upstream``: one OpenAI-compatible server at ``url`` or a pool of ``replicas``), its
 bounds (``max_tokens``, ``context_tokens``, ``max_n``; unset: the global ``ServeSettings`` ones),
 ``labels`` for telemetry, an optional required ``scope`` (callers without it neither see nor call
-the model) and ``fallbacks`` (models used when this one's pool has no healthy replica).
+the model) and ``fallbacks`` (models used when this one's pool has no healthy replica). An
+``upstream`` entry may shadow too: ``shadow_share``/``shadow_tenants`` with ``shadow_replicas`` (the
+challenger's pool), ``shadow_upstream_model`` and ``shadow_concurrency``.
 
 :func:`load` reads a TOML file of ``[[models]]`` tables (README "Model catalog");
 :func:`from_settings` maps today's single-model settings (``backend``, ``model``, ``upstream_url``,
@@ -29,6 +31,7 @@ from gpt_observatory.serving_hooks.settings import CanarySticky, ServeSettings
 from gpt_observatory.telemetry.settings import ConfigError
 
 Kind = Literal["mlflow", "upstream"]
+_UPSTREAM_SHADOW = ("shadow_replicas", "shadow_upstream_model", "shadow_concurrency")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")  # what a model id may look like
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _MAX_LABEL_VALUE = 128
@@ -86,6 +89,11 @@ class ModelEntry(BaseModel):
     provider: str | None = None  # gen_ai.provider.name; unset: upstream_provider
     api_key: SecretStr | None = None  # sent to every replica without its own; unset: upstream_api_key
     api_key_env: str | None = None
+    # kind = "upstream" with shadow_share/shadow_tenants: the challenger's pool, the id it serves (unset:
+    # upstream_model) and its mirror workers.
+    shadow_replicas: tuple[Replica, ...] = ()
+    shadow_upstream_model: str | None = None
+    shadow_concurrency: int = Field(4, ge=1, le=256)
 
     @field_validator("name")
     @classmethod
@@ -109,8 +117,9 @@ class ModelEntry(BaseModel):
 
     @model_validator(mode="after")
     def _kind_needs(self) -> ModelEntry:
-        mlflow_only = ("registered_model", "canary_share", "canary_tenants", "shadow_share", "shadow_tenants")
-        upstream_only = ("url", "replicas", "pool", "upstream_model", "provider", "api_key", "api_key_env")
+        mlflow_only = ("registered_model", "canary_share", "canary_tenants")
+        upstream_only = ("url", "replicas", "pool", "upstream_model", "provider", "api_key", "api_key_env",
+                         *_UPSTREAM_SHADOW)
         wrong = [k for k in (upstream_only if self.kind == "mlflow" else mlflow_only) if k in self.model_fields_set]
         if wrong:
             raise ValueError(f"{', '.join(wrong)} do not apply to kind {self.kind!r}")
@@ -118,6 +127,8 @@ class ModelEntry(BaseModel):
             raise ValueError("kind 'upstream' needs either url (one server) or replicas (a pool), not both")
         if self.pool and not self.replicas:
             raise ValueError("pool settings need replicas")
+        if self.kind == "upstream":
+            self._upstream_shadow()
         if self.canary and self.shadow:
             raise ValueError("canary and shadow judge the same challenger: set canary_* or shadow_*")
         if (self.canary or self.shadow) and self.challenger_alias == self.alias:
@@ -125,6 +136,17 @@ class ModelEntry(BaseModel):
         if self.name in self.fallbacks:
             raise ValueError("a model cannot be its own fallback")
         return self
+
+    def _upstream_shadow(self) -> None:
+        """An upstream entry's shadow: shadow_share/shadow_tenants and the challenger's pool go together."""
+        pool_keys = [k for k in _UPSTREAM_SHADOW if k in self.model_fields_set]
+        if self.shadow and not self.shadow_replicas:
+            given = "shadow_share" if self.shadow_share > 0 else "shadow_tenants"
+            raise ValueError(f"{given} of an upstream model needs shadow_replicas (the challenger's pool, "
+                             "[{ url = ... }, ...] as replicas)")
+        if pool_keys and not self.shadow:
+            raise ValueError(f"{', '.join(pool_keys)} need shadow_share (> 0) or shadow_tenants: "
+                             "which requests to mirror to the challenger's pool")
 
     @property
     def canary(self) -> bool:

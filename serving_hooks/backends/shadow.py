@@ -21,7 +21,11 @@ user traffic), and it catches what garbage looks like (empty, truncated or runaw
 retrained versions rarely agree token by token, so an edit distance says little more than the
 exact-match rate already does.
 
-As with the canary, the challenger takes mirrors only while its registry alias exists.
+As with the canary, an in-process challenger takes mirrors only while its registry alias exists. The
+challenger may instead be an upstream replica pool (a catalog ``upstream`` entry's ``shadow_replicas``):
+it takes mirrors while it has a healthy replica (else they are dropped, ``no_challenger``), each is
+sent under ``challenger_model`` (the id that pool serves) to that pool only (never the champion's, nor
+a fallback), and each side's version label is the one given in ``versions`` (the upstream model id).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +126,15 @@ class Mirrored:
 
 
 @dataclass(frozen=True, slots=True)
+class _Label:
+    """What ``canary_status`` shows of a challenger that is not in process."""
+
+    name: str
+    version: str | None
+    alias: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Mirror:
     call: Call
     champion: Answer
@@ -168,8 +181,7 @@ class _Mirroring(ModelBackend):
 
     async def handle(self, call: Call) -> Response:
         router = self._router
-        loaded = router._champion.current
-        version = loaded.info.version if loaded is not None else None
+        version = router.version(names.MODEL_ROLE_CHAMPION)
         link = trace.get_current_span().get_span_context()
         answer = Answer(time.perf_counter(), bool(call.request.stream))
         response = await router.champion.handle(call)
@@ -177,13 +189,18 @@ class _Mirroring(ModelBackend):
 
 
 class ShadowRouter(ModelRouter):
-    """Serves everything from an in-process ``champion``; mirrors by :class:`ShadowPolicy` to ``challenger``."""
+    """Serves everything from ``champion``; mirrors by :class:`ShadowPolicy` to ``challenger``: in-process
+    models, or upstream backends (a replica pool) labelled by ``versions`` (role to version label) and
+    asked under ``challenger_model`` (unset: the model id the champion is asked under)."""
 
-    def __init__(self, champion: InProcessBackend, challenger: InProcessBackend, policy: ShadowPolicy) -> None:
+    def __init__(self, champion: ModelBackend, challenger: ModelBackend, policy: ShadowPolicy, *,
+                 versions: Mapping[str, str] | None = None, challenger_model: str | None = None) -> None:
         super().__init__({names.MODEL_ROLE_CHAMPION: champion, names.MODEL_ROLE_CHALLENGER: challenger})
         self._champion = champion
         self._challenger = challenger
         self.policy = policy
+        self._versions = dict(versions or {})
+        self._challenger_model = challenger_model
         self._random = random.random
         self._mirroring = _Mirroring(self)
         self.on_mirror: Callable[[Mirrored], None] | None = None  # set by the app: the usage ledger's
@@ -206,8 +223,26 @@ class ShadowRouter(ModelRouter):
         m = names.SHADOW_DROPPED
         self._dropped = meter.create_counter(m.name, m.unit, m.description)
 
+    def version(self, role: str) -> str | None:
+        """The version label of ``role``'s side: the loaded model's (in process), else the configured one."""
+        backend = self.backends[role]
+        if isinstance(backend, InProcessBackend):
+            loaded = backend.current
+            return loaded.info.version if loaded is not None else None
+        return self._versions.get(role)
+
+    def _takes_mirrors(self) -> bool:
+        """Whether the challenger can take a mirror now: its alias is loaded (in process), or it has a
+        healthy replica (a pool; a backend without that notion always can)."""
+        challenger = self._challenger
+        if isinstance(challenger, InProcessBackend):
+            return challenger.current is not None
+        healthy = getattr(challenger, "has_healthy", None)
+        return healthy is None or bool(healthy())
+
     def select(self, call: Call) -> ModelBackend:
-        if self._challenger.current is None or self._queue is None:
+        challenger = self._challenger  # a pool without a healthy replica: mirrored, then dropped (counted)
+        if self._queue is None or (isinstance(challenger, InProcessBackend) and challenger.current is None):
             return self._champion
         policy = self.policy
         ctx = call.ctx
@@ -232,8 +267,12 @@ class ShadowRouter(ModelRouter):
 
     def canary_status(self) -> dict[str, Any]:
         """What ``/readyz`` shows about the challenger's judging: fed by mirrors (``source: shadow``)."""
-        loaded = self._challenger.current
-        info = loaded.info if loaded is not None else None
+        challenger = self._challenger
+        if isinstance(challenger, InProcessBackend):
+            loaded = challenger.current
+            info: Any = loaded.info if loaded is not None else None
+        else:  # an upstream pool: its name, the configured version label, no registry alias
+            info = _Label(getattr(challenger, "model", ""), self.version(names.MODEL_ROLE_CHALLENGER), None)
         return {
             "source": "shadow",
             "share": self.policy.share if info is not None else 0.0,
@@ -270,40 +309,49 @@ class ShadowRouter(ModelRouter):
                 logger.warning("shadow mirror failed: {}", type(e).__qualname__)
 
     async def _mirror(self, mirror: _Mirror) -> None:
-        loaded = self._challenger.current
-        if loaded is None:  # the alias went away while the mirror waited
+        if not self._takes_mirrors():  # the alias went away while the mirror waited, or no replica is healthy
             self._drop(mirror, "no_challenger")
             return
+        challenger_version = self.version(names.MODEL_ROLE_CHALLENGER)
         call = mirror.call
         model = call.request.model
         links = [Link(mirror.link)] if mirror.link.is_valid else []
         attrs = {names.SHADOW: True, names.GEN_AI_REQUEST_MODEL: model, names.MODEL_ROLE: names.MODEL_ROLE_CHALLENGER}
-        if loaded.info.version is not None:
-            attrs[names.MODEL_VERSION] = loaded.info.version
+        if challenger_version is not None:
+            attrs[names.MODEL_VERSION] = challenger_version
         # Its own trace (an empty parent context), linked to the user request it copies.
         with self._tracer.start_as_current_span(names.SPAN_SHADOW, context=Context(), kind=SpanKind.INTERNAL,
                                                 links=links, attributes=attrs) as span:
             caller = call.ctx
             own = RequestContext(principal=caller.principal, tenant=caller.tenant) if caller else RequestContext()
             arrived = time.time()
-            challenger = await self._ask_challenger(Call(call.operation, call.request, call.raw, own))
+            challenger = await self._ask_challenger(self._challenger_call(call, own))
             ours = read(challenger)
             if ours.error is not None:
                 span.set_attribute(names.ERROR_TYPE, ours.error)
         theirs = read(mirror.champion)
         self._record(model, names.MODEL_ROLE_CHAMPION, mirror.champion_version, theirs)
-        self._record(model, names.MODEL_ROLE_CHALLENGER, loaded.info.version, ours)
+        self._record(model, names.MODEL_ROLE_CHALLENGER, challenger_version, ours)
         if theirs.error is None and ours.error is None:
-            version = {names.MODEL_VERSION: loaded.info.version} if loaded.info.version is not None else {}
+            version = {names.MODEL_VERSION: challenger_version} if challenger_version is not None else {}
             match = "exact" if ours.text == theirs.text else "differs"
             self._comparisons.add(1, {names.GEN_AI_REQUEST_MODEL: model, **version, names.SHADOW_MATCH: match})
             self._ratio.record(length_ratio(ours.tokens, theirs.tokens), {names.GEN_AI_REQUEST_MODEL: model, **version})
         if self.on_mirror is not None:
             trace_id = format(mirror.link.trace_id, "032x") if mirror.link.is_valid else None
-            answered = own.model.version if own.model is not None else loaded.info.version
+            answered = own.model.version if own.model is not None else challenger_version
             route = _ROUTES.get(call.operation, "/v1/completions")
             self.on_mirror(Mirrored(caller, own, route, model, bool(call.request.stream), trace_id, arrived,
                                     challenger.status, ours.error, ours.duration_s, ours.ttft_s, answered))
+
+    def _challenger_call(self, call: Call, own: RequestContext) -> Call:
+        """The mirror's call: the user's request under the model id the challenger serves, with its own context."""
+        model = self._challenger_model
+        if model is None or model == call.request.model:
+            return Call(call.operation, call.request, call.raw, own)
+        fields = orjson.loads(call.raw)
+        fields["model"] = model
+        return Call(call.operation, call.request.model_copy(update={"model": model}), orjson.dumps(fields), own)
 
     async def _ask_challenger(self, call: Call) -> Answer:
         answer = Answer(time.perf_counter(), bool(call.request.stream))
