@@ -232,8 +232,14 @@ class UpstreamBackend(ModelBackend):
         :class:`UpstreamFailure` for everything else (nothing of it reached the caller yet)."""
         headers = self._headers()
         self._trace_headers(trace_context, headers)
+        url = self.base_url + exchange.path
         try:
-            resp = await self._http.post(self.base_url + exchange.path, data=exchange.body, headers=headers)
+            try:
+                resp = await self._http.post(url, data=exchange.body, headers=headers)
+            except aiohttp.ServerDisconnectedError:
+                # A pooled keep-alive connection the upstream had just closed, found dead at once (reset before
+                # any header: the upstream did not act on it). Once more, on another connection.
+                resp = await self._http.post(url, data=exchange.body, headers=headers)
         except (TimeoutError, aiohttp.ClientError) as e:
             raise self._failure(e) from None
         if resp.status == 200 or 400 <= resp.status < 500:

@@ -186,7 +186,7 @@ def test_no_upstream_answer_makes_a_500_or_reaches_the_caller(memory_telemetry, 
                 {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}]}))
             named = client.post(gw.v1 + "/chat/completions", headers={"authorization": f"Bearer {keyring.acme}"},
                                 json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
-            assert named.status_code == 200 and named.json()["model"] == "upstream-says-so"
+            assert named.status_code == 200 and named.json()["model"] == "upstream-says-so", named.text
         settle(memory_telemetry)
 
     print(f"\n{len(tried)} upstream answers tried; statuses returned: "
