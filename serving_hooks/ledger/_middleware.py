@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import Any
 
 from opentelemetry import trace
@@ -21,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gpt_observatory.serving_hooks.context import STATE_KEY
 from gpt_observatory.serving_hooks.ledger._ledger import Ledger
-from gpt_observatory.serving_hooks.ledger._row import UsageRow, iso
+from gpt_observatory.serving_hooks.ledger._row import UsageRow, iso, new_request_id
 
 PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 _NOT_ROWS = frozenset({400, 401, 403, 404, 405, 413})
@@ -105,7 +104,7 @@ def _row(scope: Scope, ctx: Any, status: int, arrived: float, start: float, firs
     else:
         outcome = "ok"
     return UsageRow(
-        request_id=uuid.uuid4().hex,
+        request_id=new_request_id(),
         time=iso(arrived),
         tenant=ctx.tenant,
         route=scope["path"],

@@ -8,11 +8,10 @@ tokens, outcome and timings, the price in force for the user request (recorded) 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-from gpt_observatory.serving_hooks.ledger._row import UsageRow, iso
+from gpt_observatory.serving_hooks.ledger._row import UsageRow, iso, new_request_id
 
 
 def mirror_row(mirror: Any) -> UsageRow:
@@ -21,7 +20,7 @@ def mirror_row(mirror: Any) -> UsageRow:
     principal = getattr(caller, "principal", None)
     price = getattr(caller, "price", None)
     return UsageRow(
-        request_id=uuid.uuid4().hex,
+        request_id=new_request_id(),
         time=iso(mirror.arrived),
         tenant=getattr(caller, "tenant", None) or ctx.tenant,
         route=mirror.route,

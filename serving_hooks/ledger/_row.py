@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -60,3 +62,21 @@ VALUES = attrgetter(*COLUMNS)  # a row's values in COLUMNS order (a tuple, read 
 def iso(epoch_s: float) -> str:
     """``epoch_s`` as the ledger writes times: ISO 8601 UTC with microseconds (sorts as text)."""
     return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="microseconds")
+
+
+_PREFIX = os.urandom(8).hex()  # this process's: 64 random bits (re-drawn in a child, see below)
+_COUNTER = itertools.count()
+
+
+def new_request_id() -> str:
+    """A request id unique across processes and restarts: this process's random prefix and a count
+    (a fraction of uuid4's cost on the request path, which draws 16 bytes from the kernel each time)."""
+    return f"{_PREFIX}{next(_COUNTER):016x}"
+
+
+def _redraw() -> None:
+    global _PREFIX, _COUNTER
+    _PREFIX, _COUNTER = os.urandom(8).hex(), itertools.count()
+
+
+os.register_at_fork(after_in_child=_redraw)  # a forked worker must not repeat its parent's ids

@@ -336,3 +336,22 @@ def test_the_ledger_is_on_by_default(upstream_peer, keyring, monkeypatch):
         assert r.status_code == 200
         assert app.ledger.flush(30)
         assert totals(app.ledger.store)[0]["output_tokens"] == r.json()["usage"]["completion_tokens"]
+
+
+def test_request_ids_are_unique_in_a_process_and_across_a_fork():
+    import os
+
+    from gpt_observatory.serving_hooks.ledger._row import new_request_id
+
+    mine = [new_request_id() for _ in range(10_000)]
+    assert len(set(mine)) == len(mine) and len({len(i) for i in mine}) == 1
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first ids, to the parent
+        os.write(write, "\n".join(new_request_id() for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        child = f.read().split("\n")
+    os.waitpid(pid, 0)
+    assert len(child) == 100 and not set(child) & set(mine + [new_request_id() for _ in range(100)])
