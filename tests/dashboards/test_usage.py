@@ -192,12 +192,18 @@ def test_every_usage_panel_and_ledger_rule_returns_the_traffics_figures(tmp_path
             every_cost = s.total(names.USAGE_COST)
             components.wait_for(lambda: sum(_values(prom.url, f"sum({every_cost})").values()) == expected, 30,
                                 what="the last costs scraped")
-            components.wait_for(lambda: _values(prom.url, usage.SPOOL_ROWS, s.INSTANCE).get((a,)) == 0, 30,
+            # A's ledger shipped: every row written there shipped (the shipper process ships a segment once its
+            # writer moved on, about a second later), and its backlog scraped back to 0.
+            at_a = f'{s.INSTANCE}="{a}"'
+            written_a, shipped_a = (sel(s.total(m), at_a) for m in (names.LEDGER_ROWS_WRITTEN, names.LEDGER_ROWS_SHIPPED))
+            components.wait_for(lambda: (w := sum(_values(prom.url, f"sum({written_a})").values())) > 0
+                                and sum(_values(prom.url, f"sum({shipped_a})").values()) == w
+                                and _values(prom.url, usage.SPOOL_ROWS, s.INSTANCE).get((a,)) == 0, 30,
                                 what="A's ledger shipped")
             components.wait_for(lambda: query(prom.url, metering_rules.BUDGET_USED), 30, what="budget rules run")
             # Counters that appeared last (B's drops and ship failures, acme's refusals) scraped twice at least
             # since they did, so their rates have two samples.
-            born = [s.total(names.LEDGER_ROWS_DROPPED), s.total(names.LEDGER_SHIP_FAILURES),
+            born = [s.total(names.LEDGER_ROWS_DROPPED), s.total(names.LEDGER_SHIP_FAILURES), shipped_a,
                     sel(s.total(names.GATEWAY_REJECTIONS), usage.BUDGET_REFUSED)]
             components.wait_for(lambda: all(_values(prom.url, f"min(count_over_time({c}[1m]))").get((), 0) >= 2
                                             for c in born), 30, what="the last counters scraped twice")
